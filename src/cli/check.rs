@@ -1,0 +1,99 @@
+//! `flowd check [PATHS]`: validate rule files and report every problem.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use serde_json::json;
+
+use super::{EXIT_INVALID_CONFIG, OutputFormat, default_rule_paths};
+use crate::rules::load_rule_set;
+
+/// Arguments of `flowd check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Rule files or folders (default: rules/).
+    pub paths: Vec<PathBuf>,
+    /// `text` for people, `json` for editors and CI.
+    #[arg(long, value_enum, default_value_t)]
+    pub format: OutputFormat,
+}
+
+/// Runs the check and prints the report; returns 0 when valid, 78 when not.
+pub fn run(args: &CheckArgs) -> ExitCode {
+    let paths = if args.paths.is_empty() {
+        default_rule_paths()
+    } else {
+        args.paths.clone()
+    };
+    let outcome = load_rule_set(&paths);
+    let (valid, rule_count, secrets, diagnostics) = match &outcome.result {
+        Ok(set) => (true, set.len(), set.secrets.clone(), Vec::new()),
+        Err(diagnostics) => (false, 0, BTreeSet::new(), diagnostics.clone()),
+    };
+    match args.format {
+        OutputFormat::Json => {
+            let report = json!({
+                "valid": valid,
+                "files": outcome.file_count,
+                "rules": rule_count,
+                "secrets": secrets,
+                "diagnostics": diagnostics,
+            });
+            println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        }
+        OutputFormat::Text => {
+            if !diagnostics.is_empty() {
+                println!("{}", outcome.render_diagnostics(&diagnostics));
+            }
+            if valid {
+                if outcome.file_count == 0 {
+                    println!("no rule files found in {}", display_paths(&paths));
+                } else {
+                    println!(
+                        "ok: {rule_count} rule{} in {} file{} valid",
+                        plural(rule_count),
+                        outcome.file_count,
+                        plural(outcome.file_count)
+                    );
+                }
+                if !secrets.is_empty() {
+                    let names: Vec<&str> = secrets.iter().map(String::as_str).collect();
+                    println!("secrets used: {} (flowd run needs a value for each)", names.join(", "));
+                }
+            } else {
+                let files: BTreeSet<_> = diagnostics.iter().map(|d| &d.file).collect();
+                println!(
+                    "error: {} problem{} in {} file{} ({} file{} checked)",
+                    diagnostics.len(),
+                    plural(diagnostics.len()),
+                    files.len(),
+                    plural(files.len()),
+                    outcome.file_count,
+                    plural(outcome.file_count)
+                );
+            }
+        }
+    }
+    if valid && outcome.file_count > 0 {
+        ExitCode::SUCCESS
+    } else if valid {
+        // Nothing to check is not an error for an empty folder, but a missing one was reported.
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_INVALID_CONFIG)
+    }
+}
+
+fn plural(count: usize) -> &'static str {
+    if count == 1 { "" } else { "s" }
+}
+
+fn display_paths(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,223 @@
+//! `flowd run`: the daemon.
+//!
+//! Start-up order: settings, logging, rules (refused with exit 78 when invalid), secrets, then
+//! the listeners. Shutdown on SIGTERM/SIGINT stops the listeners (in-flight requests finish),
+//! then the background tasks.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use super::{EXIT_INVALID_CONFIG, init_logging};
+use crate::engine::reload::Reloader;
+use crate::http::{AppState, admin_router, public_router};
+use crate::rules::load_rule_set;
+use crate::settings::{LogFormat, Settings, layer, resolve_secrets};
+
+/// Arguments of `flowd run`; each overrides the `FLOWD_*` variable and the settings file.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Folder of rule files (default: rules/).
+    #[arg(long)]
+    pub rules: Option<PathBuf>,
+    /// Public listener address (default 127.0.0.1:8080).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Admin listener address (default 127.0.0.1:8081).
+    #[arg(long)]
+    pub admin_listen: Option<SocketAddr>,
+    /// State database (default sqlite://flowd.db).
+    #[arg(long)]
+    pub database: Option<String>,
+    /// A settings file (YAML); flags and FLOWD_* variables override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Log level or filter.
+    #[arg(long)]
+    pub log_level: Option<String>,
+}
+
+impl RunArgs {
+    fn flag_overrides(&self) -> Vec<(&'static str, Value)> {
+        let mut flags = Vec::new();
+        if let Some(rules) = &self.rules {
+            flags.push(("rules", Value::String(rules.display().to_string())));
+        }
+        if let Some(listen) = self.listen {
+            flags.push(("listen", Value::String(listen.to_string())));
+        }
+        if let Some(admin) = self.admin_listen {
+            flags.push(("admin_listen", Value::String(admin.to_string())));
+        }
+        if let Some(database) = &self.database {
+            flags.push(("database", Value::String(database.clone())));
+        }
+        if let Some(format) = self.log_format {
+            let name = match format {
+                LogFormat::Text => "text",
+                LogFormat::Json => "json",
+            };
+            flags.push(("log.format", Value::String(name.to_owned())));
+        }
+        if let Some(level) = &self.log_level {
+            flags.push(("log.level", Value::String(level.clone())));
+        }
+        flags
+    }
+}
+
+/// The process-wide Prometheus recorder (a recorder can be installed once per process).
+fn metrics_handle() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| PrometheusBuilder::new().install_recorder().ok())
+        .clone()
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let config = args.config.clone().or_else(|| env.get("FLOWD_CONFIG").map(PathBuf::from));
+    let settings = layer(config.as_deref(), &env, &args.flag_overrides())?;
+    init_logging(settings.log.format, &settings.log.level);
+
+    let loaded = load_rule_set(std::slice::from_ref(&settings.rules));
+    let rule_set = match loaded.result {
+        Ok(set) => set,
+        Err(ref diagnostics) => {
+            eprintln!("{}", loaded.render_diagnostics(diagnostics));
+            eprintln!(
+                "error: the rules in {} are invalid ({} problem{}); flowd did not start",
+                settings.rules.display(),
+                diagnostics.len(),
+                if diagnostics.len() == 1 { "" } else { "s" }
+            );
+            return Ok(ExitCode::from(EXIT_INVALID_CONFIG));
+        }
+    };
+    if let Err(err) = resolve_secrets(&rule_set.secrets, &env, settings.secrets_file.as_deref()) {
+        let users: Vec<String> = rule_set.secrets.iter().cloned().collect();
+        eprintln!("error: {err} (the rules use: {})", users.join(", "));
+        return Ok(ExitCode::from(EXIT_INVALID_CONFIG));
+    }
+    if !settings.admin_listen.ip().is_loopback() && settings.admin.token.is_none() {
+        eprintln!(
+            "error: the admin listener {} is not on loopback and no admin token is set; set FLOWD_ADMIN_TOKEN (or admin.token)",
+            settings.admin_listen
+        );
+        return Ok(ExitCode::from(EXIT_INVALID_CONFIG));
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(settings, rule_set))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(settings: Settings, rule_set: crate::rules::RuleSet) -> anyhow::Result<()> {
+    let metrics = metrics_handle();
+    let rule_count = rule_set.len();
+    let reloader = Reloader::new(settings.rules.clone(), rule_set);
+    let shutdown = CancellationToken::new();
+
+    let state = AppState {
+        reloader: reloader.clone(),
+        metrics: metrics.clone(),
+        admin_token: settings.admin.token.clone(),
+    };
+    let public = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let admin = tokio::net::TcpListener::bind(settings.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.admin_listen))?;
+    let public_addr = public.local_addr()?;
+    let admin_addr = admin.local_addr()?;
+    info!(
+        public = %public_addr,
+        admin = %admin_addr,
+        rules = rule_count,
+        rules_dir = %settings.rules.display(),
+        "flowd listening"
+    );
+
+    let watch_task = tokio::spawn(reloader.clone().watch(
+        Duration::from_secs(settings.rescan_interval_seconds),
+        shutdown.clone(),
+    ));
+    let upkeep_task = metrics.map(|handle| {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = every.tick() => handle.run_upkeep(),
+                }
+            }
+        })
+    });
+
+    let public_server = axum::serve(public, public_router(state.clone()))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let admin_server = axum::serve(admin, admin_router(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let signal_shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_termination().await;
+        info!("Shutting down: stopping intake");
+        signal_shutdown.cancel();
+    });
+
+    let (public_result, admin_result) = tokio::join!(public_server, admin_server);
+    shutdown.cancel();
+    if let Err(err) = public_result {
+        error!(error = %err, "Public listener failed");
+    }
+    if let Err(err) = admin_result {
+        error!(error = %err, "Admin listener failed");
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), watch_task).await;
+    if let Some(task) = upkeep_task {
+        let _ = task.await;
+    }
+    info!("flowd stopped");
+    Ok(())
+}
+
+async fn wait_for_termination() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = terminate.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,77 @@
+//! The command line: one module per subcommand. [`run`] parses nothing; `main.rs` hands it the
+//! parsed [`Cli`] and maps the returned exit code.
+
+pub mod check;
+pub mod daemon;
+pub mod schema;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::settings::LogFormat;
+
+/// Exit code of `flowd check` (and `flowd run` at startup) when the rules are invalid:
+/// EX_CONFIG from sysexits.h.
+pub const EXIT_INVALID_CONFIG: u8 = 78;
+
+/// flowd: workflow automation for Recrubo recruiting chat flows.
+#[derive(Debug, Parser)]
+#[command(name = "flowd", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate rule files; exit 0 when valid, 78 when not.
+    Check(check::CheckArgs),
+    /// Print the JSON Schema of rule files.
+    Schema,
+    /// Run the daemon.
+    Run(daemon::RunArgs),
+}
+
+/// Output format of commands that report diagnostics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum OutputFormat {
+    /// For people.
+    #[default]
+    Text,
+    /// For editors and CI.
+    Json,
+}
+
+/// Runs a parsed command line and returns the process exit code.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Check(args) => Ok(check::run(&args)),
+        Command::Schema => {
+            println!("{}", schema::rule_file_schema_json());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run(args) => daemon::run(args),
+    }
+}
+
+/// The paths to check when none are given.
+pub fn default_rule_paths() -> Vec<PathBuf> {
+    vec![PathBuf::from("rules")]
+}
+
+/// Sets up logging to stderr.
+pub fn init_logging(format: LogFormat, level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}

@@ -1,0 +1,307 @@
+//! Hot reload of the rule set, as a transaction.
+//!
+//! Every trigger — a file event (debounced), SIGHUP, `POST /api/v1/reload`, the periodic rescan —
+//! ends in [`Reloader::reload`], which loads and validates the *whole* folder on a blocking
+//! thread. An invalid set leaves the set in force untouched and records every diagnostic; a valid
+//! one is swapped in atomically (`ArcSwap`), so request handlers never wait on a reload and
+//! always see one complete set. Reloads are serialized by a mutex; triggers that arrive while one
+//! runs are coalesced into one more reload, which then sees the latest files.
+//!
+//! The watcher watches the *folder*, recursively, and treats any event but a plain access as
+//! "something changed": editors' atomic saves, backup-rename saves and Kubernetes ConfigMap
+//! `..data` symlink swaps all show up as events on the folder, not on the file a rule lives in.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::rules::{Diagnostic, RuleSet, load_rule_set};
+
+/// What started a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReloadTrigger {
+    /// The daemon started.
+    Startup,
+    /// A file event in the rules folder.
+    Watch,
+    /// The periodic rescan.
+    Rescan,
+    /// SIGHUP.
+    Signal,
+    /// `POST /api/v1/reload`.
+    Api,
+}
+
+/// The result of one reload.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum ReloadOutcome {
+    /// A new set is in force.
+    Reloaded {
+        /// Rules in force.
+        rules: usize,
+        /// Hash of the set.
+        hash: String,
+    },
+    /// The files are the same as those of the set in force.
+    Unchanged {
+        /// Rules in force.
+        rules: usize,
+        /// Hash of the set.
+        hash: String,
+    },
+    /// The files are invalid; the previous set stays in force.
+    Invalid {
+        /// Every problem found.
+        diagnostics: Vec<Diagnostic>,
+    },
+}
+
+/// The state of the last reload attempt, for the admin API and the status page.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadStatus {
+    /// Whether the last attempt left a valid set in force from the files on disk.
+    pub last_success: bool,
+    /// When it happened.
+    pub last_attempt_at: DateTime<Utc>,
+    /// When the set in force was loaded.
+    pub loaded_at: DateTime<Utc>,
+    /// What triggered the last attempt.
+    pub last_trigger: ReloadTrigger,
+    /// The diagnostics of the last attempt, when it failed.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// Holds the rule set in force and reloads it.
+pub struct Reloader {
+    rules_dir: PathBuf,
+    current: ArcSwap<RuleSet>,
+    status: Mutex<ReloadStatus>,
+    serialize: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloader")
+            .field("rules_dir", &self.rules_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reloader {
+    /// Starts with a set that was already loaded and validated.
+    pub fn new(rules_dir: PathBuf, initial: RuleSet) -> Arc<Reloader> {
+        let now = Utc::now();
+        record_metrics(initial.len(), true, now, "success");
+        Arc::new(Reloader {
+            rules_dir,
+            current: ArcSwap::from_pointee(initial),
+            status: Mutex::new(ReloadStatus {
+                last_success: true,
+                last_attempt_at: now,
+                loaded_at: now,
+                last_trigger: ReloadTrigger::Startup,
+                diagnostics: Vec::new(),
+            }),
+            serialize: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The rule set in force (cheap: an `Arc` clone).
+    pub fn current(&self) -> Arc<RuleSet> {
+        self.current.load_full()
+    }
+
+    /// The folder being watched.
+    pub fn rules_dir(&self) -> &PathBuf {
+        &self.rules_dir
+    }
+
+    /// The state of the last reload.
+    pub fn status(&self) -> ReloadStatus {
+        self.status
+            .lock()
+            .map(|status| status.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    }
+
+    /// Loads and validates the whole folder; swaps the set in when valid.
+    pub async fn reload(&self, trigger: ReloadTrigger) -> ReloadOutcome {
+        let _serialized = self.serialize.lock().await;
+        let dir = self.rules_dir.clone();
+        let loaded = tokio::task::spawn_blocking(move || load_rule_set(&[dir])).await;
+        let now = Utc::now();
+        let outcome = match loaded {
+            Err(join_error) => ReloadOutcome::Invalid {
+                diagnostics: vec![Diagnostic::new(
+                    &self.rules_dir,
+                    Default::default(),
+                    "internal",
+                    format!("loading the rules failed: {join_error}"),
+                )],
+            },
+            Ok(loaded) => match loaded.result {
+                Ok(set) => {
+                    let rules = set.len();
+                    let hash = set.hash.clone();
+                    if hash == self.current.load().hash {
+                        ReloadOutcome::Unchanged { rules, hash }
+                    } else {
+                        self.current.store(Arc::new(set));
+                        ReloadOutcome::Reloaded { rules, hash }
+                    }
+                }
+                Err(diagnostics) => ReloadOutcome::Invalid { diagnostics },
+            },
+        };
+        let mut status = self
+            .status
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        status.last_attempt_at = now;
+        status.last_trigger = trigger;
+        match &outcome {
+            ReloadOutcome::Reloaded { rules, hash } => {
+                info!(?trigger, rules, hash = %&hash[..12.min(hash.len())], "Rules reloaded");
+                status.last_success = true;
+                status.loaded_at = now;
+                status.diagnostics.clear();
+                record_metrics(*rules, true, now, "success");
+            }
+            ReloadOutcome::Unchanged { rules, .. } => {
+                // A rescan or a touch that changed nothing is not news, but a failed state is
+                // repaired by it (the files were put back as they were).
+                status.last_success = true;
+                status.diagnostics.clear();
+                if trigger == ReloadTrigger::Api || trigger == ReloadTrigger::Signal {
+                    info!(?trigger, rules, "Rules unchanged");
+                    record_metrics(*rules, true, now, "unchanged");
+                } else {
+                    metrics::gauge!("flowd_rules_last_reload_success").set(1.0);
+                }
+            }
+            ReloadOutcome::Invalid { diagnostics } => {
+                // Log each problem once, here, where the failure is handled.
+                if status.diagnostics != *diagnostics {
+                    for diagnostic in diagnostics {
+                        warn!(?trigger, "{}", diagnostic.one_line());
+                    }
+                    error!(
+                        ?trigger,
+                        problems = diagnostics.len(),
+                        "Rules are invalid; the previous rules stay in force"
+                    );
+                }
+                status.last_success = false;
+                status.diagnostics = diagnostics.clone();
+                record_metrics(self.current.load().len(), false, now, "failure");
+            }
+        }
+        outcome
+    }
+
+    /// Runs the watcher, the periodic rescan and SIGHUP handling until `shutdown` is cancelled.
+    pub async fn watch(self: Arc<Self>, rescan_every: Duration, shutdown: CancellationToken) {
+        // Capacity 1: a trigger while a reload is pending is folded into that pending reload.
+        let (tx, mut rx) = mpsc::channel::<ReloadTrigger>(1);
+        let _watcher = match start_watcher(&self.rules_dir, tx.clone()) {
+            Ok(watcher) => Some(watcher),
+            Err(err) => {
+                warn!(dir = %self.rules_dir.display(), error = %err, "Cannot watch the rules folder; relying on the periodic rescan");
+                None
+            }
+        };
+        spawn_signal_listener(tx.clone(), shutdown.clone());
+        let mut rescan = tokio::time::interval(rescan_every.max(Duration::from_secs(1)));
+        rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        rescan.tick().await;
+        loop {
+            let trigger = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                Some(trigger) = rx.recv() => trigger,
+                _ = rescan.tick() => ReloadTrigger::Rescan,
+            };
+            self.reload(trigger).await;
+        }
+    }
+}
+
+fn record_metrics(rules: usize, success: bool, at: DateTime<Utc>, result: &'static str) {
+    metrics::gauge!("flowd_rules_loaded").set(rules as f64);
+    metrics::gauge!("flowd_rules_last_reload_success").set(if success { 1.0 } else { 0.0 });
+    metrics::gauge!("flowd_rules_last_reload_timestamp_seconds")
+        .set(at.timestamp_millis() as f64 / 1000.0);
+    metrics::counter!("flowd_rules_reloads_total", "result" => result).increment(1);
+}
+
+type Debouncer = notify_debouncer_full::Debouncer<
+    notify_debouncer_full::notify::RecommendedWatcher,
+    notify_debouncer_full::RecommendedCache,
+>;
+
+fn start_watcher(
+    dir: &std::path::Path,
+    tx: mpsc::Sender<ReloadTrigger>,
+) -> Result<Debouncer, notify_debouncer_full::notify::Error> {
+    use notify_debouncer_full::notify::{EventKind, RecursiveMode};
+    let mut debouncer = notify_debouncer_full::new_debouncer(
+        Duration::from_millis(250),
+        None,
+        move |result: notify_debouncer_full::DebounceEventResult| match result {
+            Ok(events) => {
+                let changed = events
+                    .iter()
+                    .any(|event| !matches!(event.kind, EventKind::Access(_)));
+                if changed {
+                    // Full: a reload is already pending and will see this change too.
+                    let _ = tx.try_send(ReloadTrigger::Watch);
+                }
+            }
+            Err(errors) => {
+                for err in errors {
+                    warn!(error = %err, "File watcher error; the periodic rescan covers it");
+                }
+                let _ = tx.try_send(ReloadTrigger::Watch);
+            }
+        },
+    )?;
+    debouncer.watch(dir, RecursiveMode::Recursive)?;
+    Ok(debouncer)
+}
+
+#[cfg(unix)]
+fn spawn_signal_listener(tx: mpsc::Sender<ReloadTrigger>, shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    tokio::spawn(async move {
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(stream) => stream,
+            Err(err) => {
+                warn!(error = %err, "Cannot listen for SIGHUP");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                received = hangups.recv() => {
+                    if received.is_none() {
+                        return;
+                    }
+                    info!("SIGHUP received; reloading rules");
+                    let _ = tx.send(ReloadTrigger::Signal).await;
+                }
+            }
+        }
+    });
+}
+
+#[cfg(not(unix))]
+fn spawn_signal_listener(_tx: mpsc::Sender<ReloadTrigger>, _shutdown: CancellationToken) {}

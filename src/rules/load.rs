@@ -1,0 +1,415 @@
+//! Finding and parsing rule files.
+//!
+//! A rules folder is scanned recursively, following symlinks (Kubernetes mounts a ConfigMap as
+//! symlinks into a hidden `..data` folder), skipping hidden entries and editor leftovers. Each
+//! `*.yaml`/`*.yml` file is read with a size limit and parsed with serde-saphyr under budgets,
+//! so a hostile file (an alias bomb, deep nesting, megabytes of garbage) is refused with a clear
+//! message instead of exhausting the daemon. No validation beyond the YAML shape happens here.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use super::diagnostic::{Diagnostic, did_you_mean};
+use super::located::Pos;
+use super::model::RuleFileModel;
+
+/// The largest rule file flowd reads. Real rule files are a few kilobytes; 10,000 rules spread
+/// over 100 files are about 60 KiB each.
+pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Deepest folder nesting followed below the rules folder (guards against symlink loops too).
+const MAX_FOLDER_DEPTH: usize = 16;
+
+/// One rule file read from disk.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    /// The path, as found.
+    pub path: PathBuf,
+    /// The text; empty when the file could not be read as UTF-8.
+    pub text: Arc<str>,
+}
+
+/// A parsed rule file with its source.
+#[derive(Debug, Clone)]
+pub struct ParsedFile {
+    /// The source.
+    pub source: SourceFile,
+    /// The model, when the file parsed.
+    pub model: Option<RuleFileModel>,
+}
+
+/// The result of reading a set of paths: every file found, the diagnostics of those that did
+/// not parse, and a hash of everything read.
+#[derive(Debug, Default)]
+pub struct LoadedFiles {
+    /// The files in a stable order (sorted by path).
+    pub files: Vec<ParsedFile>,
+    /// Problems found while reading and parsing.
+    pub diagnostics: Vec<Diagnostic>,
+    /// SHA-256 over paths and contents, hex; equal hashes mean an identical rule set on disk.
+    pub content_hash: String,
+}
+
+/// Whether a directory entry name is something flowd must not read: hidden files and folders
+/// (this covers `..data`, `..2025_01_01_...` and `.a.yaml.swp`), and editor leftovers.
+pub fn is_ignored_name(name: &str) -> bool {
+    name.starts_with('.')
+        || name.ends_with('~')
+        || (name.starts_with('#') && name.ends_with('#'))
+        || name.ends_with(".swp")
+        || name.ends_with(".swx")
+        || name.ends_with(".tmp")
+        || name.ends_with(".bak")
+        || name.ends_with(".orig")
+}
+
+/// Whether a file name is a rule file name.
+pub fn is_rule_file_name(name: &str) -> bool {
+    !is_ignored_name(name) && (name.ends_with(".yaml") || name.ends_with(".yml"))
+}
+
+/// Lists the rule files below `paths` (files are taken as given, folders are walked).
+pub fn find_rule_files(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<Diagnostic>) {
+    let mut files = Vec::new();
+    let mut diagnostics = Vec::new();
+    for path in paths {
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.is_dir() => {
+                let mut visited = HashSet::new();
+                walk_folder(path, 0, &mut visited, &mut files, &mut diagnostics);
+            }
+            Ok(_) => files.push(path.clone()),
+            Err(err) => diagnostics.push(Diagnostic::new(
+                path,
+                Pos::default(),
+                "io",
+                format!("cannot read `{}`: {err}", path.display()),
+            )),
+        }
+    }
+    files.sort();
+    files.dedup();
+    (files, diagnostics)
+}
+
+fn walk_folder(
+    folder: &Path,
+    depth: usize,
+    visited: &mut HashSet<PathBuf>,
+    files: &mut Vec<PathBuf>,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    // Canonical paths stop symlink loops; depth stops pathological nesting.
+    let canonical = std::fs::canonicalize(folder).unwrap_or_else(|_| folder.to_path_buf());
+    if depth > MAX_FOLDER_DEPTH || !visited.insert(canonical) {
+        return;
+    }
+    let entries = match std::fs::read_dir(folder) {
+        Ok(entries) => entries,
+        Err(err) => {
+            diagnostics.push(Diagnostic::new(
+                folder,
+                Pos::default(),
+                "io",
+                format!("cannot read folder `{}`: {err}", folder.display()),
+            ));
+            return;
+        }
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if is_ignored_name(name) {
+            continue;
+        }
+        let path = entry.path();
+        // `metadata` follows symlinks: a symlinked file or folder counts as what it points to.
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.is_dir() => walk_folder(&path, depth + 1, visited, files, diagnostics),
+            Ok(meta) if meta.is_file() && is_rule_file_name(name) => files.push(path),
+            Ok(_) => {}
+            // A dangling symlink mid-swap is not an error; the next rescan sees the new state.
+            Err(_) => {}
+        }
+    }
+}
+
+/// Reads and parses every rule file below `paths`.
+pub fn load_paths(paths: &[PathBuf]) -> LoadedFiles {
+    let (found, mut diagnostics) = find_rule_files(paths);
+    let mut hasher = Sha256::new();
+    let mut files = Vec::with_capacity(found.len());
+    for path in found {
+        let (source, read_problem) = read_source(&path);
+        hasher.update(path.to_string_lossy().as_bytes());
+        hasher.update([0]);
+        hasher.update(source.text.as_bytes());
+        hasher.update([0]);
+        if let Some(problem) = read_problem {
+            diagnostics.push(problem);
+            files.push(ParsedFile {
+                source,
+                model: None,
+            });
+            continue;
+        }
+        match parse_source(&source) {
+            Ok(model) => files.push(ParsedFile {
+                source,
+                model: Some(model),
+            }),
+            Err(problem) => {
+                diagnostics.push(problem);
+                files.push(ParsedFile {
+                    source,
+                    model: None,
+                });
+            }
+        }
+    }
+    LoadedFiles {
+        files,
+        diagnostics,
+        content_hash: hex::encode(hasher.finalize()),
+    }
+}
+
+/// Reads a file, refusing what is too large or not UTF-8.
+fn read_source(path: &Path) -> (SourceFile, Option<Diagnostic>) {
+    let empty = |problem: Diagnostic| {
+        (
+            SourceFile {
+                path: path.to_path_buf(),
+                text: Arc::from(""),
+            },
+            Some(problem),
+        )
+    };
+    let size = match std::fs::metadata(path) {
+        Ok(meta) => meta.len(),
+        Err(err) => {
+            return empty(Diagnostic::new(
+                path,
+                Pos::default(),
+                "io",
+                format!("cannot read the file: {err}"),
+            ));
+        }
+    };
+    if size > MAX_FILE_BYTES {
+        return empty(
+            Diagnostic::new(
+                path,
+                Pos::default(),
+                "too-large",
+                format!(
+                    "the file is {:.1} MiB; rule files may be at most {} MiB",
+                    size as f64 / (1024.0 * 1024.0),
+                    MAX_FILE_BYTES / (1024 * 1024)
+                ),
+            )
+            .with_hint("split the rules over several files"),
+        );
+    }
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(err) => {
+            return empty(Diagnostic::new(
+                path,
+                Pos::default(),
+                "io",
+                format!("cannot read the file: {err}"),
+            ));
+        }
+    };
+    match String::from_utf8(bytes) {
+        Ok(text) => (
+            SourceFile {
+                path: path.to_path_buf(),
+                text: Arc::from(text),
+            },
+            None,
+        ),
+        Err(err) => {
+            let offset = err.utf8_error().valid_up_to();
+            let valid = &err.as_bytes()[..offset];
+            let line = valid.iter().filter(|b| **b == b'\n').count() + 1;
+            let column = valid.iter().rev().take_while(|b| **b != b'\n').count() + 1;
+            empty(
+                Diagnostic::new(
+                    path,
+                    Pos::new(line as u32, column as u32),
+                    "encoding",
+                    format!("the file is not valid UTF-8 (invalid byte at offset {offset})"),
+                )
+                .with_hint("save the file as UTF-8"),
+            )
+        }
+    }
+}
+
+/// The YAML options flowd parses rule files with: strict booleans (no `yes`/`no` surprises),
+/// duplicate keys refused, and budgets that stop alias bombs and deep nesting early.
+fn parse_options() -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_depth = 64;
+    budget.max_nodes = 500_000;
+    budget.max_events = 2_000_000;
+    budget.max_aliases = 1_000;
+    budget.max_anchors = 1_000;
+    budget.max_documents = 1;
+    budget.max_total_scalar_bytes = MAX_FILE_BYTES as usize;
+    budget.flow_nesting_limit = 64;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options.strict_booleans = true;
+    options.with_snippet = false;
+    options
+}
+
+/// Parses one source into the rule file model.
+pub fn parse_source(source: &SourceFile) -> Result<RuleFileModel, Diagnostic> {
+    if source.text.trim().is_empty() || is_only_comments(&source.text) {
+        return Err(Diagnostic::new(
+            &source.path,
+            Pos::new(1, 1),
+            "empty",
+            "the file is empty",
+        )
+        .with_hint("a rule file holds `rules:` (a list of rules) and optionally `vars:`"));
+    }
+    serde_saphyr::from_str_with_options::<RuleFileModel>(&source.text, parse_options()).map_err(
+        |err| {
+            let diagnostic = yaml_diagnostic(&source.path, &err);
+            let rule = enclosing_rule_name(&source.text, diagnostic.line);
+            diagnostic.in_rule(rule.as_deref())
+        },
+    )
+}
+
+/// The rule a line belongs to, found by the nearest `- name: ...` above it. A parse error has no
+/// model to ask, and naming the rule helps more than the line alone in a long file.
+fn enclosing_rule_name(text: &str, line: u32) -> Option<String> {
+    if line == 0 {
+        return None;
+    }
+    text.lines()
+        .take(line as usize)
+        .filter_map(|l| l.trim_start().strip_prefix("- name:"))
+        .map(|name| name.trim().trim_matches(['"', '\'']).to_owned())
+        .rfind(|name| !name.is_empty())
+}
+
+fn is_only_comments(text: &str) -> bool {
+    text.lines().all(|line| {
+        let line = line.trim();
+        line.is_empty() || line.starts_with('#') || line == "---"
+    })
+}
+
+/// Turns a serde-saphyr error into a diagnostic, adding hints for the common mistakes.
+fn yaml_diagnostic(path: &Path, err: &serde_saphyr::Error) -> Diagnostic {
+    use serde_saphyr::Error as E;
+    let at = err
+        .location()
+        .map(|location| {
+            Pos::new(
+                u32::try_from(location.line()).unwrap_or(u32::MAX),
+                u32::try_from(location.column()).unwrap_or(u32::MAX),
+            )
+        })
+        .unwrap_or_else(|| Pos::new(1, 1));
+    let inner = err.without_snippet();
+    match inner {
+        E::SerdeUnknownField {
+            field, expected, ..
+        } => {
+            let hint = did_you_mean(field, expected.iter().copied()).unwrap_or_else(|| {
+                if expected.is_empty() {
+                    "no keys are allowed here".to_owned()
+                } else {
+                    format!("expected one of {}", list_names(expected))
+                }
+            });
+            Diagnostic::new(path, at, "unknown-field", format!("unknown key `{field}`"))
+                .with_hint(hint)
+        }
+        E::SerdeUnknownVariant {
+            variant, expected, ..
+        } => {
+            let hint = did_you_mean(variant, expected.iter().copied())
+                .unwrap_or_else(|| format!("expected one of {}", list_names(expected)));
+            Diagnostic::new(
+                path,
+                at,
+                "unknown-value",
+                format!("unknown value `{variant}`"),
+            )
+            .with_hint(hint)
+        }
+        E::SerdeMissingField { field, .. } => Diagnostic::new(
+            path,
+            at,
+            "missing-field",
+            format!("missing required key `{field}`"),
+        ),
+        E::DuplicateMappingKey { .. } => {
+            Diagnostic::new(path, at, "duplicate-key", strip_location(&inner.to_string()))
+                .with_hint("each key may appear once in a mapping")
+        }
+        E::Budget { .. } => Diagnostic::new(
+            path,
+            at,
+            "too-complex",
+            format!(
+                "the file is too complex to be a rule file ({})",
+                strip_location(&inner.to_string())
+            ),
+        )
+        .with_hint("rule files may nest at most 64 levels and use at most 1000 aliases"),
+        _ => {
+            let message = strip_location(&inner.to_string());
+            let hint = if message.contains("tab") {
+                Some("indent with spaces; YAML does not allow tabs for indentation".to_owned())
+            } else {
+                None
+            };
+            let code = if message.contains("invalid type") || message.contains("expected") {
+                "type"
+            } else {
+                "yaml"
+            };
+            Diagnostic::new(path, at, code, message).with_optional_hint(hint)
+        }
+    }
+}
+
+fn list_names(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|name| format!("`{name}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// serde-saphyr puts `line N column M` into its messages; the diagnostic has its own position.
+fn strip_location(message: &str) -> String {
+    let mut text = message.trim().to_owned();
+    for prefix in ["error: "] {
+        if let Some(rest) = text.strip_prefix(prefix) {
+            text = rest.to_owned();
+        }
+    }
+    if let Some(index) = text.find(" at line ") {
+        text.truncate(index);
+    }
+    if let Some(rest) = text.strip_prefix("line ")
+        && let Some(index) = rest.find(": ")
+    {
+        text = rest[index + 2..].to_owned();
+    }
+    text
+}

@@ -1,0 +1,542 @@
+//! The validated rule set: closed enums for triggers and steps, with every template and
+//! condition compiled. Only [`crate::rules::validate`] builds one, so holding a [`RuleSet`] means
+//! holding rules that passed every check. It is immutable; a reload builds a new one and swaps it.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::expr::Condition;
+use super::located::Pos;
+pub use super::model::{CatchUp, NotifyPreset};
+use super::template::{Template, TemplateValue};
+use crate::recrubo::{FlowGenerationStatus, FlowRunStatus};
+
+/// A validated set of rules from one or more files.
+#[derive(Debug, Clone, Default)]
+pub struct RuleSet {
+    rules: Vec<Arc<Rule>>,
+    by_name: HashMap<String, usize>,
+    /// SHA-256 of the files the set was loaded from (paths and contents).
+    pub hash: String,
+    /// The files the set was loaded from.
+    pub files: Vec<PathBuf>,
+    /// Every secret name the rules reference (`{{secrets.NAME}}`).
+    pub secrets: BTreeSet<String>,
+}
+
+impl RuleSet {
+    /// Builds a set from validated rules.
+    pub(crate) fn new(
+        rules: Vec<Rule>,
+        hash: String,
+        files: Vec<PathBuf>,
+        secrets: BTreeSet<String>,
+    ) -> Self {
+        let by_name = rules
+            .iter()
+            .enumerate()
+            .map(|(index, rule)| (rule.name.clone(), index))
+            .collect();
+        RuleSet {
+            rules: rules.into_iter().map(Arc::new).collect(),
+            by_name,
+            hash,
+            files,
+            secrets,
+        }
+    }
+
+    /// The rules, in file order.
+    pub fn rules(&self) -> &[Arc<Rule>] {
+        &self.rules
+    }
+
+    /// A rule by name.
+    pub fn get(&self, name: &str) -> Option<&Arc<Rule>> {
+        self.by_name.get(name).map(|index| &self.rules[*index])
+    }
+
+    /// How many rules there are.
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// Whether there are no rules.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+}
+
+/// One validated rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// Unique name.
+    pub name: String,
+    /// Free text.
+    pub description: Option<String>,
+    /// The file it came from.
+    pub file: PathBuf,
+    /// Where the rule starts in that file.
+    pub at: Pos,
+    /// What starts it.
+    pub trigger: Trigger,
+    /// Run the steps once per item.
+    pub for_each: Option<ForEach>,
+    /// Rule-level condition.
+    pub condition: Option<Condition>,
+    /// Executions in flight at most.
+    pub concurrency: Option<u32>,
+    /// The steps.
+    pub steps: Vec<Step>,
+    /// The file's `vars`.
+    pub vars: Arc<serde_json::Map<String, serde_json::Value>>,
+    /// Unit tests.
+    pub tests: Vec<RuleTest>,
+}
+
+impl Rule {
+    /// Finds a step by id anywhere in the rule, handlers included.
+    pub fn find_step(&self, id: &str) -> Option<&Step> {
+        fn search<'a>(steps: &'a [Step], id: &str) -> Option<&'a Step> {
+            steps.iter().find_map(|step| {
+                if step.id.as_deref() == Some(id) {
+                    Some(step)
+                } else {
+                    step.on_status
+                        .iter()
+                        .find_map(|(_, handler)| search(handler, id))
+                }
+            })
+        }
+        search(&self.steps, id)
+    }
+}
+
+/// A trigger: what starts an execution of a rule.
+#[derive(Debug, Clone)]
+pub enum Trigger {
+    /// A cron schedule.
+    Schedule(ScheduleTrigger),
+    /// A fixed interval.
+    Every(EveryTrigger),
+    /// An external (or emitted) event of a type.
+    Event {
+        /// The event type, e.g. `application.created`.
+        event_type: String,
+    },
+    /// A Recrubo webhook.
+    Recrubo(RecruboTrigger),
+    /// A FlowRun status change.
+    FlowRun(FlowRunTrigger),
+    /// A FlowGeneration status change.
+    FlowGeneration(FlowGenerationTrigger),
+    /// Manual only.
+    Manual(ManualTrigger),
+}
+
+impl Trigger {
+    /// The trigger's key as written (`schedule`, `event`, ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Trigger::Schedule(_) => "schedule",
+            Trigger::Every(_) => "every",
+            Trigger::Event { .. } => "event",
+            Trigger::Recrubo(_) => "recrubo",
+            Trigger::FlowRun(_) => "flow_run",
+            Trigger::FlowGeneration(_) => "flow_generation",
+            Trigger::Manual(_) => "manual",
+        }
+    }
+
+    /// A short description for listings: `schedule 0 8 * * 1-5 (Europe/Amsterdam)`.
+    pub fn summary(&self) -> String {
+        match self {
+            Trigger::Schedule(s) => format!("schedule {} ({})", s.cron_source, s.timezone),
+            Trigger::Every(e) => format!("every {}", humantime::format_duration(e.interval)),
+            Trigger::Event { event_type } => format!("event {event_type}"),
+            Trigger::Recrubo(r) => {
+                let events = if r.events.is_empty() {
+                    "any".to_owned()
+                } else {
+                    r.events.join(",")
+                };
+                format!("recrubo {} {}", r.resource, events)
+            }
+            Trigger::FlowRun(f) => format!(
+                "flow_run {}",
+                f.statuses
+                    .iter()
+                    .map(FlowRunStatus::as_str)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            Trigger::FlowGeneration(f) => format!(
+                "flow_generation {}",
+                f.statuses
+                    .iter()
+                    .map(FlowGenerationStatus::as_str)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            Trigger::Manual(_) => "manual".to_owned(),
+        }
+    }
+}
+
+/// `schedule:`.
+#[derive(Debug, Clone)]
+pub struct ScheduleTrigger {
+    /// The expression as written.
+    pub cron_source: String,
+    /// The parsed expression.
+    pub cron: croner::Cron,
+    /// The zone the expression is read in.
+    pub timezone: chrono_tz::Tz,
+    /// Missed ticks policy.
+    pub catch_up: CatchUp,
+    /// How far back `all` looks.
+    pub catch_up_window: Duration,
+}
+
+impl ScheduleTrigger {
+    /// The first tick strictly after `after`.
+    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let local = after.with_timezone(&self.timezone);
+        self.cron
+            .find_next_occurrence(&local, false)
+            .ok()
+            .map(|next| next.with_timezone(&Utc))
+    }
+}
+
+/// `every:`.
+#[derive(Debug, Clone)]
+pub struct EveryTrigger {
+    /// The interval.
+    pub interval: Duration,
+    /// Missed ticks policy.
+    pub catch_up: CatchUp,
+    /// How far back `all` looks.
+    pub catch_up_window: Duration,
+}
+
+/// `recrubo:`.
+#[derive(Debug, Clone)]
+pub struct RecruboTrigger {
+    /// JSON:API type, e.g. `flowRuns`.
+    pub resource: String,
+    /// `create`/`update`/`delete`; empty means any.
+    pub events: Vec<String>,
+    /// Changed fields to react to; empty means any.
+    pub fields: Vec<String>,
+}
+
+/// `started_by:` — a rule, or one step of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StartedBy {
+    /// The rule name.
+    pub rule: String,
+    /// The step id, when given as `rule/step`.
+    pub step: Option<String>,
+}
+
+/// `flow_run:`.
+#[derive(Debug, Clone)]
+pub struct FlowRunTrigger {
+    /// The statuses to react to.
+    pub statuses: Vec<FlowRunStatus>,
+    /// Only runs of this Flow.
+    pub flow: Option<String>,
+    /// Only runs started by this rule/step.
+    pub started_by: Option<StartedBy>,
+}
+
+/// `flow_generation:`.
+#[derive(Debug, Clone)]
+pub struct FlowGenerationTrigger {
+    /// The statuses to react to.
+    pub statuses: Vec<FlowGenerationStatus>,
+    /// Only generations started by this rule/step.
+    pub started_by: Option<StartedBy>,
+}
+
+/// `manual:`.
+#[derive(Debug, Clone, Default)]
+pub struct ManualTrigger {
+    /// Declared inputs.
+    pub inputs: Vec<ManualInput>,
+}
+
+/// One declared input of a manual trigger.
+#[derive(Debug, Clone, Serialize)]
+pub struct ManualInput {
+    /// The name (`event.data.NAME`).
+    pub name: String,
+    /// `string`, `number`, `boolean` or `object`.
+    pub input_type: String,
+    /// Must be given.
+    pub required: bool,
+    /// Used when not given.
+    pub default: Option<serde_json::Value>,
+}
+
+/// `for_each:`.
+#[derive(Debug, Clone)]
+pub enum ForEach {
+    /// Page through a Recrubo collection.
+    List {
+        /// The collection path, e.g. `flow-runs`.
+        resource: String,
+        /// `filter[...]` parameters (templates).
+        filter: Vec<(String, TemplateValue)>,
+        /// `sort`.
+        sort: Option<String>,
+        /// `page[size]`.
+        page_size: u32,
+    },
+    /// A literal list or a template that yields one.
+    Items(TemplateValue),
+}
+
+/// A retry policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RetryPolicy {
+    /// Attempts in all.
+    pub attempts: u32,
+    /// The first delay.
+    pub backoff: Duration,
+    /// The longest delay.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 5,
+            backoff: Duration::from_secs(2),
+            max_backoff: Duration::from_secs(600),
+        }
+    }
+}
+
+/// One step.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// The id, when given.
+    pub id: Option<String>,
+    /// Where the step starts.
+    pub at: Pos,
+    /// Step-level condition.
+    pub condition: Option<Condition>,
+    /// Overrides the default policy.
+    pub retry: Option<RetryPolicy>,
+    /// Failures do not stop the execution.
+    pub continue_on_error: bool,
+    /// What the step does.
+    pub kind: StepKind,
+    /// Handlers by status (only for `start_flow_run` and `generate_flow`).
+    pub on_status: Vec<(String, Vec<Step>)>,
+}
+
+/// HTTP methods the `http` and `recrubo` steps accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum HttpMethod {
+    /// GET
+    Get,
+    /// POST
+    Post,
+    /// PUT
+    Put,
+    /// PATCH
+    Patch,
+    /// DELETE
+    Delete,
+}
+
+impl HttpMethod {
+    /// Every method, as written.
+    pub const NAMES: &'static [&'static str] = &["GET", "POST", "PUT", "PATCH", "DELETE"];
+
+    /// Parses a method name (case-insensitive).
+    pub fn parse(text: &str) -> Option<HttpMethod> {
+        match text.to_ascii_uppercase().as_str() {
+            "GET" => Some(HttpMethod::Get),
+            "POST" => Some(HttpMethod::Post),
+            "PUT" => Some(HttpMethod::Put),
+            "PATCH" => Some(HttpMethod::Patch),
+            "DELETE" => Some(HttpMethod::Delete),
+            _ => None,
+        }
+    }
+}
+
+/// What a step does: one variant per step kind of DESIGN 2.4.
+#[derive(Debug, Clone)]
+pub enum StepKind {
+    /// `POST /flow-runs`.
+    StartFlowRun {
+        /// Flow id.
+        flow: Template,
+        /// MessageThread id.
+        message_thread: Template,
+        /// Initial state.
+        state: Option<TemplateValue>,
+        /// Initial message (`{}` when absent).
+        initial_message: Option<TemplateValue>,
+    },
+    /// `POST /flow-generations`.
+    GenerateFlow {
+        /// Flow type.
+        flow_type: Template,
+        /// Parameters.
+        parameters: Option<TemplateValue>,
+        /// Context.
+        context: Option<TemplateValue>,
+        /// Vacancy id.
+        vacancy_id: Option<Template>,
+        /// The id of an earlier `analyze_vacancy` step.
+        from_analysis: Option<String>,
+    },
+    /// `POST /vacancy-analyses`, then wait for the result.
+    AnalyzeVacancy {
+        /// The vacancy text.
+        text: Template,
+    },
+    /// `PATCH /flow-runs/{id}`.
+    UpdateFlowRun {
+        /// FlowRun id.
+        id: Template,
+        /// New state.
+        state: Option<TemplateValue>,
+        /// New status.
+        status: Option<Template>,
+    },
+    /// Any Recrubo call.
+    Recrubo {
+        /// Method.
+        method: HttpMethod,
+        /// Path below the base URL.
+        path: Template,
+        /// The envelope's `data`.
+        body: Option<TemplateValue>,
+    },
+    /// A JSON POST.
+    Notify {
+        /// URL.
+        url: Template,
+        /// Headers.
+        headers: Vec<(String, Template)>,
+        /// Body.
+        body: TemplateValue,
+        /// Body shape.
+        preset: Option<NotifyPreset>,
+    },
+    /// SMTP mail.
+    Email {
+        /// Recipients.
+        to: Vec<Template>,
+        /// Subject.
+        subject: Template,
+        /// Text body.
+        body: Template,
+        /// HTML body.
+        html: Option<Template>,
+    },
+    /// Any HTTP request.
+    Http {
+        /// Method.
+        method: HttpMethod,
+        /// URL.
+        url: Template,
+        /// Headers.
+        headers: Vec<(String, Template)>,
+        /// Body.
+        body: Option<TemplateValue>,
+    },
+    /// An internal event.
+    Emit {
+        /// Event type.
+        event_type: Template,
+        /// Event data.
+        data: Option<TemplateValue>,
+    },
+    /// A log line.
+    Log {
+        /// The text.
+        text: Template,
+    },
+}
+
+impl StepKind {
+    /// Every step kind key, as written.
+    pub const NAMES: &'static [&'static str] = &[
+        "start_flow_run",
+        "generate_flow",
+        "analyze_vacancy",
+        "update_flow_run",
+        "recrubo",
+        "notify",
+        "email",
+        "http",
+        "emit",
+        "log",
+    ];
+
+    /// The key as written.
+    pub fn name(&self) -> &'static str {
+        match self {
+            StepKind::StartFlowRun { .. } => "start_flow_run",
+            StepKind::GenerateFlow { .. } => "generate_flow",
+            StepKind::AnalyzeVacancy { .. } => "analyze_vacancy",
+            StepKind::UpdateFlowRun { .. } => "update_flow_run",
+            StepKind::Recrubo { .. } => "recrubo",
+            StepKind::Notify { .. } => "notify",
+            StepKind::Email { .. } => "email",
+            StepKind::Http { .. } => "http",
+            StepKind::Emit { .. } => "emit",
+            StepKind::Log { .. } => "log",
+        }
+    }
+}
+
+/// A unit test of a rule.
+#[derive(Debug, Clone)]
+pub struct RuleTest {
+    /// Name.
+    pub name: String,
+    /// Where it is written.
+    pub at: Pos,
+    /// The trigger payload.
+    pub event: serde_json::Value,
+    /// Status changes of started runs.
+    pub run_updates: Vec<RunUpdate>,
+    /// Fixed `now`.
+    pub now: Option<DateTime<Utc>>,
+    /// The expectation.
+    pub expect: Expectation,
+}
+
+/// A status change in a test.
+#[derive(Debug, Clone)]
+pub struct RunUpdate {
+    /// New status.
+    pub status: String,
+    /// New state.
+    pub state: Option<serde_json::Value>,
+    /// The step whose run changes (default: the first started).
+    pub step: Option<String>,
+}
+
+/// What a test expects.
+#[derive(Debug, Clone)]
+pub enum Expectation {
+    /// These steps, in order: (kind, partial fields).
+    Steps(Vec<(String, serde_json::Value)>),
+    /// An error containing this text.
+    Error(String),
+}

@@ -1,0 +1,479 @@
+//! Settings of `flowd run`: an optional YAML file, then `FLOWD_*` environment variables, then
+//! flags — each layer overriding the one before (DESIGN 5) — and secrets that never print.
+//!
+//! Layering works on a JSON tree: the file is read into it, every known setting path is looked up
+//! in the environment (`recrubo.base_url` → `FLOWD_RECRUBO_BASE_URL`), flags are laid on top,
+//! and the result is deserialized strictly, so an unknown key in the file is an error naming it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer};
+use serde_json::{Map, Value};
+
+/// A value that must never appear in logs, errors or the admin API: Debug and Display print
+/// `***`. Read it with [`Secret::expose`], only where it is sent.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    /// Wraps a value.
+    pub fn new(value: T) -> Self {
+        Secret(value)
+    }
+
+    /// The value itself.
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl<T> fmt::Display for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Secret<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        T::deserialize(deserializer).map(Secret)
+    }
+}
+
+/// One string or a list of them; a comma-separated string from the environment becomes a list.
+fn one_or_many_secrets<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<Secret<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Option::<OneOrMany>::deserialize(deserializer)? {
+        None => Vec::new(),
+        Some(OneOrMany::One(text)) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| Secret(s.to_owned()))
+            .collect(),
+        Some(OneOrMany::Many(list)) => list.into_iter().map(Secret).collect(),
+    })
+}
+
+/// All settings of the daemon.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Folder of rule files.
+    pub rules: PathBuf,
+    /// Public listener: webhooks, events, health.
+    pub listen: SocketAddr,
+    /// Admin listener: API, metrics, status page.
+    pub admin_listen: SocketAddr,
+    /// `sqlite://flowd.db` or `postgres://...`.
+    pub database: String,
+    /// The Recrubo API.
+    pub recrubo: RecruboSettings,
+    /// The `/events` intake.
+    pub events: EventsSettings,
+    /// SMTP for `email` steps.
+    pub smtp: Option<SmtpSettings>,
+    /// The admin API.
+    pub admin: AdminSettings,
+    /// Logging.
+    pub log: LogSettings,
+    /// A YAML file of `NAME: value` secrets for `{{secrets.NAME}}` (besides `FLOWD_SECRET_NAME`).
+    pub secrets_file: Option<PathBuf>,
+    /// Seconds between full rescans of the rules folder (a safety net for lost file events).
+    pub rescan_interval_seconds: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            rules: PathBuf::from("rules"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            database: "sqlite://flowd.db".to_owned(),
+            recrubo: RecruboSettings::default(),
+            events: EventsSettings::default(),
+            smtp: None,
+            admin: AdminSettings::default(),
+            log: LogSettings::default(),
+            secrets_file: None,
+            rescan_interval_seconds: 30,
+        }
+    }
+}
+
+/// `recrubo:` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecruboSettings {
+    /// API base URL.
+    pub base_url: String,
+    /// Bearer token (also `RECRUBO_API_TOKEN`).
+    pub token: Option<Secret<String>>,
+    /// Webhook secrets; two during rotation (also `RECRUBO_WEBHOOK_SECRET`).
+    #[serde(deserialize_with = "one_or_many_secrets")]
+    pub webhook_secret: Vec<Secret<String>>,
+    /// Use `?sync=true` (sandbox only).
+    pub sync: bool,
+    /// Requests per second, all rules together.
+    pub rate_limit: f64,
+    /// Poll followed runs that have not changed for this long (a duration like `10m`).
+    pub reconcile_after: String,
+}
+
+impl Default for RecruboSettings {
+    fn default() -> Self {
+        RecruboSettings {
+            base_url: "https://api.recrubo.app/public/v2".to_owned(),
+            token: None,
+            webhook_secret: Vec::new(),
+            sync: false,
+            rate_limit: 20.0,
+            reconcile_after: "10m".to_owned(),
+        }
+    }
+}
+
+/// `events:` settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsSettings {
+    /// Bearer tokens accepted on `/events`.
+    #[serde(deserialize_with = "one_or_many_secrets")]
+    pub tokens: Vec<Secret<String>>,
+    /// HMAC secret for `X-Flowd-Signature`.
+    pub hmac_secret: Option<Secret<String>>,
+}
+
+/// `smtp:` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpSettings {
+    /// Host.
+    pub host: String,
+    /// Port (default 587).
+    #[serde(default = "default_smtp_port")]
+    pub port: u16,
+    /// User name.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password.
+    #[serde(default)]
+    pub password: Option<Secret<String>>,
+    /// Sender address.
+    pub from: String,
+}
+
+fn default_smtp_port() -> u16 {
+    587
+}
+
+/// `admin:` settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// Bearer token for the admin API; required when `admin_listen` is not loopback.
+    pub token: Option<Secret<String>>,
+}
+
+/// `log:` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A level (`info`) or a tracing filter (`flowd=debug,tower_http=info`).
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            format: LogFormat::Text,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Every settings path that can come from the environment, as `FLOWD_` + upper-cased `_` path.
+pub const SETTING_PATHS: &[&str] = &[
+    "rules",
+    "listen",
+    "admin_listen",
+    "database",
+    "recrubo.base_url",
+    "recrubo.token",
+    "recrubo.webhook_secret",
+    "recrubo.sync",
+    "recrubo.rate_limit",
+    "recrubo.reconcile_after",
+    "events.tokens",
+    "events.hmac_secret",
+    "smtp.host",
+    "smtp.port",
+    "smtp.username",
+    "smtp.password",
+    "smtp.from",
+    "admin.token",
+    "log.format",
+    "log.level",
+    "secrets_file",
+    "rescan_interval_seconds",
+];
+
+/// The environment variable of a settings path.
+pub fn env_name(path: &str) -> String {
+    format!("FLOWD_{}", path.replace('.', "_").to_ascii_uppercase())
+}
+
+/// Why settings could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The file could not be read.
+    #[error("cannot read the settings file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The reason.
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with line and column.
+        message: String,
+    },
+    /// The layered settings do not fit the settings' shape.
+    #[error("invalid settings: {0}")]
+    Invalid(String),
+}
+
+/// Builds settings from an optional file, an environment and flag overrides (settings paths to
+/// values). `env` is passed in so tests need not touch the process environment.
+pub fn layer(
+    file: Option<&Path>,
+    env: &BTreeMap<String, String>,
+    flags: &[(&str, Value)],
+) -> Result<Settings, SettingsError> {
+    let mut tree = Value::Object(Map::new());
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if !text.trim().is_empty() {
+            tree = serde_saphyr::from_str::<Value>(&text).map_err(|err| SettingsError::Parse {
+                path: path.to_path_buf(),
+                message: err.to_string(),
+            })?;
+            if !tree.is_object() {
+                return Err(SettingsError::Parse {
+                    path: path.to_path_buf(),
+                    message: "the settings file must be a mapping of setting names".to_owned(),
+                });
+            }
+        }
+    }
+    // Well-known variables of the Recrubo world, below FLOWD_* in precedence.
+    for (variable, path) in [
+        ("RECRUBO_API_TOKEN", "recrubo.token"),
+        ("RECRUBO_WEBHOOK_SECRET", "recrubo.webhook_secret"),
+    ] {
+        if let Some(value) = env.get(variable)
+            && env.get(&env_name(path)).is_none()
+            && lookup(&tree, path).is_none()
+        {
+            set_path(&mut tree, path, Value::String(value.clone()));
+        }
+    }
+    for path in SETTING_PATHS {
+        if let Some(value) = env.get(&env_name(path)) {
+            set_path(&mut tree, path, env_value(value));
+        }
+    }
+    for (path, value) in flags {
+        set_path(&mut tree, path, value.clone());
+    }
+    serde_json::from_value::<Settings>(tree).map_err(|err| SettingsError::Invalid(err.to_string()))
+}
+
+/// Environment values are strings; numbers and booleans are recognised so that
+/// `FLOWD_RECRUBO_RATE_LIMIT=5` and `FLOWD_RECRUBO_SYNC=true` work.
+fn env_value(text: &str) -> Value {
+    match text {
+        "true" => Value::Bool(true),
+        "false" => Value::Bool(false),
+        _ => text
+            .parse::<u64>()
+            .map(Value::from)
+            .or_else(|_| text.parse::<f64>().map(Value::from))
+            .unwrap_or_else(|_| Value::String(text.to_owned())),
+    }
+}
+
+fn lookup<'a>(tree: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(tree, |node, key| node.get(key))
+}
+
+fn set_path(tree: &mut Value, path: &str, value: Value) {
+    let mut node = tree;
+    let mut keys = path.split('.').peekable();
+    while let Some(key) = keys.next() {
+        if !node.is_object() {
+            *node = Value::Object(Map::new());
+        }
+        let Value::Object(map) = node else { return };
+        if keys.peek().is_none() {
+            map.insert(key.to_owned(), value);
+            return;
+        }
+        node = map
+            .entry(key.to_owned())
+            .or_insert_with(|| Value::Object(Map::new()));
+    }
+}
+
+/// Resolves the secrets a rule set uses from `FLOWD_SECRET_<NAME>` and the secrets file.
+/// Returns the values, or the names that could not be resolved.
+pub fn resolve_secrets(
+    names: &BTreeSet<String>,
+    env: &BTreeMap<String, String>,
+    secrets_file: Option<&Path>,
+) -> Result<BTreeMap<String, Secret<String>>, ResolveSecretsError> {
+    let from_file: BTreeMap<String, String> = match secrets_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|err| {
+                ResolveSecretsError::File(format!("cannot read {}: {err}", path.display()))
+            })?;
+            serde_saphyr::from_str(&text).map_err(|err| {
+                ResolveSecretsError::File(format!(
+                    "{}: expected a mapping of NAME: value ({err})",
+                    path.display()
+                ))
+            })?
+        }
+        None => BTreeMap::new(),
+    };
+    let mut resolved = BTreeMap::new();
+    let mut missing = Vec::new();
+    for name in names {
+        let variable = format!("FLOWD_SECRET_{}", name.to_ascii_uppercase());
+        match env.get(&variable).or_else(|| from_file.get(name)) {
+            Some(value) => {
+                resolved.insert(name.clone(), Secret(value.clone()));
+            }
+            None => missing.push(name.clone()),
+        }
+    }
+    if missing.is_empty() {
+        Ok(resolved)
+    } else {
+        Err(ResolveSecretsError::Missing(missing))
+    }
+}
+
+/// Why secrets could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveSecretsError {
+    /// The secrets file is unreadable.
+    #[error("{0}")]
+    File(String),
+    /// These names have no value.
+    #[error("no value for secret(s) {}; set FLOWD_SECRET_<NAME> or add them to the secrets file", .0.join(", "))]
+    Missing(Vec<String>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn flags_beat_env_beat_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("flowd.yaml");
+        std::fs::write(
+            &file,
+            "rules: from-file/\nrecrubo:\n  base_url: http://file\n  rate_limit: 3\nlisten: 127.0.0.1:9000\n",
+        )
+        .expect("write");
+        let settings = layer(
+            Some(&file),
+            &env(&[
+                ("FLOWD_RECRUBO_BASE_URL", "http://env"),
+                ("FLOWD_LISTEN", "127.0.0.1:9001"),
+                ("RECRUBO_API_TOKEN", "tok"),
+            ]),
+            &[("listen", Value::String("127.0.0.1:9002".into()))],
+        )
+        .expect("valid");
+        assert_eq!(settings.rules, PathBuf::from("from-file/"));
+        assert_eq!(settings.recrubo.base_url, "http://env");
+        assert_eq!(settings.recrubo.rate_limit, 3.0);
+        assert_eq!(settings.listen.port(), 9002);
+        assert_eq!(settings.recrubo.token.as_ref().map(|t| t.expose().as_str()), Some("tok"));
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_errors() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("flowd.yaml");
+        std::fs::write(&file, "recrubo:\n  base_ur: x\n").expect("write");
+        let err = layer(Some(&file), &BTreeMap::new(), &[]).unwrap_err();
+        assert!(err.to_string().contains("base_ur"), "{err}");
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let secret = Secret::new("hunter2".to_owned());
+        assert_eq!(format!("{secret} {secret:?}"), "*** ***");
+        let settings = layer(
+            None,
+            &env(&[("FLOWD_RECRUBO_WEBHOOK_SECRET", "a,b")]),
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(settings.recrubo.webhook_secret.len(), 2);
+        assert!(!format!("{settings:?}").contains("a,b"));
+    }
+
+    #[test]
+    fn secrets_resolve_from_env_or_report_missing() {
+        let names: BTreeSet<String> = ["slack_webhook".to_owned(), "ops".to_owned()].into();
+        let err = resolve_secrets(&names, &env(&[("FLOWD_SECRET_SLACK_WEBHOOK", "x")]), None)
+            .unwrap_err();
+        assert_eq!(err.to_string(), "no value for secret(s) ops; set FLOWD_SECRET_<NAME> or add them to the secrets file");
+    }
+}
