@@ -300,7 +300,8 @@ fn enclosing_rule_name(text: &str, line: u32) -> Option<String> {
         .take(line as usize)
         .filter_map(|l| l.trim_start().strip_prefix("- name:"))
         .map(|name| name.trim().trim_matches(['"', '\'']).to_owned())
-        .rfind(|name| !name.is_empty())
+        .filter(|name| !name.is_empty())
+        .last()
 }
 
 fn is_only_comments(text: &str) -> bool {
