@@ -388,7 +388,7 @@ pub struct NotifyModel {
 #[serde(deny_unknown_fields)]
 pub struct EmailModel {
     /// One address or a list.
-    pub to: Located<OneOrMany<Located<String>>>,
+    pub to: Located<OneOrMany<String>>,
     /// The subject line.
     pub subject: Located<String>,
     /// The plain-text body.

@@ -1261,11 +1261,11 @@ impl Validator {
                 self.error(ctx, v.to.at, &format!("{f}.to"), "empty", "`to` names no recipient");
             }
             for address in &v.to.value.0 {
-                if !address.value.contains("{{") && !address.value.contains('@') {
-                    self.error(ctx, address.at, &format!("{f}.to"), "email", format!("`{}` is not an email address", address.value));
+                if !address.contains("{{") && !address.contains('@') {
+                    self.error(ctx, v.to.at, &format!("{f}.to"), "email", format!("`{address}` is not an email address"));
                     continue;
                 }
-                if let Some(template) = self.template(ctx, scope, &format!("{f}.to"), address) {
+                if let Some(template) = self.template_text(ctx, scope, &format!("{f}.to"), address, v.to.at) {
                     to.push(template);
                 }
             }
