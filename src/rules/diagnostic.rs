@@ -171,7 +171,7 @@ mod tests {
         let rendered = diagnostic.render(Some(source));
         assert_eq!(
             rendered,
-            "error[cron]: bad cron\n   --> r.yaml:3:19\n   |\n 3 |     on: { schedule: \"61 * * * *\" }\n   |                   ^\n   = in rule `a`, field `on.schedule`\n   = help: minutes go from 0 to 59\n"
+            "error[cron]: bad cron\n  --> r.yaml:3:19\n   |\n 3 |     on: { schedule: \"61 * * * *\" }\n   |                   ^\n   = in rule `a`, field `on.schedule`\n   = help: minutes go from 0 to 59\n"
         );
     }
 

@@ -137,8 +137,27 @@ fn walk_folder(
     }
 }
 
+/// Stack size of the thread that parses rule files. Deserializing nested YAML recurses; within
+/// the depth budget a debug build needs more than the 2 MiB a spawned thread gets by default,
+/// and a stack overflow would abort the daemon, so parsing gets a thread of its own.
+const PARSER_STACK_BYTES: usize = 64 * 1024 * 1024;
+
 /// Reads and parses every rule file below `paths`.
 pub fn load_paths(paths: &[PathBuf]) -> LoadedFiles {
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("flowd-rules-parser".to_owned())
+            .stack_size(PARSER_STACK_BYTES)
+            .spawn_scoped(scope, || load_paths_on_this_thread(paths))
+            .map(|handle| handle.join())
+    })
+    .ok()
+    .and_then(Result::ok)
+    // Spawning failed (out of threads): parse here rather than not at all.
+    .unwrap_or_else(|| load_paths_on_this_thread(paths))
+}
+
+fn load_paths_on_this_thread(paths: &[PathBuf]) -> LoadedFiles {
     let (found, mut diagnostics) = find_rule_files(paths);
     let mut hasher = Sha256::new();
     let mut files = Vec::with_capacity(found.len());
@@ -255,7 +274,7 @@ fn read_source(path: &Path) -> (SourceFile, Option<Diagnostic>) {
 /// duplicate keys refused, and budgets that stop alias bombs and deep nesting early.
 fn parse_options() -> serde_saphyr::Options {
     let mut budget = serde_saphyr::Budget::default();
-    budget.max_depth = 64;
+    budget.max_depth = 48;
     budget.max_nodes = 500_000;
     budget.max_events = 2_000_000;
     budget.max_aliases = 1_000;
@@ -266,6 +285,9 @@ fn parse_options() -> serde_saphyr::Options {
     let mut options = serde_saphyr::Options::default();
     options.budget = Some(budget);
     options.strict_booleans = true;
+    // Aliases are rare in rule files; an alias bomb replays events, so cap the replay early.
+    options.alias_limits.max_total_replayed_events = 50_000;
+    options.alias_limits.max_replay_stack_depth = 16;
     options.with_snippet = false;
     options
 }
@@ -361,7 +383,16 @@ fn yaml_diagnostic(path: &Path, err: &serde_saphyr::Error) -> Diagnostic {
             Diagnostic::new(path, at, "duplicate-key", strip_location(&inner.to_string()))
                 .with_hint("each key may appear once in a mapping")
         }
-        E::Budget { .. } => Diagnostic::new(
+        E::Budget { .. } if inner.to_string().contains("Documents") => Diagnostic::new(
+            path,
+            at,
+            "documents",
+            "the file holds more than one YAML document",
+        )
+        .with_hint("a rule file is one document; put the rules of the second document (after `---`) into the first one's `rules:` list, or into another file"),
+        _ if inner.to_string().contains("budget breached")
+            || inner.to_string().contains("replay limit")
+            || inner.to_string().contains("expansion limit") => Diagnostic::new(
             path,
             at,
             "too-complex",
@@ -370,21 +401,37 @@ fn yaml_diagnostic(path: &Path, err: &serde_saphyr::Error) -> Diagnostic {
                 strip_location(&inner.to_string())
             ),
         )
-        .with_hint("rule files may nest at most 64 levels and use at most 1000 aliases"),
+        .with_hint("rule files may nest at most 48 levels and use at most 1000 aliases"),
         _ => {
-            let message = strip_location(&inner.to_string());
+            let message = friendlier(strip_location(&inner.to_string()));
             let hint = if message.contains("tab") {
                 Some("indent with spaces; YAML does not allow tabs for indentation".to_owned())
             } else {
                 None
             };
-            let code = if message.contains("invalid type") || message.contains("expected") {
+            let code = if message.contains("invalid type") || message.starts_with("expected") {
                 "type"
             } else {
                 "yaml"
             };
             Diagnostic::new(path, at, code, message).with_optional_hint(hint)
         }
+    }
+}
+
+/// Rewords the terse parser messages people meet most.
+fn friendlier(message: String) -> String {
+    match message.as_str() {
+        "invalid u32" | "invalid u64" | "invalid i64" | "invalid i32" | "invalid u16" => {
+            "expected a whole number".to_owned()
+        }
+        "expected mapping start" => {
+            "expected a mapping here (`key: value` lines or `{ key: value }`)".to_owned()
+        }
+        "expected sequence start" => {
+            "expected a list here (`- item` lines or `[a, b]`)".to_owned()
+        }
+        _ => message,
     }
 }
 

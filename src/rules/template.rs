@@ -696,7 +696,7 @@ mod tests {
             render("{{date x.t \"%H:%M\" \"Europe/Amsterdam\"}}", context.clone()),
             Ok(json!("03:30"))
         );
-        assert_eq!(render("{{json x.s}}", context.clone()), Ok(json!("  Ana  ")));
+        assert_eq!(render("{{json x.s}}", context.clone()), Ok(json!("\"  Ana  \"")));
         assert_eq!(render("{{#if (eq 1 1)}}yes{{else}}no{{/if}}", context), Ok(json!("yes")));
     }
 

@@ -1483,7 +1483,7 @@ impl Validator {
                             if candidates.is_empty() {
                                 format!("rule `{}` has no `{expected_kind}` step with an id", started_by.rule)
                             } else {
-                                format!("its `{expected_kind}` steps are {}", candidates.join(", "))
+                                format!("its `{expected_kind}` steps are {}", candidates.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", "))
                             }
                         });
                         self.error(ctx, *at, field, "reference", format!("rule `{}` has no step `{step}`", started_by.rule))
