@@ -9,6 +9,8 @@
 //! - [`settings`]: flags → environment → file layering, and secrets that never print.
 //! - [`cli`]: one module per subcommand; `main.rs` only maps its result to an exit code.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod cli;
 pub mod engine;
 pub mod http;

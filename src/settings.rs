@@ -443,7 +443,10 @@ mod tests {
         assert_eq!(settings.recrubo.base_url, "http://env");
         assert_eq!(settings.recrubo.rate_limit, 3.0);
         assert_eq!(settings.listen.port(), 9002);
-        assert_eq!(settings.recrubo.token.as_ref().map(|t| t.expose().as_str()), Some("tok"));
+        assert_eq!(
+            settings.recrubo.token.as_ref().map(|t| t.expose().as_str()),
+            Some("tok")
+        );
     }
 
     #[test]
@@ -459,12 +462,8 @@ mod tests {
     fn secrets_never_print() {
         let secret = Secret::new("hunter2".to_owned());
         assert_eq!(format!("{secret} {secret:?}"), "*** ***");
-        let settings = layer(
-            None,
-            &env(&[("FLOWD_RECRUBO_WEBHOOK_SECRET", "a,b")]),
-            &[],
-        )
-        .expect("valid");
+        let settings =
+            layer(None, &env(&[("FLOWD_RECRUBO_WEBHOOK_SECRET", "a,b")]), &[]).expect("valid");
         assert_eq!(settings.recrubo.webhook_secret.len(), 2);
         assert!(!format!("{settings:?}").contains("a,b"));
     }
@@ -474,6 +473,9 @@ mod tests {
         let names: BTreeSet<String> = ["slack_webhook".to_owned(), "ops".to_owned()].into();
         let err = resolve_secrets(&names, &env(&[("FLOWD_SECRET_SLACK_WEBHOOK", "x")]), None)
             .unwrap_err();
-        assert_eq!(err.to_string(), "no value for secret(s) ops; set FLOWD_SECRET_<NAME> or add them to the secrets file");
+        assert_eq!(
+            err.to_string(),
+            "no value for secret(s) ops; set FLOWD_SECRET_<NAME> or add them to the secrets file"
+        );
     }
 }

@@ -41,7 +41,10 @@ pub fn run(args: &CheckArgs) -> ExitCode {
                 "secrets": secrets,
                 "diagnostics": diagnostics,
             });
-            println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).unwrap_or_default()
+            );
         }
         OutputFormat::Text => {
             if !diagnostics.is_empty() {
@@ -60,7 +63,10 @@ pub fn run(args: &CheckArgs) -> ExitCode {
                 }
                 if !secrets.is_empty() {
                     let names: Vec<&str> = secrets.iter().map(String::as_str).collect();
-                    println!("secrets used: {} (flowd run needs a value for each)", names.join(", "));
+                    println!(
+                        "secrets used: {} (flowd run needs a value for each)",
+                        names.join(", ")
+                    );
                 }
             } else {
                 let files: BTreeSet<_> = diagnostics.iter().map(|d| &d.file).collect();

@@ -90,7 +90,10 @@ fn metrics_handle() -> Option<PrometheusHandle> {
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let env: BTreeMap<String, String> = std::env::vars().collect();
-    let config = args.config.clone().or_else(|| env.get("FLOWD_CONFIG").map(PathBuf::from));
+    let config = args
+        .config
+        .clone()
+        .or_else(|| env.get("FLOWD_CONFIG").map(PathBuf::from));
     let settings = layer(config.as_deref(), &env, &args.flag_overrides())?;
     init_logging(settings.log.format, &settings.log.level);
 

@@ -45,7 +45,10 @@ pub fn admin_router(state: AppState) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/api/v1/rules", get(list_rules))
         .route("/api/v1/reload", post(reload))
-        .layer(middleware::from_fn_with_state(state.clone(), require_admin_token))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_admin_token,
+        ))
         .with_state(state)
 }
 
@@ -120,10 +123,7 @@ async fn require_admin_token(
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.strip_prefix("Bearer "))
             .unwrap_or("");
-        let matches: bool = given
-            .as_bytes()
-            .ct_eq(token.expose().as_bytes())
-            .into();
+        let matches: bool = given.as_bytes().ct_eq(token.expose().as_bytes()).into();
         if !matches {
             return (
                 StatusCode::UNAUTHORIZED,

@@ -41,7 +41,8 @@ impl FlowRunStatus {
     ];
 
     /// Statuses that `PATCH /flow-runs/{id}` may set.
-    pub const SETTABLE: &'static [&'static str] = &["finished", "timeout", "cancelled", "exception"];
+    pub const SETTABLE: &'static [&'static str] =
+        &["finished", "timeout", "cancelled", "exception"];
 
     /// Parses a status leniently: unknown text becomes `Other`.
     pub fn parse(text: &str) -> FlowRunStatus {

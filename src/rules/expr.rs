@@ -21,7 +21,9 @@ pub struct Condition {
 
 impl std::fmt::Debug for Condition {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Condition").field("source", &self.source).finish()
+        f.debug_struct("Condition")
+            .field("source", &self.source)
+            .finish()
     }
 }
 
@@ -116,9 +118,9 @@ impl Condition {
         }
         match self.program.execute(&cel_context) {
             Ok(cel::Value::Bool(value)) => ConditionOutcome::Value(value),
-            Ok(other) => ConditionOutcome::Failed(format!(
-                "the condition yielded {other:?}, not a boolean"
-            )),
+            Ok(other) => {
+                ConditionOutcome::Failed(format!("the condition yielded {other:?}, not a boolean"))
+            }
             Err(err) => ConditionOutcome::Failed(err.to_string()),
         }
     }
@@ -243,7 +245,8 @@ mod tests {
 
     #[test]
     fn evaluates_and_fails_closed() {
-        let condition = Condition::compile("event.data.open && event.data.n > 2").expect("compiles");
+        let condition =
+            Condition::compile("event.data.open && event.data.n > 2").expect("compiles");
         let context = json!({"event": {"data": {"open": true, "n": 3}}});
         assert_eq!(condition.evaluate(&context), ConditionOutcome::Value(true));
         let missing = condition.evaluate(&json!({"event": {"data": {}}}));
@@ -254,6 +257,9 @@ mod tests {
     #[test]
     fn compile_errors_have_a_message() {
         let err = Condition::compile("event.data.open &&").unwrap_err();
-        assert!(err.message.starts_with("the condition does not compile"), "{err}");
+        assert!(
+            err.message.starts_with("the condition does not compile"),
+            "{err}"
+        );
     }
 }

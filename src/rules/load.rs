@@ -295,13 +295,10 @@ fn parse_options() -> serde_saphyr::Options {
 /// Parses one source into the rule file model.
 pub fn parse_source(source: &SourceFile) -> Result<RuleFileModel, Diagnostic> {
     if source.text.trim().is_empty() || is_only_comments(&source.text) {
-        return Err(Diagnostic::new(
-            &source.path,
-            Pos::new(1, 1),
-            "empty",
-            "the file is empty",
-        )
-        .with_hint("a rule file holds `rules:` (a list of rules) and optionally `vars:`"));
+        return Err(
+            Diagnostic::new(&source.path, Pos::new(1, 1), "empty", "the file is empty")
+                .with_hint("a rule file holds `rules:` (a list of rules) and optionally `vars:`"),
+        );
     }
     serde_saphyr::from_str_with_options::<RuleFileModel>(&source.text, parse_options()).map_err(
         |err| {
@@ -428,9 +425,7 @@ fn friendlier(message: String) -> String {
         "expected mapping start" => {
             "expected a mapping here (`key: value` lines or `{ key: value }`)".to_owned()
         }
-        "expected sequence start" => {
-            "expected a list here (`- item` lines or `[a, b]`)".to_owned()
-        }
+        "expected sequence start" => "expected a list here (`- item` lines or `[a, b]`)".to_owned(),
         _ => message,
     }
 }

@@ -237,7 +237,7 @@ pub struct StepModel {
     pub continue_on_error: Option<bool>,
     /// Handlers by status, for `start_flow_run` and `generate_flow` steps.
     #[serde(default)]
-    pub on_status: Option<Located<LocatedMap<Located<Vec<Located<StepModel>>>>>>,
+    pub on_status: Option<Located<StatusHandlers>>,
 
     /// `POST /flow-runs`.
     #[serde(default)]
@@ -270,6 +270,12 @@ pub struct StepModel {
     #[serde(default)]
     pub log: Option<Located<String>>,
 }
+
+/// `on_status:` — steps by status.
+pub type StatusHandlers = LocatedMap<Located<Vec<Located<StepModel>>>>;
+
+/// One expected step of a test: `{<step kind>: {<fields>}}`.
+pub type ExpectedStepModel = LocatedMap<Located<ValueModel>>;
 
 /// `retry:` of a step.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -465,7 +471,7 @@ pub struct RunUpdateModel {
 pub struct ExpectModel {
     /// The steps that run, in order, each `{<step kind>: {<fields>}}` matched partially.
     #[serde(default)]
-    pub steps: Option<Located<Vec<Located<LocatedMap<Located<ValueModel>>>>>>,
+    pub steps: Option<Located<Vec<Located<ExpectedStepModel>>>>,
     /// A substring of the error the rule must end with.
     #[serde(default)]
     pub error: Option<Located<String>>,

@@ -121,7 +121,7 @@ impl Rule {
 #[derive(Debug, Clone)]
 pub enum Trigger {
     /// A cron schedule.
-    Schedule(ScheduleTrigger),
+    Schedule(Box<ScheduleTrigger>),
     /// A fixed interval.
     Every(EveryTrigger),
     /// An external (or emitted) event of a type.

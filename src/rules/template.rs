@@ -221,9 +221,7 @@ impl Template {
                     message: format!("the expression did not yield a value: {err}"),
                 })
             }
-            TemplateKind::Text(template) => {
-                self.render_with(template, context).map(Value::String)
-            }
+            TemplateKind::Text(template) => self.render_with(template, context).map(Value::String),
         }
     }
 
@@ -307,8 +305,10 @@ fn check_helpers(elements: &[TemplateElement]) -> Result<(), TemplateCompileErro
 }
 
 fn check_parameter(parameter: &Parameter) -> Result<(), TemplateCompileError> {
-    if let Parameter::Subexpression(sub) = parameter {
-        if let TemplateElement::Expression(helper) = sub.element.as_ref() {
+    if let Parameter::Subexpression(sub) = parameter
+        && let TemplateElement::Expression(helper) = sub.element.as_ref()
+    {
+        {
             if let Parameter::Name(name) = &helper.name
                 && (!helper.params.is_empty() || !helper.hash.is_empty())
             {
@@ -389,12 +389,21 @@ fn parameter_references(parameter: &Parameter, scoped: bool, out: &mut Vec<Refer
         Some(rest) => (rest, true),
         None => (raw, false),
     };
-    if (scoped && !from_root) || raw.starts_with("this") || raw.starts_with("..") || raw.starts_with('@') {
+    if (scoped && !from_root)
+        || raw.starts_with("this")
+        || raw.starts_with("..")
+        || raw.starts_with('@')
+    {
         return;
     }
     let segments: Vec<String> = raw
         .split(['.', '/'])
-        .map(|segment| segment.trim_start_matches('[').trim_end_matches(']').to_owned())
+        .map(|segment| {
+            segment
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned()
+        })
         .filter(|segment| !segment.is_empty())
         .collect();
     if !segments.is_empty() {
@@ -452,10 +461,12 @@ impl TemplateValue {
     fn collect_templates<'a>(&'a self, out: &mut Vec<&'a Template>) {
         match self {
             TemplateValue::Template(template) => out.push(template),
-            TemplateValue::Array(items) => items.iter().for_each(|item| item.collect_templates(out)),
-            TemplateValue::Object(entries) => {
-                entries.iter().for_each(|(_, value)| value.collect_templates(out))
+            TemplateValue::Array(items) => {
+                items.iter().for_each(|item| item.collect_templates(out))
             }
+            TemplateValue::Object(entries) => entries
+                .iter()
+                .for_each(|(_, value)| value.collect_templates(out)),
             TemplateValue::Null | TemplateValue::Bool(_) | TemplateValue::Number(_) => {}
         }
     }
@@ -631,7 +642,11 @@ impl HelperDef for RelativeTimeHelper {
         context: &'rc Context,
         _: &mut RenderContext<'reg, 'rc>,
     ) -> Result<ScopedJson<'rc>, RenderError> {
-        let name = if self.sign < 0 { "now_minus" } else { "now_plus" };
+        let name = if self.sign < 0 {
+            "now_minus"
+        } else {
+            "now_plus"
+        };
         let text = helper
             .param(0)
             .ok_or(RenderErrorReason::ParamNotFoundForIndex(name, 0))?
@@ -646,7 +661,11 @@ impl HelperDef for RelativeTimeHelper {
             .unwrap_or_else(Utc::now);
         let delta = TimeDelta::from_std(duration)
             .map_err(|_| RenderErrorReason::Other(format!("{name}: `{text}` is too long")))?;
-        let time = if self.sign < 0 { now - delta } else { now + delta };
+        let time = if self.sign < 0 {
+            now - delta
+        } else {
+            now + delta
+        };
         Ok(ScopedJson::Derived(Value::String(
             time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         )))
@@ -659,16 +678,30 @@ mod tests {
     use serde_json::json;
 
     fn render(source: &str, context: Value) -> Result<Value, TemplateRenderError> {
-        Template::compile(source).expect("compiles").render(&context)
+        Template::compile(source)
+            .expect("compiles")
+            .render(&context)
     }
 
     #[test]
     fn single_expression_keeps_its_type() {
         let context = json!({"event": {"data": {"count": 3, "obj": {"a": [1, 2]}, "name": "Ana"}}});
-        assert_eq!(render("{{event.data.count}}", context.clone()), Ok(json!(3)));
-        assert_eq!(render("{{event.data.obj}}", context.clone()), Ok(json!({"a": [1, 2]})));
-        assert_eq!(render("{{event.data.name}}", context.clone()), Ok(json!("Ana")));
-        assert_eq!(render("n={{event.data.count}}", context.clone()), Ok(json!("n=3")));
+        assert_eq!(
+            render("{{event.data.count}}", context.clone()),
+            Ok(json!(3))
+        );
+        assert_eq!(
+            render("{{event.data.obj}}", context.clone()),
+            Ok(json!({"a": [1, 2]}))
+        );
+        assert_eq!(
+            render("{{event.data.name}}", context.clone()),
+            Ok(json!("Ana"))
+        );
+        assert_eq!(
+            render("n={{event.data.count}}", context.clone()),
+            Ok(json!("n=3"))
+        );
         assert_eq!(render("plain", context), Ok(json!("plain")));
     }
 
@@ -683,21 +716,45 @@ mod tests {
     #[test]
     fn helpers_work() {
         let context = json!({"now": "2026-03-01T12:00:00Z", "x": {"s": "  Ana  ", "t": "2026-03-29T01:30:00Z"}});
-        assert_eq!(render("{{default x.missing 5}}", context.clone()), Ok(json!(5)));
-        assert_eq!(render("{{default x.s 5}}", context.clone()), Ok(json!("  Ana  ")));
-        assert_eq!(render("{{upper (trim x.s)}}", context.clone()), Ok(json!("ANA")));
-        assert_eq!(render("{{truncate \"abcdef\" 4}}", context.clone()), Ok(json!("abc…")));
-        assert_eq!(render("{{urlencode \"a b&c\"}}", context.clone()), Ok(json!("a%20b%26c")));
+        assert_eq!(
+            render("{{default x.missing 5}}", context.clone()),
+            Ok(json!(5))
+        );
+        assert_eq!(
+            render("{{default x.s 5}}", context.clone()),
+            Ok(json!("  Ana  "))
+        );
+        assert_eq!(
+            render("{{upper (trim x.s)}}", context.clone()),
+            Ok(json!("ANA"))
+        );
+        assert_eq!(
+            render("{{truncate \"abcdef\" 4}}", context.clone()),
+            Ok(json!("abc…"))
+        );
+        assert_eq!(
+            render("{{urlencode \"a b&c\"}}", context.clone()),
+            Ok(json!("a%20b%26c"))
+        );
         assert_eq!(
             render("{{now_minus \"24h\"}}", context.clone()),
             Ok(json!("2026-02-28T12:00:00Z"))
         );
         assert_eq!(
-            render("{{date x.t \"%H:%M\" \"Europe/Amsterdam\"}}", context.clone()),
+            render(
+                "{{date x.t \"%H:%M\" \"Europe/Amsterdam\"}}",
+                context.clone()
+            ),
             Ok(json!("03:30"))
         );
-        assert_eq!(render("{{json x.s}}", context.clone()), Ok(json!("\"  Ana  \"")));
-        assert_eq!(render("{{#if (eq 1 1)}}yes{{else}}no{{/if}}", context), Ok(json!("yes")));
+        assert_eq!(
+            render("{{json x.s}}", context.clone()),
+            Ok(json!("\"  Ana  \""))
+        );
+        assert_eq!(
+            render("{{#if (eq 1 1)}}yes{{else}}no{{/if}}", context),
+            Ok(json!("yes"))
+        );
     }
 
     #[test]

@@ -94,7 +94,9 @@ const DEFAULT_CATCH_UP_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// Validates loaded files into a rule set; on any problem, returns every diagnostic.
 pub fn validate(loaded: &LoadedFiles) -> Result<RuleSet, Vec<Diagnostic>> {
     let mut validator = Validator::default();
-    validator.diagnostics.extend(loaded.diagnostics.iter().cloned());
+    validator
+        .diagnostics
+        .extend(loaded.diagnostics.iter().cloned());
     let mut rules = Vec::new();
     let mut metas = Vec::new();
     for file in &loaded.files {
@@ -104,11 +106,7 @@ pub fn validate(loaded: &LoadedFiles) -> Result<RuleSet, Vec<Diagnostic>> {
     }
     validator.cross_rule_checks(&metas);
     if validator.diagnostics.is_empty() {
-        let files = loaded
-            .files
-            .iter()
-            .map(|f| f.source.path.clone())
-            .collect();
+        let files = loaded.files.iter().map(|f| f.source.path.clone()).collect();
         Ok(RuleSet::new(
             rules,
             loaded.content_hash.clone(),
@@ -184,7 +182,13 @@ fn suggest_rule_name(name: &str) -> String {
     let mut out: String = name
         .to_ascii_lowercase()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     while out.starts_with(['-', '_']) {
         out.remove(0);
@@ -240,8 +244,14 @@ impl Validator {
                 rule: None,
                 vars: &vars,
             };
-            self.error(ctx, Pos::new(1, 1), "rules", "empty", "the file has no rules")
-                .hint = Some("add `rules:` with at least one rule".to_owned());
+            self.error(
+                ctx,
+                Pos::new(1, 1),
+                "rules",
+                "empty",
+                "the file has no rules",
+            )
+            .hint = Some("add `rules:` with at least one rule".to_owned());
         }
         let vars = Arc::new(vars);
         for rule_model in &model.rules {
@@ -276,7 +286,9 @@ impl Validator {
                 format!("invalid rule name `{name}`"),
             );
             diagnostic.hint = Some(if is_valid_rule_name(&suggestion) {
-                format!("rule names are lowercase letters, digits, `-` and `_`, starting with a letter or digit, e.g. `{suggestion}`")
+                format!(
+                    "rule names are lowercase letters, digits, `-` and `_`, starting with a letter or digit, e.g. `{suggestion}`"
+                )
             } else {
                 "rule names are lowercase letters, digits, `-` and `_`, starting with a letter or digit".to_owned()
             });
@@ -312,8 +324,14 @@ impl Validator {
             .and_then(|condition| self.condition(ctx, &scope, "if", condition));
         let concurrency = model.concurrency.as_ref().and_then(|concurrency| {
             if concurrency.value == 0 {
-                self.error(ctx, concurrency.at, "concurrency", "range", "`concurrency` must be at least 1")
-                    .hint = Some("leave it out for no limit".to_owned());
+                self.error(
+                    ctx,
+                    concurrency.at,
+                    "concurrency",
+                    "range",
+                    "`concurrency` must be at least 1",
+                )
+                .hint = Some("leave it out for no limit".to_owned());
                 None
             } else {
                 Some(concurrency.value)
@@ -321,7 +339,13 @@ impl Validator {
         });
 
         let mut all_steps = HashSet::new();
-        self.collect_step_ids(ctx, &model.steps.value, "do", &mut all_steps, &mut HashMap::new());
+        self.collect_step_ids(
+            ctx,
+            &model.steps.value,
+            "do",
+            &mut all_steps,
+            &mut HashMap::new(),
+        );
         scope.all_steps = Arc::new(all_steps);
         if model.steps.value.is_empty() {
             self.error(ctx, model.steps.at, "do", "empty", "the rule has no steps")
@@ -383,9 +407,14 @@ impl Validator {
                     on.at,
                     "on",
                     "trigger",
-                    format!("`on` names {} triggers ({})", present.len(), present.join(", ")),
+                    format!(
+                        "`on` names {} triggers ({})",
+                        present.len(),
+                        present.join(", ")
+                    ),
                 )
-                .hint = Some("a rule has exactly one trigger; write one rule per trigger".to_owned());
+                .hint =
+                    Some("a rule has exactly one trigger; write one rule per trigger".to_owned());
                 return None;
             }
         }
@@ -397,7 +426,10 @@ impl Validator {
         }
         if let Some(event) = &model.event {
             let event_type = event.value.trim();
-            if event_type.is_empty() || event_type.contains(char::is_whitespace) || event_type.contains('/') {
+            if event_type.is_empty()
+                || event_type.contains(char::is_whitespace)
+                || event_type.contains('/')
+            {
                 self.error(ctx, event.at, "on.event", "event", format!("invalid event type `{}`", event.value))
                     .hint = Some("event types are dotted names without spaces or `/`, e.g. `application.created`".to_owned());
                 return None;
@@ -428,9 +460,18 @@ impl Validator {
                         events.push(event.clone());
                     } else {
                         let hint = did_you_mean(event, ["create", "update", "delete"])
-                            .unwrap_or_else(|| "Recrubo webhook events are `create`, `update` and `delete`".to_owned());
-                        self.error(ctx, event_list.at, "on.recrubo.event", "unknown-value", format!("unknown webhook event `{event}`"))
-                            .hint = Some(hint);
+                            .unwrap_or_else(|| {
+                                "Recrubo webhook events are `create`, `update` and `delete`"
+                                    .to_owned()
+                            });
+                        self.error(
+                            ctx,
+                            event_list.at,
+                            "on.recrubo.event",
+                            "unknown-value",
+                            format!("unknown webhook event `{event}`"),
+                        )
+                        .hint = Some(hint);
                     }
                 }
             }
@@ -447,12 +488,17 @@ impl Validator {
         }
         if let Some(flow_run) = &model.flow_run {
             let value = &flow_run.value;
-            let statuses = self.statuses(ctx, &value.status, "on.flow_run.status", FlowRunStatus::KNOWN, "a FlowRun");
+            let statuses = self.statuses(
+                ctx,
+                &value.status,
+                "on.flow_run.status",
+                FlowRunStatus::KNOWN,
+                "a FlowRun",
+            );
             let started_by = value.started_by.as_ref().and_then(|started_by| {
                 self.started_by(ctx, started_by, "on.flow_run.started_by")
-                    .map(|parsed| {
+                    .inspect(|parsed| {
                         meta.started_by = Some((parsed.clone(), started_by.at, "start_flow_run"));
-                        parsed
                     })
             });
             let flow = value.flow.as_ref().map(|flow| flow.value.clone());
@@ -473,13 +519,15 @@ impl Validator {
             );
             let started_by = value.started_by.as_ref().and_then(|started_by| {
                 self.started_by(ctx, started_by, "on.flow_generation.started_by")
-                    .map(|parsed| {
+                    .inspect(|parsed| {
                         meta.started_by = Some((parsed.clone(), started_by.at, "generate_flow"));
-                        parsed
                     })
             });
             return Some(Trigger::FlowGeneration(FlowGenerationTrigger {
-                statuses: statuses.iter().map(|s| FlowGenerationStatus::parse(s)).collect(),
+                statuses: statuses
+                    .iter()
+                    .map(|s| FlowGenerationStatus::parse(s))
+                    .collect(),
                 started_by,
             }));
         }
@@ -489,8 +537,14 @@ impl Validator {
                 for (name, input) in manual_model.inputs.iter() {
                     let field = format!("on.manual.inputs.{}", name.value);
                     if !is_valid_identifier(&name.value) {
-                        self.error(ctx, name.at, &field, "name", format!("invalid input name `{}`", name.value))
-                            .hint = Some("input names are letters, digits and `_`".to_owned());
+                        self.error(
+                            ctx,
+                            name.at,
+                            &field,
+                            "name",
+                            format!("invalid input name `{}`", name.value),
+                        )
+                        .hint = Some("input names are letters, digits and `_`".to_owned());
                     }
                     let input_type = input
                         .value
@@ -503,8 +557,14 @@ impl Validator {
                         let at = input.value.input_type.as_ref().map_or(input.at, |t| t.at);
                         let hint = did_you_mean(&input_type, TYPES.iter().copied())
                             .unwrap_or_else(|| format!("input types are {}", TYPES.join(", ")));
-                        self.error(ctx, at, &format!("{field}.type"), "unknown-value", format!("unknown input type `{input_type}`"))
-                            .hint = Some(hint);
+                        self.error(
+                            ctx,
+                            at,
+                            &format!("{field}.type"),
+                            "unknown-value",
+                            format!("unknown input type `{input_type}`"),
+                        )
+                        .hint = Some(hint);
                     }
                     inputs.push(ManualInput {
                         name: name.value.clone(),
@@ -519,14 +579,25 @@ impl Validator {
         None
     }
 
-    fn catch_up_window(&mut self, ctx: Ctx, field: &str, window: Option<&Located<String>>) -> Duration {
+    fn catch_up_window(
+        &mut self,
+        ctx: Ctx,
+        field: &str,
+        window: Option<&Located<String>>,
+    ) -> Duration {
         match window {
             None => DEFAULT_CATCH_UP_WINDOW,
             Some(window) => match parse_duration(&window.value) {
                 Ok(duration) if !duration.is_zero() => duration,
                 Ok(_) => {
-                    self.error(ctx, window.at, field, "duration", "`catch_up_window` must be longer than 0")
-                        .hint = Some("use `catch_up: skip` to fire no missed ticks".to_owned());
+                    self.error(
+                        ctx,
+                        window.at,
+                        field,
+                        "duration",
+                        "`catch_up_window` must be longer than 0",
+                    )
+                    .hint = Some("use `catch_up: skip` to fire no missed ticks".to_owned());
                     DEFAULT_CATCH_UP_WINDOW
                 }
                 Err(message) => {
@@ -563,18 +634,30 @@ impl Validator {
         };
         let catch_up_window = self.catch_up_window(ctx, "on.schedule.catch_up_window", window);
         let (cron, timezone) = (cron?, timezone?);
-        if cron.find_next_occurrence(&Utc::now().with_timezone(&timezone), false).is_err() {
-            self.error(ctx, cron_at, field, "cron", format!("the cron expression `{cron_text}` never fires"))
-                .hint = Some("check the day of month and month: e.g. `0 0 30 2 *` asks for February 30th".to_owned());
+        if cron
+            .find_next_occurrence(&Utc::now().with_timezone(&timezone), false)
+            .is_err()
+        {
+            self.error(
+                ctx,
+                cron_at,
+                field,
+                "cron",
+                format!("the cron expression `{cron_text}` never fires"),
+            )
+            .hint = Some(
+                "check the day of month and month: e.g. `0 0 30 2 *` asks for February 30th"
+                    .to_owned(),
+            );
             return None;
         }
-        Some(Trigger::Schedule(ScheduleTrigger {
+        Some(Trigger::Schedule(Box::new(ScheduleTrigger {
             cron_source: cron_text,
             cron,
             timezone,
             catch_up: catch_up.unwrap_or(CatchUp::Latest),
             catch_up_window,
-        }))
+        })))
     }
 
     fn cron(&mut self, ctx: Ctx, field: &str, text: &str, at: Pos) -> Option<croner::Cron> {
@@ -589,12 +672,20 @@ impl Validator {
                 let hint = if text.trim().starts_with('@') {
                     "the named schedules are @yearly, @annually, @monthly, @weekly, @daily, @midnight and @hourly".to_owned()
                 } else if !(5..=6).contains(&fields) {
-                    format!("a cron expression has 5 fields (minute hour day-of-month month day-of-week), or 6 with seconds first; this one has {fields}")
+                    format!(
+                        "a cron expression has 5 fields (minute hour day-of-month month day-of-week), or 6 with seconds first; this one has {fields}"
+                    )
                 } else {
                     "fields: minute 0-59, hour 0-23, day of month 1-31, month 1-12, day of week 0-7 (0 and 7 are Sunday); seconds 0-59 first when there are 6".to_owned()
                 };
-                self.error(ctx, at, field, "cron", format!("invalid cron expression `{text}`: {err}"))
-                    .hint = Some(hint);
+                self.error(
+                    ctx,
+                    at,
+                    field,
+                    "cron",
+                    format!("invalid cron expression `{text}`: {err}"),
+                )
+                .hint = Some(hint);
                 None
             }
         }
@@ -612,8 +703,14 @@ impl Validator {
                 let hint = exact_case
                     .or_else(|| did_you_mean(&zone.value, names))
                     .unwrap_or_else(|| "use an IANA time zone name such as `Europe/Amsterdam` or `America/New_York`".to_owned());
-                self.error(ctx, zone.at, "on.schedule.timezone", "timezone", format!("unknown time zone `{}`", zone.value))
-                    .hint = Some(hint);
+                self.error(
+                    ctx,
+                    zone.at,
+                    "on.schedule.timezone",
+                    "timezone",
+                    format!("unknown time zone `{}`", zone.value),
+                )
+                .hint = Some(hint);
                 None
             }
         }
@@ -638,8 +735,14 @@ impl Validator {
         let interval = match parse_duration(&interval_text) {
             Ok(interval) if interval >= Duration::from_secs(1) => interval,
             Ok(_) => {
-                self.error(ctx, at, field, "duration", format!("the interval `{interval_text}` is shorter than 1s"))
-                    .hint = Some("intervals are at least `1s`".to_owned());
+                self.error(
+                    ctx,
+                    at,
+                    field,
+                    "duration",
+                    format!("the interval `{interval_text}` is shorter than 1s"),
+                )
+                .hint = Some("intervals are at least `1s`".to_owned());
                 return None;
             }
             Err(message) => {
@@ -665,22 +768,37 @@ impl Validator {
         let mut out = Vec::new();
         if statuses.value.0.is_empty() {
             self.error(ctx, statuses.at, field, "empty", "no status given")
-                .hint = Some(format!("the statuses of {resource} are {}", known.join(", ")));
+                .hint = Some(format!(
+                "the statuses of {resource} are {}",
+                known.join(", ")
+            ));
         }
         for status in &statuses.value.0 {
             if known.contains(&status.as_str()) {
                 out.push(status.clone());
             } else {
-                let hint = did_you_mean(status, known.iter().copied())
-                    .unwrap_or_else(|| format!("the statuses of {resource} are {}", known.join(", ")));
-                self.error(ctx, statuses.at, field, "status", format!("`{status}` is not a status of {resource}"))
-                    .hint = Some(hint);
+                let hint = did_you_mean(status, known.iter().copied()).unwrap_or_else(|| {
+                    format!("the statuses of {resource} are {}", known.join(", "))
+                });
+                self.error(
+                    ctx,
+                    statuses.at,
+                    field,
+                    "status",
+                    format!("`{status}` is not a status of {resource}"),
+                )
+                .hint = Some(hint);
             }
         }
         out
     }
 
-    fn started_by(&mut self, ctx: Ctx, started_by: &Located<String>, field: &str) -> Option<StartedBy> {
+    fn started_by(
+        &mut self,
+        ctx: Ctx,
+        started_by: &Located<String>,
+        field: &str,
+    ) -> Option<StartedBy> {
         let text = started_by.value.trim();
         let (rule, step) = match text.split_once('/') {
             Some((rule, step)) => (rule, Some(step)),
@@ -697,7 +815,12 @@ impl Validator {
         })
     }
 
-    fn for_each(&mut self, ctx: Ctx, scope: &Scope, for_each: &Located<ForEachModel>) -> Option<ForEach> {
+    fn for_each(
+        &mut self,
+        ctx: Ctx,
+        scope: &Scope,
+        for_each: &Located<ForEachModel>,
+    ) -> Option<ForEach> {
         let model = &for_each.value;
         // `item` is not available inside the for_each that produces it.
         let outer = Scope {
@@ -708,9 +831,17 @@ impl Validator {
             (Some(list), None) => {
                 if !RECRUBO_COLLECTIONS.contains(&list.value.as_str()) {
                     let hint = did_you_mean(&list.value, RECRUBO_COLLECTIONS.iter().copied())
-                        .unwrap_or_else(|| format!("collections are {}", RECRUBO_COLLECTIONS.join(", ")));
-                    self.error(ctx, list.at, "on.for_each.list", "unknown-value", format!("unknown Recrubo collection `{}`", list.value))
-                        .hint = Some(hint);
+                        .unwrap_or_else(|| {
+                            format!("collections are {}", RECRUBO_COLLECTIONS.join(", "))
+                        });
+                    self.error(
+                        ctx,
+                        list.at,
+                        "on.for_each.list",
+                        "unknown-value",
+                        format!("unknown Recrubo collection `{}`", list.value),
+                    )
+                    .hint = Some(hint);
                 }
                 let mut filter = Vec::new();
                 if let Some(filters) = &model.filter {
@@ -723,7 +854,13 @@ impl Validator {
                 }
                 let page_size = match &model.page_size {
                     Some(size) if size.value == 0 || size.value > 1000 => {
-                        self.error(ctx, size.at, "on.for_each.page_size", "range", "`page_size` must be between 1 and 1000");
+                        self.error(
+                            ctx,
+                            size.at,
+                            "on.for_each.page_size",
+                            "range",
+                            "`page_size` must be between 1 and 1000",
+                        );
                         100
                     }
                     Some(size) => size.value,
@@ -743,7 +880,13 @@ impl Validator {
                     (model.page_size.is_some(), "page_size"),
                 ] {
                     if present {
-                        self.error(ctx, for_each.at, &format!("on.for_each.{key}"), "for-each", format!("`{key}` only applies to `list` queries"));
+                        self.error(
+                            ctx,
+                            for_each.at,
+                            &format!("on.for_each.{key}"),
+                            "for-each",
+                            format!("`{key}` only applies to `list` queries"),
+                        );
                     }
                 }
                 match &items.value {
@@ -755,11 +898,20 @@ impl Validator {
                         return None;
                     }
                 }
-                self.value(ctx, &outer, "on.for_each.items", items).map(ForEach::Items)
+                self.value(ctx, &outer, "on.for_each.items", items)
+                    .map(ForEach::Items)
             }
             (Some(_), Some(_)) => {
-                self.error(ctx, for_each.at, "on.for_each", "for-each", "`for_each` has both `list` and `items`")
-                    .hint = Some("use `list` for a Recrubo query or `items` for a list, not both".to_owned());
+                self.error(
+                    ctx,
+                    for_each.at,
+                    "on.for_each",
+                    "for-each",
+                    "`for_each` has both `list` and `items`",
+                )
+                .hint = Some(
+                    "use `list` for a Recrubo query or `items` for a list, not both".to_owned(),
+                );
                 None
             }
             (None, None) => {
@@ -772,7 +924,14 @@ impl Validator {
 
     // ---- templates and conditions --------------------------------------------------------------
 
-    fn check_references(&mut self, ctx: Ctx, scope: &Scope, field: &str, at: Pos, references: &[Reference]) {
+    fn check_references(
+        &mut self,
+        ctx: Ctx,
+        scope: &Scope,
+        field: &str,
+        at: Pos,
+        references: &[Reference],
+    ) {
         for reference in references {
             let root = reference.root();
             match root {
@@ -782,29 +941,58 @@ impl Validator {
                         self.secrets.insert(name.to_owned());
                     }
                     None => {
-                        self.error(ctx, at, field, "reference", "`secrets` must be followed by a secret name")
-                            .hint = Some("write `secrets.NAME`; the whole secrets map is never exposed".to_owned());
+                        self.error(
+                            ctx,
+                            at,
+                            field,
+                            "reference",
+                            "`secrets` must be followed by a secret name",
+                        )
+                        .hint = Some(
+                            "write `secrets.NAME`; the whole secrets map is never exposed"
+                                .to_owned(),
+                        );
                     }
                 },
                 "vars" => {
                     if let Some(name) = reference.second()
                         && !ctx.vars.contains_key(name)
                     {
-                        let hint = did_you_mean(name, ctx.vars.keys().map(String::as_str)).unwrap_or_else(|| {
-                            if ctx.vars.is_empty() {
-                                "this file has no `vars:`".to_owned()
-                            } else {
-                                format!("this file's vars are {}", ctx.vars.keys().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", "))
-                            }
-                        });
-                        self.error(ctx, at, field, "reference", format!("unknown var `vars.{name}`"))
-                            .hint = Some(hint);
+                        let hint = did_you_mean(name, ctx.vars.keys().map(String::as_str))
+                            .unwrap_or_else(|| {
+                                if ctx.vars.is_empty() {
+                                    "this file has no `vars:`".to_owned()
+                                } else {
+                                    format!(
+                                        "this file's vars are {}",
+                                        ctx.vars
+                                            .keys()
+                                            .map(|k| format!("`{k}`"))
+                                            .collect::<Vec<_>>()
+                                            .join(", ")
+                                    )
+                                }
+                            });
+                        self.error(
+                            ctx,
+                            at,
+                            field,
+                            "reference",
+                            format!("unknown var `vars.{name}`"),
+                        )
+                        .hint = Some(hint);
                     }
                 }
                 "steps" => match reference.second() {
                     None => {
-                        self.error(ctx, at, field, "reference", "`steps` must be followed by a step id")
-                            .hint = Some("write `steps.<id>.<field>`".to_owned());
+                        self.error(
+                            ctx,
+                            at,
+                            field,
+                            "reference",
+                            "`steps` must be followed by a step id",
+                        )
+                        .hint = Some("write `steps.<id>.<field>`".to_owned());
                     }
                     Some(id) if scope.visible_steps.iter().any(|s| s == id) => {}
                     Some(id) if scope.all_steps.contains(id) => {
@@ -812,15 +1000,30 @@ impl Validator {
                             .hint = Some("`steps.<id>` reads the output of an earlier step of the same execution".to_owned());
                     }
                     Some(id) => {
-                        let hint = did_you_mean(id, scope.visible_steps.iter().map(String::as_str)).unwrap_or_else(|| {
-                            if scope.visible_steps.is_empty() {
-                                "no earlier step has an `id` here".to_owned()
-                            } else {
-                                format!("earlier steps here: {}", scope.visible_steps.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", "))
-                            }
-                        });
-                        self.error(ctx, at, field, "reference", format!("unknown step `steps.{id}`"))
-                            .hint = Some(hint);
+                        let hint = did_you_mean(id, scope.visible_steps.iter().map(String::as_str))
+                            .unwrap_or_else(|| {
+                                if scope.visible_steps.is_empty() {
+                                    "no earlier step has an `id` here".to_owned()
+                                } else {
+                                    format!(
+                                        "earlier steps here: {}",
+                                        scope
+                                            .visible_steps
+                                            .iter()
+                                            .map(|s| format!("`{s}`"))
+                                            .collect::<Vec<_>>()
+                                            .join(", ")
+                                    )
+                                }
+                            });
+                        self.error(
+                            ctx,
+                            at,
+                            field,
+                            "reference",
+                            format!("unknown step `steps.{id}`"),
+                        )
+                        .hint = Some(hint);
                     }
                 },
                 "run" if !scope.has_run => {
@@ -833,25 +1036,47 @@ impl Validator {
                 }
                 "item" if !scope.has_item => {
                     self.error(ctx, at, field, "reference", "`item` is not available here")
-                        .hint = Some("`item` exists only in rules whose trigger has a `for_each`".to_owned());
+                        .hint = Some(
+                        "`item` exists only in rules whose trigger has a `for_each`".to_owned(),
+                    );
                 }
                 "run" | "generation" | "item" => {}
                 unknown => {
-                    let hint = did_you_mean(unknown, CONTEXT_ROOTS.iter().copied()).unwrap_or_else(|| {
-                        format!("templates and conditions read {}", CONTEXT_ROOTS.join(", "))
-                    });
-                    self.error(ctx, at, field, "reference", format!("unknown name `{unknown}`"))
-                        .hint = Some(hint);
+                    let hint =
+                        did_you_mean(unknown, CONTEXT_ROOTS.iter().copied()).unwrap_or_else(|| {
+                            format!("templates and conditions read {}", CONTEXT_ROOTS.join(", "))
+                        });
+                    self.error(
+                        ctx,
+                        at,
+                        field,
+                        "reference",
+                        format!("unknown name `{unknown}`"),
+                    )
+                    .hint = Some(hint);
                 }
             }
         }
     }
 
-    fn template(&mut self, ctx: Ctx, scope: &Scope, field: &str, located: &Located<String>) -> Option<Template> {
+    fn template(
+        &mut self,
+        ctx: Ctx,
+        scope: &Scope,
+        field: &str,
+        located: &Located<String>,
+    ) -> Option<Template> {
         self.template_text(ctx, scope, field, &located.value, located.at)
     }
 
-    fn template_text(&mut self, ctx: Ctx, scope: &Scope, field: &str, text: &str, at: Pos) -> Option<Template> {
+    fn template_text(
+        &mut self,
+        ctx: Ctx,
+        scope: &Scope,
+        field: &str,
+        text: &str,
+        at: Pos,
+    ) -> Option<Template> {
         match Template::compile(text) {
             Ok(template) => {
                 self.check_references(ctx, scope, field, at, &template.references());
@@ -864,12 +1089,20 @@ impl Validator {
         }
     }
 
-    fn value(&mut self, ctx: Ctx, scope: &Scope, field: &str, located: &Located<ValueModel>) -> Option<TemplateValue> {
+    fn value(
+        &mut self,
+        ctx: Ctx,
+        scope: &Scope,
+        field: &str,
+        located: &Located<ValueModel>,
+    ) -> Option<TemplateValue> {
         Some(match &located.value {
             ValueModel::Null => TemplateValue::Null,
             ValueModel::Bool(value) => TemplateValue::Bool(*value),
             ValueModel::Number(value) => TemplateValue::Number(value.clone()),
-            ValueModel::String(text) => TemplateValue::Template(self.template_text(ctx, scope, field, text, located.at)?),
+            ValueModel::String(text) => {
+                TemplateValue::Template(self.template_text(ctx, scope, field, text, located.at)?)
+            }
             ValueModel::Array(items) => {
                 let mut out = Vec::with_capacity(items.len());
                 let mut ok = true;
@@ -901,7 +1134,13 @@ impl Validator {
         })
     }
 
-    fn condition(&mut self, ctx: Ctx, scope: &Scope, field: &str, located: &Located<String>) -> Option<Condition> {
+    fn condition(
+        &mut self,
+        ctx: Ctx,
+        scope: &Scope,
+        field: &str,
+        located: &Located<String>,
+    ) -> Option<Condition> {
         match Condition::compile(&located.value) {
             Ok(condition) => {
                 self.check_references(ctx, scope, field, located.at, &condition.references());
@@ -909,11 +1148,16 @@ impl Validator {
             }
             Err(err) => {
                 let message = match err.column {
-                    Some(column) => format!("{} (at column {column} of the condition)", err.message),
+                    Some(column) => {
+                        format!("{} (at column {column} of the condition)", err.message)
+                    }
                     None => err.message,
                 };
                 self.error(ctx, located.at, field, "condition", message)
-                    .hint = Some("conditions are CEL, e.g. `event.data.vacancy.open && run.state.score >= 7`".to_owned());
+                    .hint = Some(
+                    "conditions are CEL, e.g. `event.data.vacancy.open && run.state.score >= 7`"
+                        .to_owned(),
+                );
                 None
             }
         }
@@ -933,15 +1177,30 @@ impl Validator {
             let field = format!("{prefix}[{index}]");
             if let Some(id) = &step.value.id {
                 if !is_valid_identifier(&id.value) {
-                    self.error(ctx, id.at, &format!("{field}.id"), "name", format!("invalid step id `{}`", id.value))
-                        .hint = Some(format!(
+                    self.error(
+                        ctx,
+                        id.at,
+                        &format!("{field}.id"),
+                        "name",
+                        format!("invalid step id `{}`", id.value),
+                    )
+                    .hint = Some(format!(
                         "step ids are letters, digits and `_`, starting with a letter, so that `steps.<id>` works in templates and conditions (e.g. `{}`)",
                         id.value.replace(['-', ' ', '.'], "_")
                     ));
                 }
                 if let Some(first) = first_seen.get(&id.value) {
-                    self.error(ctx, id.at, &format!("{field}.id"), "duplicate", format!("duplicate step id `{}`", id.value))
-                        .hint = Some(format!("the first step with this id is at line {}; step ids are unique within a rule", first.line));
+                    self.error(
+                        ctx,
+                        id.at,
+                        &format!("{field}.id"),
+                        "duplicate",
+                        format!("duplicate step id `{}`", id.value),
+                    )
+                    .hint = Some(format!(
+                        "the first step with this id is at line {}; step ids are unique within a rule",
+                        first.line
+                    ));
                 } else {
                     first_seen.insert(id.value.clone(), id.at);
                     ids.insert(id.value.clone());
@@ -949,7 +1208,13 @@ impl Validator {
             }
             if let Some(handlers) = &step.value.on_status {
                 for (status, handler) in handlers.value.iter() {
-                    self.collect_step_ids(ctx, &handler.value, &format!("{field}.on_status.{}", status.value), ids, first_seen);
+                    self.collect_step_ids(
+                        ctx,
+                        &handler.value,
+                        &format!("{field}.on_status.{}", status.value),
+                        ids,
+                        first_seen,
+                    );
                 }
             }
         }
@@ -1008,14 +1273,33 @@ impl Validator {
         let errors_before = self.diagnostics.len();
         match present.len() {
             0 => {
-                self.error(ctx, located.at, field, "step", "the step does nothing: it names no step kind")
-                    .hint = Some(format!("a step has exactly one of {}", StepKind::NAMES.join(", ")));
+                self.error(
+                    ctx,
+                    located.at,
+                    field,
+                    "step",
+                    "the step does nothing: it names no step kind",
+                )
+                .hint = Some(format!(
+                    "a step has exactly one of {}",
+                    StepKind::NAMES.join(", ")
+                ));
                 return None;
             }
             1 => {}
             _ => {
-                self.error(ctx, located.at, field, "step", format!("the step names {} step kinds ({})", present.len(), present.join(", ")))
-                    .hint = Some("a step does one thing; split it into several steps".to_owned());
+                self.error(
+                    ctx,
+                    located.at,
+                    field,
+                    "step",
+                    format!(
+                        "the step names {} step kinds ({})",
+                        present.len(),
+                        present.join(", ")
+                    ),
+                )
+                .hint = Some("a step does one thing; split it into several steps".to_owned());
                 return None;
             }
         }
@@ -1023,28 +1307,45 @@ impl Validator {
             .condition
             .as_ref()
             .and_then(|condition| self.condition(ctx, scope, &format!("{field}.if"), condition));
-        let retry = model.retry.as_ref().and_then(|retry| {
+        let retry = model.retry.as_ref().map(|retry| {
             let retry_field = format!("{field}.retry");
             let mut policy = RetryPolicy::default();
             if retry.value.attempts.value == 0 || retry.value.attempts.value > 100 {
-                self.error(ctx, retry.value.attempts.at, &format!("{retry_field}.attempts"), "range", "`attempts` must be between 1 and 100")
-                    .hint = Some("attempts count the first try: `attempts: 1` means no retry".to_owned());
+                self.error(
+                    ctx,
+                    retry.value.attempts.at,
+                    &format!("{retry_field}.attempts"),
+                    "range",
+                    "`attempts` must be between 1 and 100",
+                )
+                .hint =
+                    Some("attempts count the first try: `attempts: 1` means no retry".to_owned());
             }
             policy.attempts = retry.value.attempts.value;
             for (value, target, name) in [
                 (&retry.value.backoff, &mut policy.backoff, "backoff"),
-                (&retry.value.max_backoff, &mut policy.max_backoff, "max_backoff"),
+                (
+                    &retry.value.max_backoff,
+                    &mut policy.max_backoff,
+                    "max_backoff",
+                ),
             ] {
                 if let Some(text) = value {
                     match parse_duration(&text.value) {
                         Ok(duration) => *target = duration,
                         Err(message) => {
-                            self.error(ctx, text.at, &format!("{retry_field}.{name}"), "duration", message);
+                            self.error(
+                                ctx,
+                                text.at,
+                                &format!("{retry_field}.{name}"),
+                                "duration",
+                                message,
+                            );
                         }
                     }
                 }
             }
-            Some(policy)
+            policy
         });
 
         let kind = self.step_kind(ctx, model, field, scope, meta);
@@ -1056,8 +1357,22 @@ impl Validator {
         let mut on_status = Vec::new();
         if let Some(handlers) = &model.on_status {
             let (known, resource, handler_scope) = match present[0] {
-                "start_flow_run" => (FlowRunStatus::KNOWN, "a FlowRun", Scope { has_run: true, ..scope.clone() }),
-                "generate_flow" => (FlowGenerationStatus::KNOWN, "a FlowGeneration", Scope { has_generation: true, ..scope.clone() }),
+                "start_flow_run" => (
+                    FlowRunStatus::KNOWN,
+                    "a FlowRun",
+                    Scope {
+                        has_run: true,
+                        ..scope.clone()
+                    },
+                ),
+                "generate_flow" => (
+                    FlowGenerationStatus::KNOWN,
+                    "a FlowGeneration",
+                    Scope {
+                        has_generation: true,
+                        ..scope.clone()
+                    },
+                ),
                 other => {
                     self.error(ctx, handlers.at, &format!("{field}.on_status"), "on-status", format!("`on_status` does not apply to `{other}` steps"))
                         .hint = Some("only `start_flow_run` and `generate_flow` start something whose status changes later".to_owned());
@@ -1073,16 +1388,31 @@ impl Validator {
                     let handler_field = format!("{field}.on_status.{}", status.value);
                     if !known.contains(&status.value.as_str()) {
                         let hint = did_you_mean(&status.value, known.iter().copied())
-                            .unwrap_or_else(|| format!("the statuses of {resource} are {}", known.join(", ")));
-                        self.error(ctx, status.at, &handler_field, "status", format!("`{}` is not a status of {resource}", status.value))
-                            .hint = Some(hint);
+                            .unwrap_or_else(|| {
+                                format!("the statuses of {resource} are {}", known.join(", "))
+                            });
+                        self.error(
+                            ctx,
+                            status.at,
+                            &handler_field,
+                            "status",
+                            format!("`{}` is not a status of {resource}", status.value),
+                        )
+                        .hint = Some(hint);
                         continue;
                     }
                     if handler.value.is_empty() {
-                        self.error(ctx, handler.at, &handler_field, "empty", "the handler has no steps");
+                        self.error(
+                            ctx,
+                            handler.at,
+                            &handler_field,
+                            "empty",
+                            "the handler has no steps",
+                        );
                     }
                     let mut inner_scope = handler_scope.clone();
-                    let steps = self.steps(ctx, &handler.value, &handler_field, &mut inner_scope, meta);
+                    let steps =
+                        self.steps(ctx, &handler.value, &handler_field, &mut inner_scope, meta);
                     on_status.push((status.value.clone(), steps));
                 }
             }
@@ -1113,9 +1443,18 @@ impl Validator {
         for (name, value) in headers.into_iter().flat_map(|h| h.iter()) {
             let header_field = format!("{field}.headers.{}", name.value);
             if name.value.is_empty()
-                || !name.value.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+                || !name
+                    .value
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
             {
-                self.error(ctx, name.at, &header_field, "header", format!("invalid header name `{}`", name.value));
+                self.error(
+                    ctx,
+                    name.at,
+                    &header_field,
+                    "header",
+                    format!("invalid header name `{}`", name.value),
+                );
                 continue;
             }
             if let Some(template) = self.template(ctx, scope, &header_field, value) {
@@ -1131,8 +1470,14 @@ impl Validator {
             let upper = method.value.to_ascii_uppercase();
             let hint = did_you_mean(&upper, HttpMethod::NAMES.iter().copied())
                 .unwrap_or_else(|| format!("methods are {}", HttpMethod::NAMES.join(", ")));
-            self.error(ctx, method.at, field, "unknown-value", format!("unknown HTTP method `{}`", method.value))
-                .hint = Some(hint);
+            self.error(
+                ctx,
+                method.at,
+                field,
+                "unknown-value",
+                format!("unknown HTTP method `{}`", method.value),
+            )
+            .hint = Some(hint);
         }
         parsed
     }
@@ -1150,9 +1495,20 @@ impl Validator {
             let v = &step.value;
             meta.starts_runs = true;
             let flow = self.template(ctx, scope, &format!("{f}.flow"), &v.flow);
-            let message_thread = self.template(ctx, scope, &format!("{f}.message_thread"), &v.message_thread);
-            let state = v.state.as_ref().map(|s| self.value(ctx, scope, &format!("{f}.state"), s));
-            let initial_message = v.initial_message.as_ref().map(|s| self.value(ctx, scope, &format!("{f}.initial_message"), s));
+            let message_thread = self.template(
+                ctx,
+                scope,
+                &format!("{f}.message_thread"),
+                &v.message_thread,
+            );
+            let state = v
+                .state
+                .as_ref()
+                .map(|s| self.value(ctx, scope, &format!("{f}.state"), s));
+            let initial_message = v
+                .initial_message
+                .as_ref()
+                .map(|s| self.value(ctx, scope, &format!("{f}.initial_message"), s));
             return Some(StepKind::StartFlowRun {
                 flow: flow?,
                 message_thread: message_thread?,
@@ -1168,17 +1524,41 @@ impl Validator {
                 Some(flow_type) => self.template(ctx, scope, &format!("{f}.flow_type"), flow_type),
                 None => Template::compile("vacancy_application_flow").ok(),
             };
-            let parameters = v.parameters.as_ref().map(|s| self.value(ctx, scope, &format!("{f}.parameters"), s));
-            let context = v.context.as_ref().map(|s| self.value(ctx, scope, &format!("{f}.context"), s));
-            let vacancy_id = v.vacancy_id.as_ref().map(|s| self.template(ctx, scope, &format!("{f}.vacancy_id"), s));
+            let parameters = v
+                .parameters
+                .as_ref()
+                .map(|s| self.value(ctx, scope, &format!("{f}.parameters"), s));
+            let context = v
+                .context
+                .as_ref()
+                .map(|s| self.value(ctx, scope, &format!("{f}.context"), s));
+            let vacancy_id = v
+                .vacancy_id
+                .as_ref()
+                .map(|s| self.template(ctx, scope, &format!("{f}.vacancy_id"), s));
             let from_analysis = v.from_analysis.as_ref().and_then(|analysis| {
                 if scope.visible_analyses.contains(&analysis.value) {
                     Some(analysis.value.clone())
                 } else {
-                    let hint = did_you_mean(&analysis.value, scope.visible_analyses.iter().map(String::as_str))
-                        .unwrap_or_else(|| "name the `id` of an `analyze_vacancy` step that runs before this one".to_owned());
-                    self.error(ctx, analysis.at, &format!("{f}.from_analysis"), "reference", format!("`{}` is not an earlier `analyze_vacancy` step", analysis.value))
-                        .hint = Some(hint);
+                    let hint = did_you_mean(
+                        &analysis.value,
+                        scope.visible_analyses.iter().map(String::as_str),
+                    )
+                    .unwrap_or_else(|| {
+                        "name the `id` of an `analyze_vacancy` step that runs before this one"
+                            .to_owned()
+                    });
+                    self.error(
+                        ctx,
+                        analysis.at,
+                        &format!("{f}.from_analysis"),
+                        "reference",
+                        format!(
+                            "`{}` is not an earlier `analyze_vacancy` step",
+                            analysis.value
+                        ),
+                    )
+                    .hint = Some(hint);
                     None
                 }
             });
@@ -1194,27 +1574,54 @@ impl Validator {
             });
         }
         if let Some(step) = &model.analyze_vacancy {
-            let text = self.template(ctx, scope, &format!("{field}.analyze_vacancy.text"), &step.value.text)?;
+            let text = self.template(
+                ctx,
+                scope,
+                &format!("{field}.analyze_vacancy.text"),
+                &step.value.text,
+            )?;
             return Some(StepKind::AnalyzeVacancy { text });
         }
         if let Some(step) = &model.update_flow_run {
             let f = format!("{field}.update_flow_run");
             let v = &step.value;
             let id = self.template(ctx, scope, &format!("{f}.id"), &v.id);
-            let state = v.state.as_ref().map(|s| self.value(ctx, scope, &format!("{f}.state"), s));
+            let state = v
+                .state
+                .as_ref()
+                .map(|s| self.value(ctx, scope, &format!("{f}.state"), s));
             let status = v.status.as_ref().map(|status| {
-                if !status.value.contains("{{") && !FlowRunStatus::SETTABLE.contains(&status.value.as_str()) {
+                if !status.value.contains("{{")
+                    && !FlowRunStatus::SETTABLE.contains(&status.value.as_str())
+                {
                     let hint = did_you_mean(&status.value, FlowRunStatus::SETTABLE.iter().copied())
-                        .unwrap_or_else(|| format!("a FlowRun's status can be set to {}", FlowRunStatus::SETTABLE.join(", ")));
-                    self.error(ctx, status.at, &format!("{f}.status"), "status", format!("a FlowRun's status cannot be set to `{}`", status.value))
-                        .hint = Some(hint);
+                        .unwrap_or_else(|| {
+                            format!(
+                                "a FlowRun's status can be set to {}",
+                                FlowRunStatus::SETTABLE.join(", ")
+                            )
+                        });
+                    self.error(
+                        ctx,
+                        status.at,
+                        &format!("{f}.status"),
+                        "status",
+                        format!("a FlowRun's status cannot be set to `{}`", status.value),
+                    )
+                    .hint = Some(hint);
                     return None;
                 }
                 self.template(ctx, scope, &format!("{f}.status"), status)
             });
             if v.state.is_none() && v.status.is_none() {
-                self.error(ctx, step.at, &f, "missing-field", "`update_flow_run` changes nothing: give `state`, `status` or both")
-                    .hint = Some("`state: {}` scrubs the run's session variables".to_owned());
+                self.error(
+                    ctx,
+                    step.at,
+                    &f,
+                    "missing-field",
+                    "`update_flow_run` changes nothing: give `state`, `status` or both",
+                )
+                .hint = Some("`state: {}` scrubs the run's session variables".to_owned());
                 return None;
             }
             return Some(StepKind::UpdateFlowRun {
@@ -1229,11 +1636,23 @@ impl Validator {
             let method = self.method(ctx, &format!("{f}.method"), &v.method);
             let path = self.template(ctx, scope, &format!("{f}.path"), &v.path);
             if !v.path.value.starts_with('/') && !v.path.value.starts_with("{{") {
-                self.error(ctx, v.path.at, &format!("{f}.path"), "path", format!("the path `{}` does not start with `/`", v.path.value))
-                    .hint = Some(format!("paths are relative to the API base URL, e.g. `/{}`", v.path.value.trim_start_matches("public/v2/")));
+                self.error(
+                    ctx,
+                    v.path.at,
+                    &format!("{f}.path"),
+                    "path",
+                    format!("the path `{}` does not start with `/`", v.path.value),
+                )
+                .hint = Some(format!(
+                    "paths are relative to the API base URL, e.g. `/{}`",
+                    v.path.value.trim_start_matches("public/v2/")
+                ));
                 return None;
             }
-            let body = v.body.as_ref().map(|s| self.value(ctx, scope, &format!("{f}.body"), s));
+            let body = v
+                .body
+                .as_ref()
+                .map(|s| self.value(ctx, scope, &format!("{f}.body"), s));
             return Some(StepKind::Recrubo {
                 method: method?,
                 path: path?,
@@ -1258,20 +1677,37 @@ impl Validator {
             let v = &step.value;
             let mut to = Vec::new();
             if v.to.value.0.is_empty() {
-                self.error(ctx, v.to.at, &format!("{f}.to"), "empty", "`to` names no recipient");
+                self.error(
+                    ctx,
+                    v.to.at,
+                    &format!("{f}.to"),
+                    "empty",
+                    "`to` names no recipient",
+                );
             }
             for address in &v.to.value.0 {
                 if !address.contains("{{") && !address.contains('@') {
-                    self.error(ctx, v.to.at, &format!("{f}.to"), "email", format!("`{address}` is not an email address"));
+                    self.error(
+                        ctx,
+                        v.to.at,
+                        &format!("{f}.to"),
+                        "email",
+                        format!("`{address}` is not an email address"),
+                    );
                     continue;
                 }
-                if let Some(template) = self.template_text(ctx, scope, &format!("{f}.to"), address, v.to.at) {
+                if let Some(template) =
+                    self.template_text(ctx, scope, &format!("{f}.to"), address, v.to.at)
+                {
                     to.push(template);
                 }
             }
             let subject = self.template(ctx, scope, &format!("{f}.subject"), &v.subject);
             let body = self.template(ctx, scope, &format!("{f}.body"), &v.body);
-            let html = v.html.as_ref().map(|html| self.template(ctx, scope, &format!("{f}.html"), html));
+            let html = v
+                .html
+                .as_ref()
+                .map(|html| self.template(ctx, scope, &format!("{f}.html"), html));
             return Some(StepKind::Email {
                 to,
                 subject: subject?,
@@ -1288,7 +1724,10 @@ impl Validator {
             };
             let url = self.url(ctx, scope, &format!("{f}.url"), &v.url);
             let headers = self.headers(ctx, scope, &f, v.headers.as_ref());
-            let body = v.body.as_ref().map(|s| self.value(ctx, scope, &format!("{f}.body"), s));
+            let body = v
+                .body
+                .as_ref()
+                .map(|s| self.value(ctx, scope, &format!("{f}.body"), s));
             return Some(StepKind::Http {
                 method: method?,
                 url: url?,
@@ -1303,9 +1742,13 @@ impl Validator {
             if let Some(template) = &event_type
                 && template.is_literal()
             {
-                meta.emits.push((v.event_type.value.clone(), v.event_type.at));
+                meta.emits
+                    .push((v.event_type.value.clone(), v.event_type.at));
             }
-            let data = v.data.as_ref().map(|s| self.value(ctx, scope, &format!("{f}.data"), s));
+            let data = v
+                .data
+                .as_ref()
+                .map(|s| self.value(ctx, scope, &format!("{f}.data"), s));
             return Some(StepKind::Emit {
                 event_type: event_type?,
                 data: data.map(|s| s.ok_or(())).transpose().ok()?,
@@ -1318,9 +1761,16 @@ impl Validator {
         None
     }
 
-    fn url(&mut self, ctx: Ctx, scope: &Scope, field: &str, url: &Located<String>) -> Option<Template> {
+    fn url(
+        &mut self,
+        ctx: Ctx,
+        scope: &Scope,
+        field: &str,
+        url: &Located<String>,
+    ) -> Option<Template> {
         let text = url.value.trim();
-        if !text.starts_with("{{") && !text.starts_with("http://") && !text.starts_with("https://") {
+        if !text.starts_with("{{") && !text.starts_with("http://") && !text.starts_with("https://")
+        {
             self.error(ctx, url.at, field, "url", format!("`{text}` is not an http(s) URL"))
                 .hint = Some("write a full URL (`https://hooks.slack.com/...`) or a template (`{{secrets.slack_webhook}}`)".to_owned());
             return None;
@@ -1330,26 +1780,50 @@ impl Validator {
 
     // ---- tests ---------------------------------------------------------------------------------
 
-    fn tests(&mut self, ctx: Ctx, tests: &[Located<RuleTestModel>], trigger: &Option<Trigger>) -> Vec<RuleTest> {
+    fn tests(
+        &mut self,
+        ctx: Ctx,
+        tests: &[Located<RuleTestModel>],
+        trigger: &Option<Trigger>,
+    ) -> Vec<RuleTest> {
         let mut out = Vec::new();
         let mut names: HashMap<&str, Pos> = HashMap::new();
         for (index, test) in tests.iter().enumerate() {
             let field = format!("tests[{index}]");
             let model = &test.value;
             if let Some(first) = names.get(model.name.value.as_str()) {
-                self.error(ctx, model.name.at, &format!("{field}.name"), "duplicate", format!("duplicate test name `{}`", model.name.value))
-                    .hint = Some(format!("the first test with this name is at line {}", first.line));
+                self.error(
+                    ctx,
+                    model.name.at,
+                    &format!("{field}.name"),
+                    "duplicate",
+                    format!("duplicate test name `{}`", model.name.value),
+                )
+                .hint = Some(format!(
+                    "the first test with this name is at line {}",
+                    first.line
+                ));
             } else {
                 names.insert(&model.name.value, model.name.at);
             }
-            let now = model.now.as_ref().and_then(|now| match DateTime::parse_from_rfc3339(&now.value) {
-                Ok(time) => Some(time.with_timezone(&Utc)),
-                Err(err) => {
-                    self.error(ctx, now.at, &format!("{field}.now"), "time", format!("`{}` is not an RFC 3339 time: {err}", now.value))
-                        .hint = Some("e.g. `2026-03-01T08:00:00Z`".to_owned());
-                    None
-                }
-            });
+            let now =
+                model
+                    .now
+                    .as_ref()
+                    .and_then(|now| match DateTime::parse_from_rfc3339(&now.value) {
+                        Ok(time) => Some(time.with_timezone(&Utc)),
+                        Err(err) => {
+                            self.error(
+                                ctx,
+                                now.at,
+                                &format!("{field}.now"),
+                                "time",
+                                format!("`{}` is not an RFC 3339 time: {err}", now.value),
+                            )
+                            .hint = Some("e.g. `2026-03-01T08:00:00Z`".to_owned());
+                            None
+                        }
+                    });
             let known_statuses: Vec<&str> = match trigger {
                 Some(Trigger::FlowGeneration(_)) => FlowGenerationStatus::KNOWN.to_vec(),
                 _ => FlowRunStatus::KNOWN
@@ -1363,9 +1837,17 @@ impl Validator {
                 let status = &update.value.status;
                 if !known_statuses.contains(&status.value.as_str()) {
                     let hint = did_you_mean(&status.value, known_statuses.iter().copied())
-                        .unwrap_or_else(|| format!("statuses are {}", FlowRunStatus::KNOWN.join(", ")));
-                    self.error(ctx, status.at, &format!("{field}.run_updates[{update_index}].status"), "status", format!("unknown status `{}`", status.value))
-                        .hint = Some(hint);
+                        .unwrap_or_else(|| {
+                            format!("statuses are {}", FlowRunStatus::KNOWN.join(", "))
+                        });
+                    self.error(
+                        ctx,
+                        status.at,
+                        &format!("{field}.run_updates[{update_index}].status"),
+                        "status",
+                        format!("unknown status `{}`", status.value),
+                    )
+                    .hint = Some(hint);
                 }
                 run_updates.push(RunUpdate {
                     status: status.value.clone(),
@@ -1379,16 +1861,34 @@ impl Validator {
                     for (step_index, item) in steps.value.iter().enumerate() {
                         let item_field = format!("{field}.expect.steps[{step_index}]");
                         if item.value.entries.len() != 1 {
-                            self.error(ctx, item.at, &item_field, "test", format!("an expected step has exactly one key (the step kind), not {}", item.value.entries.len()))
-                                .hint = Some("e.g. `- notify: { body: { text: \"hi Ana\" } }`".to_owned());
+                            self.error(
+                                ctx,
+                                item.at,
+                                &item_field,
+                                "test",
+                                format!(
+                                    "an expected step has exactly one key (the step kind), not {}",
+                                    item.value.entries.len()
+                                ),
+                            )
+                            .hint =
+                                Some("e.g. `- notify: { body: { text: \"hi Ana\" } }`".to_owned());
                             continue;
                         }
                         let (kind, fields) = &item.value.entries[0];
                         if !StepKind::NAMES.contains(&kind.value.as_str()) {
                             let hint = did_you_mean(&kind.value, StepKind::NAMES.iter().copied())
-                                .unwrap_or_else(|| format!("step kinds are {}", StepKind::NAMES.join(", ")));
-                            self.error(ctx, kind.at, &item_field, "unknown-value", format!("unknown step kind `{}`", kind.value))
-                                .hint = Some(hint);
+                                .unwrap_or_else(|| {
+                                    format!("step kinds are {}", StepKind::NAMES.join(", "))
+                                });
+                            self.error(
+                                ctx,
+                                kind.at,
+                                &item_field,
+                                "unknown-value",
+                                format!("unknown step kind `{}`", kind.value),
+                            )
+                            .hint = Some(hint);
                             continue;
                         }
                         expected.push((kind.value.clone(), fields.to_json()));
@@ -1397,13 +1897,25 @@ impl Validator {
                 }
                 (None, Some(error)) => Some(Expectation::Error(error.value.clone())),
                 (Some(_), Some(_)) => {
-                    self.error(ctx, model.expect.at, &format!("{field}.expect"), "test", "`expect` has both `steps` and `error`")
-                        .hint = Some("a test expects either the steps that run or an error".to_owned());
+                    self.error(
+                        ctx,
+                        model.expect.at,
+                        &format!("{field}.expect"),
+                        "test",
+                        "`expect` has both `steps` and `error`",
+                    )
+                    .hint = Some("a test expects either the steps that run or an error".to_owned());
                     None
                 }
                 (None, None) => {
-                    self.error(ctx, model.expect.at, &format!("{field}.expect"), "test", "`expect` needs `steps` or `error`")
-                        .hint = Some("e.g. `expect: { steps: [] }` when nothing must run".to_owned());
+                    self.error(
+                        ctx,
+                        model.expect.at,
+                        &format!("{field}.expect"),
+                        "test",
+                        "`expect` needs `steps` or `error`",
+                    )
+                    .hint = Some("e.g. `expect: { steps: [] }` when nothing must run".to_owned());
                     None
                 }
             };
@@ -1433,8 +1945,14 @@ impl Validator {
                     rule: Some(&meta.name),
                     vars: &empty,
                 };
-                self.error(ctx, meta.at, "name", "duplicate", format!("duplicate rule name `{}`", meta.name))
-                    .hint = Some(format!(
+                self.error(
+                    ctx,
+                    meta.at,
+                    "name",
+                    "duplicate",
+                    format!("duplicate rule name `{}`", meta.name),
+                )
+                .hint = Some(format!(
                     "the first rule with this name is at {}:{}; rule names are unique across all files",
                     first.file.display(),
                     first.at.line
@@ -1459,10 +1977,21 @@ impl Validator {
                 "on.flow_generation.started_by"
             };
             let Some(target) = by_name.get(started_by.rule.as_str()) else {
-                let hint = did_you_mean(&started_by.rule, by_name.keys().copied())
-                    .unwrap_or_else(|| "name a rule that has a `start_flow_run` or `generate_flow` step".to_owned());
-                self.error(ctx, *at, field, "reference", format!("`started_by` names rule `{}`, which does not exist", started_by.rule))
-                    .hint = Some(hint);
+                let hint =
+                    did_you_mean(&started_by.rule, by_name.keys().copied()).unwrap_or_else(|| {
+                        "name a rule that has a `start_flow_run` or `generate_flow` step".to_owned()
+                    });
+                self.error(
+                    ctx,
+                    *at,
+                    field,
+                    "reference",
+                    format!(
+                        "`started_by` names rule `{}`, which does not exist",
+                        started_by.rule
+                    ),
+                )
+                .hint = Some(hint);
                 continue;
             };
             match &started_by.step {
@@ -1479,15 +2008,32 @@ impl Validator {
                             .filter(|(_, kind)| *kind == expected_kind)
                             .map(|(id, _)| id.as_str())
                             .collect();
-                        let hint = did_you_mean(step, candidates.iter().copied()).unwrap_or_else(|| {
-                            if candidates.is_empty() {
-                                format!("rule `{}` has no `{expected_kind}` step with an id", started_by.rule)
-                            } else {
-                                format!("its `{expected_kind}` steps are {}", candidates.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", "))
-                            }
-                        });
-                        self.error(ctx, *at, field, "reference", format!("rule `{}` has no step `{step}`", started_by.rule))
-                            .hint = Some(hint);
+                        let hint =
+                            did_you_mean(step, candidates.iter().copied()).unwrap_or_else(|| {
+                                if candidates.is_empty() {
+                                    format!(
+                                        "rule `{}` has no `{expected_kind}` step with an id",
+                                        started_by.rule
+                                    )
+                                } else {
+                                    format!(
+                                        "its `{expected_kind}` steps are {}",
+                                        candidates
+                                            .iter()
+                                            .map(|c| format!("`{c}`"))
+                                            .collect::<Vec<_>>()
+                                            .join(", ")
+                                    )
+                                }
+                            });
+                        self.error(
+                            ctx,
+                            *at,
+                            field,
+                            "reference",
+                            format!("rule `{}` has no step `{step}`", started_by.rule),
+                        )
+                        .hint = Some(hint);
                     }
                 },
                 None => {
@@ -1520,7 +2066,10 @@ impl Validator {
         for meta in metas {
             for (event_type, at) in &meta.emits {
                 for listener in listeners.get(event_type.as_str()).into_iter().flatten() {
-                    edges.entry(&meta.name).or_default().push((listener, *at, &meta.file));
+                    edges
+                        .entry(&meta.name)
+                        .or_default()
+                        .push((listener, *at, &meta.file));
                 }
             }
             if let Some((started_by, at, kind)) = &meta.started_by
@@ -1532,7 +2081,10 @@ impl Validator {
                     None => source.starts_generations,
                 };
                 if starts {
-                    edges.entry(&source.name).or_default().push((&meta.name, *at, &meta.file));
+                    edges
+                        .entry(&source.name)
+                        .or_default()
+                        .push((&meta.name, *at, &meta.file));
                 }
             }
         }

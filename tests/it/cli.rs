@@ -9,7 +9,11 @@ fn check_exits_0_on_valid_rules_and_78_on_invalid() {
     assert_eq!(code, 0, "{out}");
     assert!(out.starts_with("ok: "), "{out}");
 
-    let (code, out) = flowd(&["check", &format!("{root}/tests/corpus/broken/bad-cron.yaml"), &format!("{root}/tests/corpus/broken/unknown-var.yaml")]);
+    let (code, out) = flowd(&[
+        "check",
+        &format!("{root}/tests/corpus/broken/bad-cron.yaml"),
+        &format!("{root}/tests/corpus/broken/unknown-var.yaml"),
+    ]);
     assert_eq!(code, 78, "{out}");
     assert!(out.contains("bad-cron.yaml:3:29"), "{out}");
     assert!(out.contains("unknown-var.yaml"), "{out}");
@@ -19,7 +23,12 @@ fn check_exits_0_on_valid_rules_and_78_on_invalid() {
 #[test]
 fn check_reports_json_for_editors() {
     let root = env!("CARGO_MANIFEST_DIR");
-    let (code, out) = flowd(&["check", "--format", "json", &format!("{root}/tests/corpus/broken/unknown-step-field.yaml")]);
+    let (code, out) = flowd(&[
+        "check",
+        "--format",
+        "json",
+        &format!("{root}/tests/corpus/broken/unknown-step-field.yaml"),
+    ]);
     assert_eq!(code, 78);
     let report: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(report["valid"], false);

@@ -21,12 +21,16 @@ fn diagnostics_of(path: &Path, shown_as: &str) -> String {
 fn every_broken_file_has_its_expected_diagnostic() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut count = 0;
-    insta::glob!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/corpus"), "broken/*.yaml", |path| {
-        count += 1;
-        let relative = path.strip_prefix(root).unwrap_or(path);
-        let shown = relative.display().to_string();
-        insta::assert_snapshot!(diagnostics_of(relative, &shown));
-    });
+    insta::glob!(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/corpus"),
+        "broken/*.yaml",
+        |path| {
+            count += 1;
+            let relative = path.strip_prefix(root).unwrap_or(path);
+            let shown = relative.display().to_string();
+            insta::assert_snapshot!(diagnostics_of(relative, &shown));
+        }
+    );
     assert!(count >= 40, "the corpus has {count} files");
 }
 
@@ -49,7 +53,9 @@ fn a_ten_megabyte_file_is_refused_by_size() {
 
 #[test]
 fn binary_garbage_is_refused() {
-    let garbage: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let garbage: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     let (_dir, path) = write_temp("garbage.yaml", &garbage);
     insta::assert_snapshot!(diagnostics_of(&path, "garbage.yaml"));
 }

@@ -54,21 +54,37 @@ async fn a_valid_edit_is_in_force_and_an_invalid_one_is_refused() {
     write(&dir.path().join("a.yaml"), &rules_yaml(&["first"]));
     let daemon = Daemon::start(dir.path(), &[]);
     assert_eq!(rule_names(&daemon).await, Some(vec!["first".to_owned()]));
-    let health = reqwest::get(daemon.public_url("/healthz")).await.expect("healthz");
+    let health = reqwest::get(daemon.public_url("/healthz"))
+        .await
+        .expect("healthz");
     assert_eq!(health.status(), 200);
 
     // A valid edit, saved in place.
-    write(&dir.path().join("a.yaml"), &rules_yaml(&["first", "second"]));
+    write(
+        &dir.path().join("a.yaml"),
+        &rules_yaml(&["first", "second"]),
+    );
     wait_for_names(&daemon, &["first", "second"], "the edit is in force").await;
 
     // An invalid edit: the old set stays, the failure is visible.
-    write(&dir.path().join("a.yaml"), "rules:\n  - name: broken\n    on: { schedule: \"61 * * * *\" }\n    do: [ { log: x } ]\n");
+    write(
+        &dir.path().join("a.yaml"),
+        "rules:\n  - name: broken\n    on: { schedule: \"61 * * * *\" }\n    do: [ { log: x } ]\n",
+    );
     eventually(IN_FORCE_WITHIN, "the failed reload is reported", || async {
-        let body: Value = reqwest::get(daemon.admin_url("/api/v1/rules")).await.ok()?.json().await.ok()?;
+        let body: Value = reqwest::get(daemon.admin_url("/api/v1/rules"))
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
         (body["reload"]["last_success"] == false).then_some(body)
     })
     .await;
-    assert_eq!(rule_names(&daemon).await, Some(vec!["first".to_owned(), "second".to_owned()]));
+    assert_eq!(
+        rule_names(&daemon).await,
+        Some(vec!["first".to_owned(), "second".to_owned()])
+    );
 
     // The API reload answers with every diagnostic.
     let response = reqwest::Client::new()
@@ -82,18 +98,35 @@ async fn a_valid_edit_is_in_force_and_an_invalid_one_is_refused() {
     assert_eq!(body["diagnostics"][0]["code"], "cron");
     assert_eq!(body["diagnostics"][0]["line"], 3);
 
-    let metrics = reqwest::get(daemon.admin_url("/metrics")).await.expect("metrics").text().await.expect("text");
-    assert!(metrics.contains("flowd_rules_last_reload_success 0"), "{metrics}");
+    let metrics = reqwest::get(daemon.admin_url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("flowd_rules_last_reload_success 0"),
+        "{metrics}"
+    );
     assert!(metrics.contains("flowd_rules_loaded 2"), "{metrics}");
-    assert!(metrics.contains("flowd_rules_reloads_total{result=\"failure\"}"), "{metrics}");
-    assert!(metrics.contains("flowd_rules_last_reload_timestamp_seconds"), "{metrics}");
+    assert!(
+        metrics.contains("flowd_rules_reloads_total{result=\"failure\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("flowd_rules_last_reload_timestamp_seconds"),
+        "{metrics}"
+    );
 
     // Fixing the file brings the new set in.
     write(&dir.path().join("a.yaml"), &rules_yaml(&["third"]));
     wait_for_names(&daemon, &["third"], "the fixed file is in force").await;
 
     let status = daemon.terminate();
-    assert!(status.success(), "flowd exits cleanly on SIGTERM: {status:?}");
+    assert!(
+        status.success(),
+        "flowd exits cleanly on SIGTERM: {status:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -102,7 +135,10 @@ async fn deletes_renames_and_atomic_saves_are_seen() {
     write(&dir.path().join("a.yaml"), &rules_yaml(&["alpha"]));
     write(&dir.path().join("b.yaml"), &rules_yaml(&["beta"]));
     let daemon = Daemon::start(dir.path(), &[]);
-    assert_eq!(rule_names(&daemon).await, Some(vec!["alpha".to_owned(), "beta".to_owned()]));
+    assert_eq!(
+        rule_names(&daemon).await,
+        Some(vec!["alpha".to_owned(), "beta".to_owned()])
+    );
 
     std::fs::remove_file(dir.path().join("b.yaml")).expect("delete");
     wait_for_names(&daemon, &["alpha"], "the deleted file's rules are gone").await;
@@ -120,8 +156,16 @@ async fn deletes_renames_and_atomic_saves_are_seen() {
 
     // A new subfolder with a rule file.
     std::fs::create_dir(dir.path().join("team")).expect("mkdir");
-    write(&dir.path().join("team").join("c.yaml"), &rules_yaml(&["delta"]));
-    wait_for_names(&daemon, &["alpha", "delta", "gamma"], "a new subfolder is seen").await;
+    write(
+        &dir.path().join("team").join("c.yaml"),
+        &rules_yaml(&["delta"]),
+    );
+    wait_for_names(
+        &daemon,
+        &["alpha", "delta", "gamma"],
+        "a new subfolder is seen",
+    )
+    .await;
 }
 
 #[cfg(unix)]
@@ -163,16 +207,31 @@ async fn a_reload_storm_ends_in_the_last_valid_state() {
     }
     // The last edit (index 99) is valid.
     wait_for_names(&daemon, &["storm-99"], "the last valid edit is in force").await;
-    let body: Value = reqwest::get(daemon.admin_url("/api/v1/rules")).await.expect("rules").json().await.expect("json");
+    let body: Value = reqwest::get(daemon.admin_url("/api/v1/rules"))
+        .await
+        .expect("rules")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(body["reload"]["last_success"], true);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_invalid_folder_refuses_to_start_with_exit_78() {
     let dir = tempfile::tempdir().expect("temp dir");
-    write(&dir.path().join("a.yaml"), "rules:\n  - name: a\n    on: { event: x }\n    do: [ { log: \"{{vars.nope}}\" } ]\n");
+    write(
+        &dir.path().join("a.yaml"),
+        "rules:\n  - name: a\n    on: { event: x }\n    do: [ { log: \"{{vars.nope}}\" } ]\n",
+    );
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_flowd"))
-        .args(["run", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--rules"])
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--rules",
+        ])
         .arg(dir.path())
         .output()
         .expect("run");
@@ -185,9 +244,19 @@ async fn an_invalid_folder_refuses_to_start_with_exit_78() {
 #[tokio::test(flavor = "multi_thread")]
 async fn missing_secrets_refuse_start_and_an_admin_token_guards_the_api() {
     let dir = tempfile::tempdir().expect("temp dir");
-    write(&dir.path().join("a.yaml"), "rules:\n  - name: a\n    on: { event: x }\n    do: [ { notify: { url: \"{{secrets.hook}}\", body: {} } } ]\n");
+    write(
+        &dir.path().join("a.yaml"),
+        "rules:\n  - name: a\n    on: { event: x }\n    do: [ { notify: { url: \"{{secrets.hook}}\", body: {} } } ]\n",
+    );
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_flowd"))
-        .args(["run", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--rules"])
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--rules",
+        ])
         .arg(dir.path())
         .env_remove("FLOWD_SECRET_HOOK")
         .output()
@@ -195,9 +264,19 @@ async fn missing_secrets_refuse_start_and_an_admin_token_guards_the_api() {
     assert_eq!(output.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&output.stderr).contains("no value for secret(s) hook"));
 
-    let daemon = Daemon::start(dir.path(), &[("FLOWD_SECRET_HOOK", "https://hooks.example/x"), ("FLOWD_ADMIN_TOKEN", "s3cret")]);
+    let daemon = Daemon::start(
+        dir.path(),
+        &[
+            ("FLOWD_SECRET_HOOK", "https://hooks.example/x"),
+            ("FLOWD_ADMIN_TOKEN", "s3cret"),
+        ],
+    );
     let client = reqwest::Client::new();
-    let refused = client.get(daemon.admin_url("/api/v1/rules")).send().await.expect("request");
+    let refused = client
+        .get(daemon.admin_url("/api/v1/rules"))
+        .send()
+        .await
+        .expect("request");
     assert_eq!(refused.status(), 401);
     let allowed = client
         .get(daemon.admin_url("/api/v1/rules"))

@@ -42,7 +42,16 @@ fn shipped_rules_use_every_trigger_and_step_kind() {
         has_for_each |= rule.for_each.is_some();
         walk(&rule.steps, &mut kinds);
     }
-    let all_triggers: BTreeSet<_> = ["schedule", "every", "event", "recrubo", "flow_run", "flow_generation", "manual"].into();
+    let all_triggers: BTreeSet<_> = [
+        "schedule",
+        "every",
+        "event",
+        "recrubo",
+        "flow_run",
+        "flow_generation",
+        "manual",
+    ]
+    .into();
     assert_eq!(triggers, all_triggers);
     let all_kinds: BTreeSet<_> = flowd::rules::StepKind::NAMES.iter().copied().collect();
     assert_eq!(kinds, all_kinds);

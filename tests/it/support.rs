@@ -15,16 +15,24 @@ pub struct Daemon {
     pub public: SocketAddr,
     /// The admin listener.
     pub admin: SocketAddr,
-    /// Log lines (JSON) seen so far are sent here by a reader thread.
-    pub logs: mpsc::Receiver<String>,
+    /// Keeps the log reader thread's channel open (the daemon's stderr keeps draining).
+    _logs: mpsc::Receiver<String>,
 }
 
 impl Daemon {
     /// Starts `flowd run` on a rules folder with ports chosen by the OS.
+    // The child is waited for in `Drop` (or `terminate`), which clippy cannot see.
+    #[allow(clippy::zombie_processes)]
     pub fn start(rules: &Path, extra_env: &[(&str, &str)]) -> Daemon {
         let mut command = Command::new(env!("CARGO_BIN_EXE_flowd"));
         command
-            .args(["run", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args([
+                "run",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
             .arg("--rules")
             .arg(rules)
             .args(["--log-format", "json"])
@@ -54,13 +62,21 @@ impl Daemon {
                 continue;
             };
             if entry["message"] == "flowd listening" {
-                let public = entry["public"].as_str().expect("public").parse().expect("addr");
-                let admin = entry["admin"].as_str().expect("admin").parse().expect("addr");
+                let public = entry["public"]
+                    .as_str()
+                    .expect("public")
+                    .parse()
+                    .expect("addr");
+                let admin = entry["admin"]
+                    .as_str()
+                    .expect("admin")
+                    .parse()
+                    .expect("addr");
                 return Daemon {
                     child,
                     public,
                     admin,
-                    logs: rx,
+                    _logs: rx,
                 };
             }
         }
