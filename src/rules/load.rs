@@ -137,62 +137,101 @@ fn walk_folder(
     }
 }
 
-/// Stack size of the thread that parses rule files. Deserializing nested YAML recurses; within
-/// the depth budget a debug build needs more than the 2 MiB a spawned thread gets by default,
-/// and a stack overflow would abort the daemon, so parsing gets a thread of its own.
-const PARSER_STACK_BYTES: usize = 64 * 1024 * 1024;
+/// Stack size of the threads that parse and validate rule files. Deserializing nested YAML
+/// recurses; within the depth budget a debug build needs more than the 2 MiB a spawned thread
+/// gets by default, and a stack overflow would abort the daemon, so these threads get their own.
+pub const PARSER_STACK_BYTES: usize = 64 * 1024 * 1024;
 
-/// Reads and parses every rule file below `paths`.
-pub fn load_paths(paths: &[PathBuf]) -> LoadedFiles {
+/// Runs `work` over contiguous chunks of `items` on up to one thread per core (each with a
+/// [`PARSER_STACK_BYTES`] stack) and returns the results in the order of the chunks.
+pub fn on_parser_threads<T, R, F>(items: &[T], work: F) -> Vec<R>
+where
+    T: Sync,
+    R: Send,
+    F: Fn(&[T]) -> R + Sync,
+{
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 8)
+        .min(items.len().max(1));
+    let chunk_size = items.len().div_ceil(threads).max(1);
+    let work = &work;
     std::thread::scope(|scope| {
-        std::thread::Builder::new()
-            .name("flowd-rules-parser".to_owned())
-            .stack_size(PARSER_STACK_BYTES)
-            .spawn_scoped(scope, || load_paths_on_this_thread(paths))
-            .map(|handle| handle.join())
+        let handles: Vec<_> = items
+            .chunks(chunk_size)
+            .map(|chunk| {
+                std::thread::Builder::new()
+                    .name("flowd-rules".to_owned())
+                    .stack_size(PARSER_STACK_BYTES)
+                    .spawn_scoped(scope, move || work(chunk))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .zip(items.chunks(chunk_size))
+            .map(|(handle, chunk)| match handle {
+                Ok(handle) => match handle.join() {
+                    Ok(result) => result,
+                    // A panic is a bug; resurface it rather than hide it.
+                    Err(panic) => std::panic::resume_unwind(panic),
+                },
+                // No thread could be spawned: do the work here rather than not at all.
+                Err(_) => work(chunk),
+            })
+            .collect()
     })
-    .ok()
-    .and_then(Result::ok)
-    // Spawning failed (out of threads): parse here rather than not at all.
-    .unwrap_or_else(|| load_paths_on_this_thread(paths))
 }
 
-fn load_paths_on_this_thread(paths: &[PathBuf]) -> LoadedFiles {
+/// Reads and parses every rule file below `paths`, in parallel.
+pub fn load_paths(paths: &[PathBuf]) -> LoadedFiles {
     let (found, mut diagnostics) = find_rule_files(paths);
+    let parsed: Vec<Vec<(ParsedFile, Option<Diagnostic>)>> = on_parser_threads(&found, |chunk| {
+        chunk.iter().map(|path| load_file(path)).collect()
+    });
     let mut hasher = Sha256::new();
     let mut files = Vec::with_capacity(found.len());
-    for path in found {
-        let (source, read_problem) = read_source(&path);
-        hasher.update(path.to_string_lossy().as_bytes());
+    for (file, problem) in parsed.into_iter().flatten() {
+        hasher.update(file.source.path.to_string_lossy().as_bytes());
         hasher.update([0]);
-        hasher.update(source.text.as_bytes());
+        hasher.update(file.source.text.as_bytes());
         hasher.update([0]);
-        if let Some(problem) = read_problem {
-            diagnostics.push(problem);
-            files.push(ParsedFile {
-                source,
-                model: None,
-            });
-            continue;
-        }
-        match parse_source(&source) {
-            Ok(model) => files.push(ParsedFile {
-                source,
-                model: Some(model),
-            }),
-            Err(problem) => {
-                diagnostics.push(problem);
-                files.push(ParsedFile {
-                    source,
-                    model: None,
-                });
-            }
-        }
+        diagnostics.extend(problem);
+        files.push(file);
     }
     LoadedFiles {
         files,
         diagnostics,
         content_hash: hex::encode(hasher.finalize()),
+    }
+}
+
+fn load_file(path: &Path) -> (ParsedFile, Option<Diagnostic>) {
+    let (source, read_problem) = read_source(path);
+    if read_problem.is_some() {
+        return (
+            ParsedFile {
+                source,
+                model: None,
+            },
+            read_problem,
+        );
+    }
+    match parse_source(&source) {
+        Ok(model) => (
+            ParsedFile {
+                source,
+                model: Some(model),
+            },
+            None,
+        ),
+        Err(problem) => (
+            ParsedFile {
+                source,
+                model: None,
+            },
+            Some(problem),
+        ),
     }
 }
 

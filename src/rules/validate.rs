@@ -93,16 +93,30 @@ const DEFAULT_CATCH_UP_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 /// Validates loaded files into a rule set; on any problem, returns every diagnostic.
 pub fn validate(loaded: &LoadedFiles) -> Result<RuleSet, Vec<Diagnostic>> {
+    // Files validate independently, so they are spread over the cores; the whole-set checks run
+    // once every file is done.
+    let per_chunk = super::load::on_parser_threads(&loaded.files, |chunk| {
+        let mut validator = Validator::default();
+        let mut rules = Vec::new();
+        let mut metas = Vec::new();
+        for file in chunk {
+            if let Some(model) = &file.model {
+                validator.file(&file.source.path, model, &mut rules, &mut metas);
+            }
+        }
+        (validator, rules, metas)
+    });
     let mut validator = Validator::default();
     validator
         .diagnostics
         .extend(loaded.diagnostics.iter().cloned());
     let mut rules = Vec::new();
     let mut metas = Vec::new();
-    for file in &loaded.files {
-        if let Some(model) = &file.model {
-            validator.file(&file.source.path, model, &mut rules, &mut metas);
-        }
+    for (chunk_validator, chunk_rules, chunk_metas) in per_chunk {
+        validator.diagnostics.extend(chunk_validator.diagnostics);
+        validator.secrets.extend(chunk_validator.secrets);
+        rules.extend(chunk_rules);
+        metas.extend(chunk_metas);
     }
     validator.cross_rule_checks(&metas);
     if validator.diagnostics.is_empty() {
