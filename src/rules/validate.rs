@@ -269,10 +269,11 @@ impl Validator {
         }
         let vars = Arc::new(vars);
         for rule_model in &model.rules {
-            if let Some((rule, meta)) = self.rule(path, &vars, rule_model) {
-                rules.push(rule);
-                metas.push(meta);
-            }
+            // The meta is kept for invalid rules too: their names and links still take part in
+            // the whole-set checks (a duplicate name is a duplicate even if both rules are broken).
+            let (rule, meta) = self.rule(path, &vars, rule_model);
+            rules.extend(rule);
+            metas.push(meta);
         }
     }
 
@@ -281,7 +282,7 @@ impl Validator {
         path: &Path,
         vars: &Arc<Map<String, Value>>,
         located: &Located<RuleModel>,
-    ) -> Option<(Rule, RuleMeta)> {
+    ) -> (Option<Rule>, RuleMeta) {
         let model = &located.value;
         let name = model.name.value.clone();
         let ctx = Ctx {
@@ -369,14 +370,17 @@ impl Validator {
         let tests = self.tests(ctx, &model.tests, &trigger);
 
         if self.diagnostics.len() > errors_before {
-            return None;
+            return (None, meta);
         }
+        let Some(trigger) = trigger else {
+            return (None, meta);
+        };
         let rule = Rule {
             name,
             description: model.description.clone(),
             file: path.to_path_buf(),
             at: located.at,
-            trigger: trigger?,
+            trigger,
             for_each,
             condition,
             concurrency,
@@ -384,7 +388,7 @@ impl Validator {
             vars: vars.clone(),
             tests,
         };
-        Some((rule, meta))
+        (Some(rule), meta)
     }
 
     // ---- triggers ----------------------------------------------------------------------------

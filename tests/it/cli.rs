@@ -17,7 +17,9 @@ fn check_exits_0_on_valid_rules_and_78_on_invalid() {
     assert_eq!(code, 78, "{out}");
     assert!(out.contains("bad-cron.yaml:3:29"), "{out}");
     assert!(out.contains("unknown-var.yaml"), "{out}");
-    assert!(out.contains("error: 2 problems in 2 files"), "{out}");
+    // Both files name their rule `r1`: a duplicate across files is a problem of its own.
+    assert!(out.contains("duplicate rule name `r1`"), "{out}");
+    assert!(out.contains("error: 3 problems in 2 files"), "{out}");
 }
 
 #[test]
@@ -47,4 +49,71 @@ fn schema_is_json_schema() {
     let schema: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(schema["title"], "flowd rule file");
     assert!(schema["properties"]["rules"].is_object());
+}
+
+#[test]
+fn every_problem_is_reported_not_only_the_first() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("a.yaml"),
+        "rules:\n  - name: screening\n    on: { schedule: { cron: \"0 8 * * *\", timezone: Mars/Olympus } }\n    do:\n      - log: \"{{run.id}}\"\n      - log: \"{{steps.nope.id}}\"\n",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("b.yaml"),
+        "rules:\n  - name: screening\n    on: { event: x }\n    do: [ { log: x } ]\n",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("c.yaml"),
+        "rules:\n  - name: c\n    on: { evnt: x }\n    do: [ { log: x } ]\n",
+    )
+    .expect("write");
+    let (code, out) = flowd(&[
+        "check",
+        "--format",
+        "json",
+        dir.path().to_str().expect("utf-8 path"),
+    ]);
+    assert_eq!(code, 78);
+    let report: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let codes: Vec<(String, String, u64)> = report["diagnostics"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|d| {
+            let file = d["file"].as_str().unwrap_or_default();
+            let name = file.rsplit('/').next().unwrap_or_default().to_owned();
+            (
+                name,
+                d["code"].as_str().unwrap_or_default().to_owned(),
+                d["line"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            ("a.yaml".to_owned(), "timezone".to_owned(), 3),
+            ("a.yaml".to_owned(), "reference".to_owned(), 5),
+            ("a.yaml".to_owned(), "reference".to_owned(), 6),
+            ("b.yaml".to_owned(), "duplicate".to_owned(), 2),
+            ("c.yaml".to_owned(), "unknown-field".to_owned(), 3),
+        ]
+    );
+    let duplicate = &report["diagnostics"][3];
+    assert!(
+        duplicate["hint"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("a.yaml:2"),
+        "{duplicate}"
+    );
+}
+
+#[test]
+fn check_on_a_missing_folder_says_so() {
+    let (code, out) = flowd(&["check", "/definitely/not/here"]);
+    assert_eq!(code, 78);
+    assert!(out.contains("cannot read `/definitely/not/here`"), "{out}");
 }
