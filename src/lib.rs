@@ -6,6 +6,7 @@
 //! - [`engine`]: the running daemon's core; today the hot reload of the rule set.
 //! - [`http`]: routers of the public and admin listeners.
 //! - [`recrubo`]: Recrubo API types (statuses); knows nothing of rules.
+//! - [`sim`]: the Recrubo simulator (`flowd sim`), for tests, benchmarks and the demo.
 //! - [`settings`]: flags → environment → file layering, and secrets that never print.
 //! - [`cli`]: one module per subcommand; `main.rs` only maps its result to an exit code.
 
@@ -16,4 +17,5 @@ pub mod engine;
 pub mod http;
 pub mod recrubo;
 pub mod rules;
+pub mod sim;
 pub mod settings;

@@ -1,0 +1,706 @@
+//! The simulator's HTTP surface: Recrubo's JSON:API under `/public/v2` and the `/_sim/...`
+//! control and inspection endpoints.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Map, Value, json};
+use tokio_util::sync::CancellationToken;
+
+use super::faults::{ApiFault, Faults};
+use super::lifecycle;
+use super::store::{COLLECTIONS, Collection, new_resource, type_of};
+use super::webhooks::{Deliverer, Delivery, DeliveryRecord};
+use super::{Journal, RecordedRequest, SimSettings};
+use crate::recrubo::FlowRunStatus;
+use crate::recrubo::jsonapi::Resource;
+use crate::recrubo::query::ListQuery;
+
+/// Everything the simulator knows.
+pub struct SimState {
+    settings: SimSettings,
+    collections: Mutex<HashMap<&'static str, Collection>>,
+    webhook_target: RwLock<(Option<String>, Option<String>)>,
+    /// Faults in force.
+    pub faults: Arc<RwLock<Faults>>,
+    /// Requests received.
+    pub requests: Journal<RecordedRequest>,
+    /// Delivery attempts.
+    pub deliveries: Arc<Journal<DeliveryRecord>>,
+    deliverer: Deliverer,
+    /// Cancelled when the simulator stops.
+    pub shutdown: CancellationToken,
+    started: Instant,
+    sequence: AtomicU64,
+    organization_id: String,
+}
+
+impl std::fmt::Debug for SimState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimState").finish_non_exhaustive()
+    }
+}
+
+type ApiResult = Result<Response, Response>;
+
+/// A JSON:API error answer.
+fn api_error(status: StatusCode, detail: impl Into<String>) -> Response {
+    let body = json!({ "errors": [{
+        "status": status.as_u16().to_string(),
+        "title": status.canonical_reason().unwrap_or("Error"),
+        "detail": detail.into(),
+    }]});
+    (status, [(header::CONTENT_TYPE, crate::recrubo::client::JSON_API)], Json(body)).into_response()
+}
+
+fn document(status: StatusCode, data: Value, meta: Option<Value>, links: Option<Value>) -> Response {
+    let mut body = Map::new();
+    body.insert("data".into(), data);
+    body.insert("meta".into(), meta.unwrap_or_else(|| json!({})));
+    if let Some(links) = links {
+        body.insert("links".into(), links);
+    }
+    (status, [(header::CONTENT_TYPE, crate::recrubo::client::JSON_API)], Json(Value::Object(body))).into_response()
+}
+
+fn resource_json(resource: &Resource) -> Value {
+    serde_json::to_value(resource).unwrap_or(Value::Null)
+}
+
+fn now_text() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, false)
+}
+
+impl SimState {
+    /// Builds the state and starts the delivery workers.
+    pub fn new(settings: SimSettings, shutdown: CancellationToken) -> Arc<SimState> {
+        let faults = Arc::new(RwLock::new(settings.faults.clone()));
+        let deliveries = Arc::new(Journal::new(200_000));
+        let started = Instant::now();
+        let deliverer = Deliverer::start(
+            16,
+            faults.clone(),
+            deliveries.clone(),
+            settings.retry_scale.unwrap_or(0.001),
+            started,
+            shutdown.clone(),
+        );
+        let mut collections: HashMap<&'static str, Collection> = COLLECTIONS
+            .iter()
+            .map(|(path, _)| (*path, Collection::default()))
+            .collect();
+        let mut organization_attributes = Map::new();
+        organization_attributes.insert("name".into(), Value::String("Simulated Organization".into()));
+        if let Some(url) = &settings.webhook_url {
+            organization_attributes.insert("webhookUrl".into(), Value::String(url.clone()));
+        }
+        let organization = new_resource("organizations", organization_attributes, &now_text());
+        let organization_id = organization.id.clone();
+        if let Some(organizations) = collections.get_mut("organizations") {
+            organizations.put(organization);
+        }
+        Arc::new(SimState {
+            webhook_target: RwLock::new((settings.webhook_url.clone(), settings.webhook_secret.clone())),
+            settings,
+            collections: Mutex::new(collections),
+            faults,
+            requests: Journal::new(200_000),
+            deliveries,
+            deliverer,
+            shutdown,
+            started,
+            sequence: AtomicU64::new(0),
+            organization_id,
+        })
+    }
+
+    fn with_collection<R>(&self, collection: &str, work: impl FnOnce(&mut Collection) -> R) -> Option<R> {
+        let mut collections = self.collections.lock().unwrap_or_else(|p| p.into_inner());
+        collections.get_mut(collection).map(work)
+    }
+
+    /// A copy of a resource.
+    pub fn get(&self, collection: &str, id: &str) -> Option<Resource> {
+        self.with_collection(collection, |c| c.get(id).cloned()).flatten()
+    }
+
+    /// Stores a resource created outside the API (tests seed threads and flows this way).
+    pub fn insert(&self, collection: &str, attributes: Map<String, Value>) -> Option<Resource> {
+        let resource_type = type_of(collection)?;
+        let resource = new_resource(resource_type, attributes, &now_text());
+        self.with_collection(collection, |c| c.put(resource.clone()))?;
+        Some(resource)
+    }
+
+    /// Milliseconds since start.
+    pub fn elapsed_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Sends webhooks for an event to every matching subscription, or — while there are none
+    /// and `deliver_by_default` holds — updates of flow runs and generations to the org URL.
+    fn emit(&self, event: &str, resource: &Resource, fields: &[&str]) {
+        let (org_url, secret) = self
+            .webhook_target
+            .read()
+            .map(|target| target.clone())
+            .unwrap_or_default();
+        let subscriptions: Vec<Resource> = self
+            .with_collection("webhooks", |c| c.list(&ListQuery::new().page_size(200)).0)
+            .unwrap_or_default();
+        let mut targets: Vec<(Option<String>, Option<String>)> = Vec::new();
+        if subscriptions.is_empty() {
+            let by_default = self.settings.deliver_by_default.unwrap_or(true)
+                && event == "update"
+                && matches!(resource.resource_type.as_str(), "flowRuns" | "flowGenerations");
+            if by_default {
+                targets.push((org_url.clone(), None));
+            }
+        } else {
+            for subscription in &subscriptions {
+                let wants_resource = subscription.str_attribute("resource") == Some(resource.resource_type.as_str());
+                let wants_event = subscription.str_attribute("event").is_none_or(|e| e == event);
+                let wants_fields = match subscription.attributes.get("fields").and_then(Value::as_array) {
+                    Some(wanted) if event == "update" && !wanted.is_empty() => wanted
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .any(|field| fields.contains(&field)),
+                    _ => true,
+                };
+                if wants_resource && wants_event && wants_fields {
+                    let url = subscription
+                        .str_attribute("webhookUrl")
+                        .map(str::to_owned)
+                        .or_else(|| org_url.clone());
+                    targets.push((url, Some(subscription.id.clone())));
+                }
+            }
+        }
+        for (url, webhook_id) in targets {
+            let Some(url) = url else { continue };
+            let log_id = uuid::Uuid::new_v4().to_string();
+            let mut attributes = Map::new();
+            if let Some(webhook_id) = webhook_id {
+                attributes.insert("webhookId".into(), Value::String(webhook_id));
+            }
+            attributes.insert("event".into(), Value::String(event.to_owned()));
+            if event == "update" {
+                attributes.insert("fields".into(), json!(fields));
+            }
+            attributes.insert("resource".into(), resource_json(resource));
+            let payload = json!({ "data": { "type": "webhookPayload", "id": log_id, "attributes": attributes } });
+            if !self.deliverer.send(Delivery {
+                log_id,
+                url,
+                secret: secret.clone(),
+                payload,
+            }) {
+                tracing::warn!("Simulator delivery queue full; a webhook was lost");
+            }
+        }
+    }
+
+    /// Moves a run to `to` when its status is one of `from` (used by scripts); merges `state`.
+    pub fn advance_run(&self, id: &str, from: &[&str], to: &str, state: Option<Value>) -> Option<Resource> {
+        let updated = self
+            .with_collection("flow-runs", |runs| {
+                let run = runs.get_mut(id)?;
+                let current = run.str_attribute("status").unwrap_or("").to_owned();
+                if !from.is_empty() && !from.contains(&current.as_str()) {
+                    return None;
+                }
+                Some(apply_run_change(run, to, state))
+            })
+            .flatten()?;
+        tracing::info!(run = %id, status = %to, "Simulated flow run changed status");
+        self.emit("update", &updated.0, &updated.1);
+        Some(updated.0)
+    }
+
+    /// Moves a generation; `finished` creates the generated Flow and sets `flowId`.
+    pub fn advance_generation(&self, id: &str, from: &[&str], to: &str) -> Option<Resource> {
+        let flow = (to == "finished").then(|| {
+            let mut attributes = Map::new();
+            attributes.insert("name".into(), Value::String(format!("Generated flow for {id}")));
+            attributes.insert("published".into(), Value::Bool(true));
+            new_resource("flows", attributes, &now_text())
+        });
+        let updated = {
+            let mut collections = self.collections.lock().unwrap_or_else(|p| p.into_inner());
+            let generations = collections.get_mut("flow-generations")?;
+            let generation = generations.get_mut(id)?;
+            let current = generation.str_attribute("status").unwrap_or("").to_owned();
+            if !from.is_empty() && !from.contains(&current.as_str()) {
+                return None;
+            }
+            generation.attributes.insert("status".into(), Value::String(to.to_owned()));
+            generation.attributes.insert("updatedAt".into(), Value::String(now_text()));
+            let mut fields = vec!["status"];
+            if let Some(flow) = &flow {
+                generation.attributes.insert("flowId".into(), Value::String(flow.id.clone()));
+                generation.attributes.insert("cost".into(), json!(10));
+                fields.extend(["flowId", "cost"]);
+            }
+            let updated = generation.clone();
+            if let (Some(flow), Some(flows)) = (flow, collections.get_mut("flows")) {
+                flows.put(flow);
+            }
+            (updated, fields)
+        };
+        tracing::info!(generation = %id, status = %to, "Simulated flow generation changed status");
+        self.emit("update", &updated.0, &updated.1);
+        Some(updated.0)
+    }
+
+    fn finish_analysis(&self, id: &str) -> Option<Resource> {
+        let updated = self
+            .with_collection("vacancy-analyses", |analyses| {
+                let analysis = analyses.get_mut(id)?;
+                let text = analysis.str_attribute("inputText").unwrap_or("").to_owned();
+                analysis.attributes.insert("analyzeResult".into(), lifecycle::analyze(&text));
+                analysis.attributes.insert("updatedAt".into(), Value::String(now_text()));
+                Some(analysis.clone())
+            })
+            .flatten()?;
+        self.emit("update", &updated, &["analyzeResult"]);
+        Some(updated)
+    }
+}
+
+/// Sets a run's status and merges state; returns the run and the changed fields.
+fn apply_run_change(run: &mut Resource, status: &str, state: Option<Value>) -> (Resource, Vec<&'static str>) {
+    let mut fields = Vec::new();
+    if run.str_attribute("status") != Some(status) {
+        run.attributes.insert("status".into(), Value::String(status.to_owned()));
+        fields.push("status");
+    }
+    if status == "running" && run.attributes.get("cost").and_then(Value::as_f64) == Some(0.0) {
+        run.attributes.insert("cost".into(), json!(1));
+        fields.push("cost");
+    }
+    if let Some(Value::Object(patch)) = state {
+        let current = run
+            .attributes
+            .entry("state")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(current) = current {
+            current.extend(patch);
+        }
+        fields.push("state");
+    }
+    run.attributes.insert("updatedAt".into(), Value::String(now_text()));
+    (run.clone(), fields)
+}
+
+/// The router.
+pub fn router(state: Arc<SimState>) -> Router {
+    let api = Router::new()
+        .route("/public/v2/{collection}", get(list).post(create))
+        .route("/public/v2/{collection}/{id}", get(fetch).patch(patch).delete(remove))
+        .layer(middleware::from_fn_with_state(state.clone(), api_middleware));
+    let control = Router::new()
+        .route("/_sim/flow-runs/{id}/status", post(control_run_status))
+        .route("/_sim/flow-generations/{id}/status", post(control_generation_status))
+        .route("/_sim/faults", get(get_faults).post(set_faults))
+        .route("/_sim/requests", get(get_requests).delete(clear_requests))
+        .route("/_sim/deliveries", get(get_deliveries).delete(clear_deliveries))
+        .route("/_sim/health", get(|| async { "ok\n" }));
+    api.merge(control).with_state(state)
+}
+
+/// Records every API request, checks the bearer token, and injects faults.
+async fn api_middleware(State(state): State<Arc<SimState>>, headers: HeaderMap, request: Request, next: Next) -> Response {
+    let method = request.method().to_string();
+    let path = request.uri().path().to_owned();
+    let query = request.uri().query().map(str::to_owned);
+    let faults = state.faults.read().map(|f| f.clone()).unwrap_or_default();
+    let latency = faults.latency();
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or("");
+    let authorized = match &state.settings.token {
+        Some(expected) => token == expected,
+        None => !token.is_empty(),
+    };
+    let (response, fault) = if !authorized {
+        (api_error(StatusCode::UNAUTHORIZED, "access denied: a valid bearer token is required"), None)
+    } else {
+        match faults.draw_api_fault() {
+            Some(ApiFault::ServerError) => (
+                api_error(StatusCode::SERVICE_UNAVAILABLE, "simulated server error"),
+                Some("503".to_owned()),
+            ),
+            Some(ApiFault::Throttle(seconds)) => {
+                let mut response = api_error(StatusCode::TOO_MANY_REQUESTS, "simulated rate limit");
+                if let Ok(value) = seconds.to_string().parse() {
+                    response.headers_mut().insert(header::RETRY_AFTER, value);
+                }
+                (response, Some("429".to_owned()))
+            }
+            Some(ApiFault::Reset) => {
+                // A body that fails mid-way makes the server drop the connection: the client
+                // sees the connection cut before a complete answer.
+                let stream = futures_util::stream::once(async {
+                    Err::<Bytes, std::io::Error>(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "simulated reset"))
+                });
+                let response = Response::builder()
+                    .status(StatusCode::OK)
+                    .header(header::CONTENT_LENGTH, "100")
+                    .body(Body::from_stream(stream))
+                    .unwrap_or_default();
+                (response, Some("reset".to_owned()))
+            }
+            None => (next.run(request).await, None),
+        }
+    };
+    state.requests.push(RecordedRequest {
+        seq: state.sequence.fetch_add(1, Ordering::Relaxed),
+        at: now_text(),
+        at_ms: state.elapsed_ms(),
+        method,
+        path,
+        query,
+        status: response.status().as_u16(),
+        fault,
+    });
+    response
+}
+
+fn parse_query(raw: Option<&str>) -> Result<(ListQuery, bool), Response> {
+    let pairs: Vec<(String, String)> = raw
+        .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let sync = pairs.iter().any(|(k, v)| k == "sync" && v == "true");
+    ListQuery::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .map(|query| (query, sync))
+        .map_err(|message| api_error(StatusCode::BAD_REQUEST, message))
+}
+
+fn known_collection(collection: &str) -> Result<&'static str, Response> {
+    COLLECTIONS
+        .iter()
+        .find(|(path, _)| *path == collection)
+        .map(|(path, _)| *path)
+        .ok_or_else(|| api_error(StatusCode::NOT_FOUND, format!("no such resource collection `{collection}`")))
+}
+
+fn not_found(collection: &str) -> Response {
+    let name = type_of(collection).unwrap_or("resource");
+    api_error(StatusCode::NOT_FOUND, format!("{name} not found"))
+}
+
+async fn list(State(state): State<Arc<SimState>>, Path(collection): Path<String>, RawQuery(raw): RawQuery) -> ApiResult {
+    let collection = known_collection(&collection)?;
+    let (query, _) = parse_query(raw.as_deref())?;
+    let (items, total) = state
+        .with_collection(collection, |c| c.list(&query))
+        .unwrap_or_default();
+    let size = query.page_size.unwrap_or(crate::recrubo::query::DEFAULT_PAGE_SIZE) as usize;
+    let number = query.page_number.unwrap_or(1) as usize;
+    let last_page = total.div_ceil(size).max(1);
+    let next = (number < last_page).then(|| {
+        let mut next_query = query.clone();
+        next_query.page_number = Some(number as u32 + 1);
+        next_query.page_size = Some(size as u32);
+        let encoded: String = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(next_query.pairs())
+            .finish();
+        format!("/public/v2/{collection}?{encoded}")
+    });
+    let data = Value::Array(items.iter().map(resource_json).collect());
+    let meta = json!({ "page": { "currentPage": number, "perPage": size, "total": total, "lastPage": last_page } });
+    let links = json!({ "next": next });
+    Ok(document(StatusCode::OK, data, Some(meta), Some(links)))
+}
+
+async fn fetch(State(state): State<Arc<SimState>>, Path((collection, id)): Path<(String, String)>) -> ApiResult {
+    let collection = known_collection(&collection)?;
+    let resource = state.get(collection, &id).ok_or_else(|| not_found(collection))?;
+    Ok(document(StatusCode::OK, resource_json(&resource), None, None))
+}
+
+/// The `data.attributes` of a request body, with a 400 that says what is wrong.
+fn request_attributes(body: &Bytes, expected_type: &str) -> Result<Map<String, Value>, Response> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|err| api_error(StatusCode::BAD_REQUEST, format!("the body is not JSON: {err}")))?;
+    let data = value
+        .get("data")
+        .ok_or_else(|| api_error(StatusCode::BAD_REQUEST, "the body has no `data` (JSON:API envelope expected)"))?;
+    if let Some(resource_type) = data.get("type").and_then(Value::as_str)
+        && resource_type != expected_type
+    {
+        return Err(api_error(
+            StatusCode::CONFLICT,
+            format!("`data.type` is `{resource_type}`, expected `{expected_type}`"),
+        ));
+    }
+    let mut attributes = data
+        .get("attributes")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    // Relationships may stand in for flat foreign keys (recrubo-api.md §3).
+    if let Some(relationships) = data.get("relationships").and_then(Value::as_object) {
+        for (name, relationship) in relationships {
+            if let Some(id) = relationship.pointer("/data/id").and_then(Value::as_str) {
+                attributes
+                    .entry(format!("{name}Id"))
+                    .or_insert_with(|| Value::String(id.to_owned()));
+            }
+        }
+    }
+    Ok(attributes)
+}
+
+fn required_string(attributes: &Map<String, Value>, name: &str) -> Result<String, Response> {
+    match attributes.get(name).and_then(Value::as_str) {
+        Some(value) if !value.is_empty() => Ok(value.to_owned()),
+        _ => Err(api_error(StatusCode::UNPROCESSABLE_ENTITY, format!("`{name}` is required"))),
+    }
+}
+
+async fn create(
+    State(state): State<Arc<SimState>>,
+    Path(collection): Path<String>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> ApiResult {
+    let collection = known_collection(&collection)?;
+    let resource_type = type_of(collection).unwrap_or("resources");
+    let (_, sync) = parse_query(raw.as_deref())?;
+    let mut attributes = request_attributes(&body, resource_type)?;
+    match collection {
+        "flow-runs" => {
+            let flow_id = required_string(&attributes, "flowId")?;
+            required_string(&attributes, "messageThreadId")?;
+            let initial_state = attributes.get("state").cloned().unwrap_or_else(|| json!({}));
+            if !initial_state.is_object() {
+                return Err(api_error(StatusCode::UNPROCESSABLE_ENTITY, "`state` must be an object"));
+            }
+            attributes.insert("state".into(), initial_state.clone());
+            attributes.entry("initialMessage").or_insert_with(|| json!({}));
+            attributes.insert("status".into(), json!("queued"));
+            attributes.insert("cost".into(), json!(0));
+            let run = new_resource(resource_type, attributes, &now_text());
+            state.with_collection(collection, |c| c.put(run.clone()));
+            state.emit("create", &run, &[]);
+            if let Some(script) = &state.settings.script.flow_runs {
+                lifecycle::spawn_run(state.clone(), script.clone(), run.id.clone(), flow_id, initial_state);
+            }
+            Ok(document(StatusCode::CREATED, resource_json(&run), None, None))
+        }
+        "flow-generations" => {
+            attributes.entry("flowType").or_insert_with(|| json!("vacancy_application_flow"));
+            attributes.entry("parameters").or_insert_with(|| json!({}));
+            attributes.entry("context").or_insert_with(|| json!({}));
+            attributes.insert("status".into(), json!("queued"));
+            attributes.insert("flowId".into(), Value::Null);
+            attributes.insert("cost".into(), json!(0));
+            let generation = new_resource(resource_type, attributes, &now_text());
+            let id = generation.id.clone();
+            state.with_collection(collection, |c| c.put(generation.clone()));
+            state.emit("create", &generation, &[]);
+            if sync {
+                state.advance_generation(&id, &[], "processing");
+                let finished = state.advance_generation(&id, &[], "finished").unwrap_or(generation);
+                return Ok(document(StatusCode::CREATED, resource_json(&finished), None, None));
+            }
+            if let Some(script) = &state.settings.script.flow_generations {
+                lifecycle::spawn_generation(state.clone(), script.clone(), id);
+            }
+            Ok(document(StatusCode::CREATED, resource_json(&generation), None, None))
+        }
+        "vacancy-analyses" => {
+            required_string(&attributes, "inputText")?;
+            attributes.insert("analyzeResult".into(), Value::Null);
+            let analysis = new_resource(resource_type, attributes, &now_text());
+            let id = analysis.id.clone();
+            state.with_collection(collection, |c| c.put(analysis.clone()));
+            if sync {
+                let done = state.finish_analysis(&id).unwrap_or(analysis);
+                return Ok(document(StatusCode::CREATED, resource_json(&done), None, None));
+            }
+            let delay = state
+                .settings
+                .script
+                .analysis_delay
+                .unwrap_or(std::time::Duration::from_millis(100));
+            let background = state.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                background.finish_analysis(&id);
+            });
+            Ok(document(StatusCode::CREATED, resource_json(&analysis), None, None))
+        }
+        _ => {
+            let resource = new_resource(resource_type, attributes, &now_text());
+            state.with_collection(collection, |c| c.put(resource.clone()));
+            state.emit("create", &resource, &[]);
+            Ok(document(StatusCode::CREATED, resource_json(&resource), None, None))
+        }
+    }
+}
+
+async fn patch(
+    State(state): State<Arc<SimState>>,
+    Path((collection, id)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    let collection = known_collection(&collection)?;
+    let resource_type = type_of(collection).unwrap_or("resources");
+    if matches!(collection, "flow-generations" | "vacancy-analyses") {
+        return Err(api_error(StatusCode::METHOD_NOT_ALLOWED, format!("{resource_type} cannot be updated")));
+    }
+    let attributes = request_attributes(&body, resource_type)?;
+    if collection == "flow-runs" {
+        let status = attributes.get("status").and_then(Value::as_str).map(str::to_owned);
+        if let Some(status) = &status
+            && !FlowRunStatus::SETTABLE.contains(&status.as_str())
+        {
+            return Err(api_error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("`status` can be set to {}, not `{status}`", FlowRunStatus::SETTABLE.join(", ")),
+            ));
+        }
+        let new_state = attributes.get("state").cloned();
+        let outcome = state
+            .with_collection(collection, |runs| {
+                let run = runs.get_mut(&id)?;
+                if new_state.is_some() && run.str_attribute("status") == Some("running") && status.is_none() {
+                    return Some(Err(api_error(
+                        StatusCode::CONFLICT,
+                        "`state` can only be updated once the FlowRun is not running",
+                    )));
+                }
+                let mut fields = Vec::new();
+                if let Some(status) = &status {
+                    run.attributes.insert("status".into(), Value::String(status.clone()));
+                    fields.push("status");
+                }
+                if let Some(new_state) = &new_state {
+                    run.attributes.insert("state".into(), new_state.clone());
+                    fields.push("state");
+                }
+                run.attributes.insert("updatedAt".into(), Value::String(now_text()));
+                Some(Ok((run.clone(), fields)))
+            })
+            .flatten()
+            .ok_or_else(|| not_found(collection))??;
+        state.emit("update", &outcome.0, &outcome.1);
+        return Ok(document(StatusCode::OK, resource_json(&outcome.0), None, None));
+    }
+    let updated = state
+        .with_collection(collection, |items| {
+            let item = items.get_mut(&id)?;
+            item.attributes.extend(attributes.clone());
+            item.attributes.insert("updatedAt".into(), Value::String(now_text()));
+            Some(item.clone())
+        })
+        .flatten()
+        .ok_or_else(|| not_found(collection))?;
+    if collection == "organizations" && id == state.organization_id
+        && let Ok(mut target) = state.webhook_target.write()
+    {
+        if let Some(url) = attributes.get("webhookUrl").and_then(Value::as_str) {
+            target.0 = Some(url.to_owned());
+        }
+        if let Some(secret) = attributes.get("webhookSecret").and_then(Value::as_str) {
+            target.1 = Some(secret.to_owned());
+        }
+    }
+    let fields: Vec<&str> = attributes.keys().map(String::as_str).collect();
+    state.emit("update", &updated, &fields);
+    Ok(document(StatusCode::OK, resource_json(&updated), None, None))
+}
+
+async fn remove(State(state): State<Arc<SimState>>, Path((collection, id)): Path<(String, String)>) -> ApiResult {
+    let collection = known_collection(&collection)?;
+    let removed = state
+        .with_collection(collection, |c| c.remove(&id))
+        .flatten()
+        .ok_or_else(|| not_found(collection))?;
+    state.emit("delete", &removed, &[]);
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST /_sim/flow-runs/{id}/status {"status": ..., "state": {...}}`.
+async fn control_run_status(State(state): State<Arc<SimState>>, Path(id): Path<String>, body: Bytes) -> ApiResult {
+    let body: Value = serde_json::from_slice(&body)
+        .map_err(|err| api_error(StatusCode::BAD_REQUEST, format!("the body is not JSON: {err}")))?;
+    let status = body
+        .get("status")
+        .and_then(Value::as_str)
+        .ok_or_else(|| api_error(StatusCode::BAD_REQUEST, "`status` is required"))?;
+    let new_state = body.get("state").cloned();
+    if new_state.as_ref().is_some_and(|s| !s.is_object()) {
+        return Err(api_error(StatusCode::BAD_REQUEST, "`state` must be an object"));
+    }
+    let run = state
+        .advance_run(&id, &[], status, new_state)
+        .ok_or_else(|| not_found("flow-runs"))?;
+    Ok(document(StatusCode::OK, resource_json(&run), None, None))
+}
+
+/// `POST /_sim/flow-generations/{id}/status {"status": ...}`.
+async fn control_generation_status(State(state): State<Arc<SimState>>, Path(id): Path<String>, body: Bytes) -> ApiResult {
+    let body: Value = serde_json::from_slice(&body)
+        .map_err(|err| api_error(StatusCode::BAD_REQUEST, format!("the body is not JSON: {err}")))?;
+    let status = body
+        .get("status")
+        .and_then(Value::as_str)
+        .ok_or_else(|| api_error(StatusCode::BAD_REQUEST, "`status` is required"))?;
+    let generation = state
+        .advance_generation(&id, &[], status)
+        .ok_or_else(|| not_found("flow-generations"))?;
+    Ok(document(StatusCode::OK, resource_json(&generation), None, None))
+}
+
+async fn get_faults(State(state): State<Arc<SimState>>) -> Json<Faults> {
+    Json(state.faults.read().map(|f| f.clone()).unwrap_or_default())
+}
+
+async fn set_faults(State(state): State<Arc<SimState>>, body: Bytes) -> ApiResult {
+    let faults: Faults = serde_json::from_slice(&body)
+        .map_err(|err| api_error(StatusCode::BAD_REQUEST, format!("invalid faults: {err}")))?;
+    faults
+        .validate()
+        .map_err(|message| api_error(StatusCode::UNPROCESSABLE_ENTITY, message))?;
+    tracing::info!(?faults, "Simulator faults set");
+    if let Ok(mut current) = state.faults.write() {
+        *current = faults.clone();
+    }
+    Ok(Json(faults).into_response())
+}
+
+async fn get_requests(State(state): State<Arc<SimState>>) -> Json<Vec<RecordedRequest>> {
+    Json(state.requests.all())
+}
+
+async fn clear_requests(State(state): State<Arc<SimState>>) -> StatusCode {
+    state.requests.clear();
+    StatusCode::NO_CONTENT
+}
+
+async fn get_deliveries(State(state): State<Arc<SimState>>) -> Json<Vec<DeliveryRecord>> {
+    Json(state.deliveries.all())
+}
+
+async fn clear_deliveries(State(state): State<Arc<SimState>>) -> StatusCode {
+    state.deliveries.clear();
+    StatusCode::NO_CONTENT
+}
