@@ -17,5 +17,5 @@ pub mod engine;
 pub mod http;
 pub mod recrubo;
 pub mod rules;
-pub mod sim;
 pub mod settings;
+pub mod sim;

@@ -133,6 +133,10 @@ pub struct RecruboSettings {
     pub rate_limit: f64,
     /// Poll followed runs that have not changed for this long (a duration like `10m`).
     pub reconcile_after: String,
+    /// The attributes of `POST /webhooks`, whose shape Recrubo does not document
+    /// (recrubo-api.md §9.3): a JSON object whose strings are templates over `resource`,
+    /// `event`, `fields` and `url`. Attributes that render to null are left out.
+    pub subscription_body: Option<Value>,
 }
 
 impl Default for RecruboSettings {
@@ -144,6 +148,7 @@ impl Default for RecruboSettings {
             sync: false,
             rate_limit: 20.0,
             reconcile_after: "10m".to_owned(),
+            subscription_body: None,
         }
     }
 }

@@ -203,7 +203,7 @@ async fn serve(settings: Settings, rule_set: crate::rules::RuleSet) -> anyhow::R
     Ok(())
 }
 
-async fn wait_for_termination() {
+pub(crate) async fn wait_for_termination() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

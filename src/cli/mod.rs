@@ -4,6 +4,8 @@
 pub mod check;
 pub mod daemon;
 pub mod schema;
+pub mod sim;
+pub mod webhooks;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +36,11 @@ pub enum Command {
     Schema,
     /// Run the daemon.
     Run(daemon::RunArgs),
+    /// Run the Recrubo simulator.
+    Sim(sim::SimArgs),
+    /// Manage Recrubo webhook subscriptions and the organization's webhook destination.
+    #[command(subcommand)]
+    Webhooks(webhooks::WebhooksCommand),
 }
 
 /// Output format of commands that report diagnostics.
@@ -55,6 +62,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => daemon::run(args),
+        Command::Sim(args) => sim::run(args),
+        Command::Webhooks(command) => webhooks::run(command),
     }
 }
 

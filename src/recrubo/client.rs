@@ -118,7 +118,9 @@ impl RecruboClient {
             .timeout(settings.request_timeout)
             .pool_max_idle_per_host(64)
             .build()
-            .map_err(|err| RecruboError::InvalidRequest(format!("cannot build the HTTP client: {err}")))?;
+            .map_err(|err| {
+                RecruboError::InvalidRequest(format!("cannot build the HTTP client: {err}"))
+            })?;
         let limiter = rate_limiter(settings.rate_limit).map(Arc::new);
         Ok(RecruboClient {
             http,
@@ -133,8 +135,13 @@ impl RecruboClient {
 
     fn url(&self, path: &str, query: &[(String, String)]) -> Result<Url, RecruboError> {
         let relative = path.trim_start_matches('/');
-        if relative.contains("..") || relative.starts_with("http:") || relative.starts_with("https:") {
-            return Err(RecruboError::InvalidRequest(format!("path `{path}` leaves the API")));
+        if relative.contains("..")
+            || relative.starts_with("http:")
+            || relative.starts_with("https:")
+        {
+            return Err(RecruboError::InvalidRequest(format!(
+                "path `{path}` leaves the API"
+            )));
         }
         let mut url = self
             .base
@@ -150,7 +157,12 @@ impl RecruboClient {
     }
 
     /// Sends one request (waiting for the rate limiter first) and classifies the outcome.
-    async fn send_once(&self, method: Method, url: Url, body: Option<&Value>) -> Result<RawResponse, RecruboError> {
+    async fn send_once(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+    ) -> Result<RawResponse, RecruboError> {
         if let Some(limiter) = &self.limiter {
             limiter.until_ready().await;
         }
@@ -182,11 +194,14 @@ impl RecruboClient {
         })?;
         let status = response.status();
         let headers = response.headers().clone();
-        let bytes = response.bytes().await.map_err(|err| RecruboError::NoAnswer {
-            method: method.to_string(),
-            url: url.to_string(),
-            reason: format!("the body broke off: {}", error_chain(&err)),
-        })?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|err| RecruboError::NoAnswer {
+                method: method.to_string(),
+                url: url.to_string(),
+                reason: format!("the body broke off: {}", error_chain(&err)),
+            })?;
         if status.is_success() {
             let body = if bytes.is_empty() || status == StatusCode::NO_CONTENT {
                 Value::Null
@@ -244,7 +259,11 @@ impl RecruboClient {
     }
 
     /// A GET, retried with backoff and jitter while the error is retryable.
-    async fn read(&self, path: &str, query: &[(String, String)]) -> Result<RawResponse, RecruboError> {
+    async fn read(
+        &self,
+        path: &str,
+        query: &[(String, String)],
+    ) -> Result<RawResponse, RecruboError> {
         let url = self.url(path, query)?;
         let backoff = ExponentialBuilder::default()
             .with_min_delay(self.read_backoff)
@@ -254,7 +273,12 @@ impl RecruboClient {
         (|| self.send_once(Method::GET, url.clone(), None))
             .retry(backoff)
             .when(RecruboError::is_retryable)
-            .adjust(|err, delay| delay.map(|delay| err.retry_after().map_or(delay, |after| after.max(delay / 4))))
+            .adjust(|err, delay| {
+                delay.map(|delay| {
+                    err.retry_after()
+                        .map_or(delay, |after| after.max(delay / 4))
+                })
+            })
             .notify(|err, delay| {
                 tracing::debug!(error = %err, ?delay, "Retrying a Recrubo read");
             })
@@ -262,7 +286,13 @@ impl RecruboClient {
     }
 
     /// A write (POST/PATCH/DELETE), sent once.
-    async fn write(&self, method: Method, path: &str, query: &[(String, String)], body: Option<&Value>) -> Result<RawResponse, RecruboError> {
+    async fn write(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(String, String)],
+        body: Option<&Value>,
+    ) -> Result<RawResponse, RecruboError> {
         let url = self.url(path, query)?;
         self.send_once(method, url, body).await
     }
@@ -290,13 +320,17 @@ impl RecruboClient {
     /// `POST /flow-runs`.
     pub async fn create_flow_run(&self, run: &NewFlowRun) -> Result<FlowRun, RecruboError> {
         let body = request_envelope("flowRuns", None, run.attributes());
-        let response = self.write(Method::POST, "flow-runs", &[], Some(&body)).await?;
+        let response = self
+            .write(Method::POST, "flow-runs", &[], Some(&body))
+            .await?;
         Self::resource(response, "flow-runs").map(|resource| FlowRun { resource })
     }
 
     /// `GET /flow-runs/{id}`.
     pub async fn get_flow_run(&self, id: &str) -> Result<FlowRun, RecruboError> {
-        let response = self.read(&format!("flow-runs/{}", path_segment(id)?), &[]).await?;
+        let response = self
+            .read(&format!("flow-runs/{}", path_segment(id)?), &[])
+            .await?;
         Self::resource(response, "flow-runs/{id}").map(|resource| FlowRun { resource })
     }
 
@@ -306,10 +340,19 @@ impl RecruboClient {
     }
 
     /// `PATCH /flow-runs/{id}`.
-    pub async fn patch_flow_run(&self, id: &str, patch: &FlowRunPatch) -> Result<FlowRun, RecruboError> {
+    pub async fn patch_flow_run(
+        &self,
+        id: &str,
+        patch: &FlowRunPatch,
+    ) -> Result<FlowRun, RecruboError> {
         let body = request_envelope("flowRuns", Some(id), patch.attributes());
         let response = self
-            .write(Method::PATCH, &format!("flow-runs/{}", path_segment(id)?), &[], Some(&body))
+            .write(
+                Method::PATCH,
+                &format!("flow-runs/{}", path_segment(id)?),
+                &[],
+                Some(&body),
+            )
             .await?;
         Self::resource(response, "flow-runs/{id}").map(|resource| FlowRun { resource })
     }
@@ -317,18 +360,29 @@ impl RecruboClient {
     // ---- FlowGenerations -----------------------------------------------------------------------
 
     /// `POST /flow-generations` (with `?sync=true` when configured).
-    pub async fn create_flow_generation(&self, generation: &NewFlowGeneration) -> Result<FlowGeneration, RecruboError> {
+    pub async fn create_flow_generation(
+        &self,
+        generation: &NewFlowGeneration,
+    ) -> Result<FlowGeneration, RecruboError> {
         let body = request_envelope("flowGenerations", None, generation.attributes());
         let response = self
-            .write(Method::POST, "flow-generations", &self.sync_query(), Some(&body))
+            .write(
+                Method::POST,
+                "flow-generations",
+                &self.sync_query(),
+                Some(&body),
+            )
             .await?;
         Self::resource(response, "flow-generations").map(|resource| FlowGeneration { resource })
     }
 
     /// `GET /flow-generations/{id}`.
     pub async fn get_flow_generation(&self, id: &str) -> Result<FlowGeneration, RecruboError> {
-        let response = self.read(&format!("flow-generations/{}", path_segment(id)?), &[]).await?;
-        Self::resource(response, "flow-generations/{id}").map(|resource| FlowGeneration { resource })
+        let response = self
+            .read(&format!("flow-generations/{}", path_segment(id)?), &[])
+            .await?;
+        Self::resource(response, "flow-generations/{id}")
+            .map(|resource| FlowGeneration { resource })
     }
 
     /// `GET /flow-generations` (one page).
@@ -339,27 +393,40 @@ impl RecruboClient {
     // ---- VacancyAnalyses -------------------------------------------------------------------------
 
     /// `POST /vacancy-analyses` (with `?sync=true` when configured).
-    pub async fn create_vacancy_analysis(&self, input_text: &str) -> Result<VacancyAnalysis, RecruboError> {
+    pub async fn create_vacancy_analysis(
+        &self,
+        input_text: &str,
+    ) -> Result<VacancyAnalysis, RecruboError> {
         let mut attributes = Map::new();
         attributes.insert("inputText".into(), Value::String(input_text.to_owned()));
         let body = request_envelope("vacancyAnalyses", None, attributes);
         let response = self
-            .write(Method::POST, "vacancy-analyses", &self.sync_query(), Some(&body))
+            .write(
+                Method::POST,
+                "vacancy-analyses",
+                &self.sync_query(),
+                Some(&body),
+            )
             .await?;
         Self::resource(response, "vacancy-analyses").map(|resource| VacancyAnalysis { resource })
     }
 
     /// `GET /vacancy-analyses/{id}`.
     pub async fn get_vacancy_analysis(&self, id: &str) -> Result<VacancyAnalysis, RecruboError> {
-        let response = self.read(&format!("vacancy-analyses/{}", path_segment(id)?), &[]).await?;
-        Self::resource(response, "vacancy-analyses/{id}").map(|resource| VacancyAnalysis { resource })
+        let response = self
+            .read(&format!("vacancy-analyses/{}", path_segment(id)?), &[])
+            .await?;
+        Self::resource(response, "vacancy-analyses/{id}")
+            .map(|resource| VacancyAnalysis { resource })
     }
 
     // ---- Flows and MessageThreads ------------------------------------------------------------------
 
     /// `GET /flows/{id}`.
     pub async fn get_flow(&self, id: &str) -> Result<Resource, RecruboError> {
-        let response = self.read(&format!("flows/{}", path_segment(id)?), &[]).await?;
+        let response = self
+            .read(&format!("flows/{}", path_segment(id)?), &[])
+            .await?;
         Self::resource(response, "flows/{id}")
     }
 
@@ -370,7 +437,9 @@ impl RecruboClient {
 
     /// `GET /message-threads/{id}`.
     pub async fn get_message_thread(&self, id: &str) -> Result<Resource, RecruboError> {
-        let response = self.read(&format!("message-threads/{}", path_segment(id)?), &[]).await?;
+        let response = self
+            .read(&format!("message-threads/{}", path_segment(id)?), &[])
+            .await?;
         Self::resource(response, "message-threads/{id}")
     }
 
@@ -386,13 +455,14 @@ impl RecruboClient {
         let number = query.page_number.unwrap_or(1);
         let size = query.page_size.unwrap_or(super::query::DEFAULT_PAGE_SIZE);
         let response = self.read(collection, &query.pairs()).await?;
-        let document = serde_json::from_value::<Document<Vec<Resource>>>(response.body).map_err(|err| {
-            RecruboError::InvalidBody {
-                method: "GET".to_owned(),
-                url: collection.to_owned(),
-                reason: format!("expected a list of JSON:API resources: {err}"),
-            }
-        })?;
+        let document =
+            serde_json::from_value::<Document<Vec<Resource>>>(response.body).map_err(|err| {
+                RecruboError::InvalidBody {
+                    method: "GET".to_owned(),
+                    url: collection.to_owned(),
+                    reason: format!("expected a list of JSON:API resources: {err}"),
+                }
+            })?;
         let has_more = has_more(&document, number, size);
         Ok(Page {
             items: document.data,
@@ -402,7 +472,11 @@ impl RecruboClient {
     }
 
     /// Every item of a collection, page after page, as a stream: only one page is held at a time.
-    pub fn list_all(&self, collection: &str, query: ListQuery) -> impl Stream<Item = Result<Resource, RecruboError>> + '_ {
+    pub fn list_all(
+        &self,
+        collection: &str,
+        query: ListQuery,
+    ) -> impl Stream<Item = Result<Resource, RecruboError>> + '_ {
         let collection = collection.to_owned();
         let size = query.page_size.unwrap_or(super::query::MAX_PAGE_SIZE);
         let start = query.page_number.unwrap_or(1);
@@ -428,7 +502,12 @@ impl RecruboClient {
     }
 
     /// Any call (the `recrubo` step): `body` becomes the envelope's `data`. GETs are retried.
-    pub async fn raw(&self, method: &str, path: &str, body: Option<&Value>) -> Result<RawResponse, RecruboError> {
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<RawResponse, RecruboError> {
         let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
             .map_err(|_| RecruboError::InvalidRequest(format!("invalid method `{method}`")))?;
         let (path, query) = split_query(path);
@@ -441,20 +520,38 @@ impl RecruboClient {
 
     /// `POST /webhooks`: a subscription. Its body shape is not documented (recrubo-api.md
     /// §9.3), so the caller passes the attributes, built from a template in settings.
-    pub async fn create_webhook(&self, attributes: Map<String, Value>) -> Result<Resource, RecruboError> {
+    pub async fn create_webhook(
+        &self,
+        attributes: Map<String, Value>,
+    ) -> Result<Resource, RecruboError> {
         let body = request_envelope("webhooks", None, attributes);
-        let response = self.write(Method::POST, "webhooks", &[], Some(&body)).await?;
+        let response = self
+            .write(Method::POST, "webhooks", &[], Some(&body))
+            .await?;
         Self::resource(response, "webhooks")
     }
 
     /// `PATCH /organizations/{id}` with `webhookUrl` and `webhookSecret`.
-    pub async fn set_organization_webhook(&self, organization_id: &str, url: &str, secret: &Secret<String>) -> Result<Resource, RecruboError> {
+    pub async fn set_organization_webhook(
+        &self,
+        organization_id: &str,
+        url: &str,
+        secret: &Secret<String>,
+    ) -> Result<Resource, RecruboError> {
         let mut attributes = Map::new();
         attributes.insert("webhookUrl".into(), Value::String(url.to_owned()));
-        attributes.insert("webhookSecret".into(), Value::String(secret.expose().clone()));
+        attributes.insert(
+            "webhookSecret".into(),
+            Value::String(secret.expose().clone()),
+        );
         let body = request_envelope("organizations", Some(organization_id), attributes);
         let response = self
-            .write(Method::PATCH, &format!("organizations/{}", path_segment(organization_id)?), &[], Some(&body))
+            .write(
+                Method::PATCH,
+                &format!("organizations/{}", path_segment(organization_id)?),
+                &[],
+                Some(&body),
+            )
             .await?;
         Self::resource(response, "organizations/{id}")
     }
@@ -477,7 +574,9 @@ fn rate_limiter(per_second: f64) -> Option<DefaultDirectRateLimiter> {
 /// An id used as a path segment must be one segment.
 fn path_segment(id: &str) -> Result<&str, RecruboError> {
     if id.is_empty() || id.contains(['/', '?', '#']) || id == "." || id == ".." {
-        Err(RecruboError::InvalidRequest(format!("`{id}` is not a valid id")))
+        Err(RecruboError::InvalidRequest(format!(
+            "`{id}` is not a valid id"
+        )))
     } else {
         Ok(id)
     }

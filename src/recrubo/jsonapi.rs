@@ -58,7 +58,11 @@ pub struct Document<T> {
 }
 
 /// The body of a create or update request: `{"data": {"type", "id"?, "attributes"}}`.
-pub fn request_envelope(resource_type: &str, id: Option<&str>, attributes: Map<String, Value>) -> Value {
+pub fn request_envelope(
+    resource_type: &str,
+    id: Option<&str>,
+    attributes: Map<String, Value>,
+) -> Value {
     let mut data = Map::new();
     data.insert("type".to_owned(), Value::String(resource_type.to_owned()));
     if let Some(id) = id {

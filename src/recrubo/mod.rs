@@ -12,4 +12,6 @@ pub use client::{ClientSettings, Page, RawResponse, RecruboClient};
 pub use error::RecruboError;
 pub use query::{FilterOp, ListQuery};
 pub use status::{FlowGenerationStatus, FlowRunStatus};
-pub use types::{FlowGeneration, FlowRun, FlowRunPatch, NewFlowGeneration, NewFlowRun, VacancyAnalysis};
+pub use types::{
+    FlowGeneration, FlowRun, FlowRunPatch, NewFlowGeneration, NewFlowRun, VacancyAnalysis,
+};

@@ -28,8 +28,9 @@ pub enum FilterOp {
 
 impl FilterOp {
     /// Every operator as written in a query.
-    pub const NAMES: &'static [&'static str] =
-        &["eq", "eql", "prefix", "suffix", "gt", "gte", "lt", "lte", "match"];
+    pub const NAMES: &'static [&'static str] = &[
+        "eq", "eql", "prefix", "suffix", "gt", "gte", "lt", "lte", "match",
+    ];
 
     /// Parses an operator name.
     pub fn parse(text: &str) -> Option<FilterOp> {
@@ -170,7 +171,9 @@ impl ListQuery {
     }
 
     /// Parses query pairs back (the simulator's side of the same wire).
-    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<ListQuery, String> {
+    pub fn from_pairs<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<ListQuery, String> {
         let mut query = ListQuery::new();
         for (key, value) in pairs {
             if let Some(rest) = key.strip_prefix("filter[") {
@@ -185,7 +188,10 @@ impl ListQuery {
                             .and_then(|r| r.strip_suffix(']'))
                             .ok_or_else(|| format!("malformed filter parameter `{key}`"))?;
                         Some(FilterOp::parse(name).ok_or_else(|| {
-                            format!("unknown filter operator `{name}`; operators are {}", FilterOp::NAMES.join(", "))
+                            format!(
+                                "unknown filter operator `{name}`; operators are {}",
+                                FilterOp::NAMES.join(", ")
+                            )
                         })?)
                     }
                 };
@@ -202,7 +208,9 @@ impl ListQuery {
                             .parse()
                             .map_err(|_| format!("page[size] must be a number, not `{value}`"))?;
                         if size == 0 || size > MAX_PAGE_SIZE {
-                            return Err(format!("page[size] must be between 1 and {MAX_PAGE_SIZE}"));
+                            return Err(format!(
+                                "page[size] must be between 1 and {MAX_PAGE_SIZE}"
+                            ));
                         }
                         query.page_size = Some(size);
                     }
@@ -237,7 +245,8 @@ mod tests {
         let pairs = query.pairs();
         assert_eq!(pairs[1].0, "filter[createdAt][gte]");
         assert_eq!(pairs[3], ("page[size]".to_owned(), "200".to_owned()));
-        let back = ListQuery::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))).expect("parses");
+        let back = ListQuery::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .expect("parses");
         assert_eq!(back, query);
         assert!(ListQuery::from_pairs([("filter[x][near]", "1")]).is_err());
     }

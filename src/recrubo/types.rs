@@ -123,7 +123,10 @@ impl VacancyAnalysis {
 pub fn flattened(resource: &Resource) -> Value {
     let mut map = resource.attributes.clone();
     map.insert("id".to_owned(), Value::String(resource.id.clone()));
-    map.insert("type".to_owned(), Value::String(resource.resource_type.clone()));
+    map.insert(
+        "type".to_owned(),
+        Value::String(resource.resource_type.clone()),
+    );
     Value::Object(map)
 }
 
@@ -145,9 +148,15 @@ impl NewFlowRun {
     pub fn attributes(&self) -> Map<String, Value> {
         let mut map = Map::new();
         map.insert("flowId".into(), Value::String(self.flow_id.clone()));
-        map.insert("messageThreadId".into(), Value::String(self.message_thread_id.clone()));
+        map.insert(
+            "messageThreadId".into(),
+            Value::String(self.message_thread_id.clone()),
+        );
         map.insert("state".into(), empty_object_if_null(&self.state));
-        map.insert("initialMessage".into(), empty_object_if_null(&self.initial_message));
+        map.insert(
+            "initialMessage".into(),
+            empty_object_if_null(&self.initial_message),
+        );
         map
     }
 }
@@ -216,19 +225,50 @@ pub fn requirements_from_analysis(result: &Value) -> (Vec<Value>, Vec<Value>) {
             .and_then(Value::as_str)
             .map(|text| serde_json::json!({ "value": text }))
     };
-    for certification in result.get("certifications").and_then(Value::as_array).into_iter().flatten() {
+    for certification in result
+        .get("certifications")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         if let Some(req) = requirement(certification) {
-            let required = certification.get("required").is_some_and(|r| r.as_bool() == Some(true) || r.as_str() == Some("true"));
-            if required { knockout.push(req) } else { preferred.push(req) }
+            let required = certification
+                .get("required")
+                .is_some_and(|r| r.as_bool() == Some(true) || r.as_str() == Some("true"));
+            if required {
+                knockout.push(req)
+            } else {
+                preferred.push(req)
+            }
         }
     }
-    for skill in result.get("hardSkills").and_then(Value::as_array).into_iter().flatten() {
+    for skill in result
+        .get("hardSkills")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         if let Some(req) = requirement(skill) {
-            let rating = skill.get("rating").and_then(|r| r.as_f64().or_else(|| r.as_str().and_then(|s| s.parse().ok()))).unwrap_or(0.0);
-            if rating >= 4.0 { knockout.push(req) } else { preferred.push(req) }
+            let rating = skill
+                .get("rating")
+                .and_then(|r| {
+                    r.as_f64()
+                        .or_else(|| r.as_str().and_then(|s| s.parse().ok()))
+                })
+                .unwrap_or(0.0);
+            if rating >= 4.0 {
+                knockout.push(req)
+            } else {
+                preferred.push(req)
+            }
         }
     }
-    for skill in result.get("softSkills").and_then(Value::as_array).into_iter().flatten() {
+    for skill in result
+        .get("softSkills")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         if let Some(req) = requirement(skill) {
             preferred.push(req);
         }

@@ -529,6 +529,28 @@ impl TemplateValue {
         })
     }
 
+    /// Compiles every string of a plain JSON value as a template (for settings that are
+    /// templates, like the webhook subscription body).
+    pub fn from_json(value: &Value) -> Result<TemplateValue, TemplateCompileError> {
+        Ok(match value {
+            Value::Null => TemplateValue::Null,
+            Value::Bool(b) => TemplateValue::Bool(*b),
+            Value::Number(n) => TemplateValue::Number(n.clone()),
+            Value::String(text) => TemplateValue::Template(Template::compile(text)?),
+            Value::Array(items) => TemplateValue::Array(
+                items
+                    .iter()
+                    .map(TemplateValue::from_json)
+                    .collect::<Result<_, _>>()?,
+            ),
+            Value::Object(map) => TemplateValue::Object(
+                map.iter()
+                    .map(|(k, v)| Ok((k.clone(), TemplateValue::from_json(v)?)))
+                    .collect::<Result<_, TemplateCompileError>>()?,
+            ),
+        })
+    }
+
     /// Every template in the tree, depth first.
     pub fn templates(&self) -> Vec<&Template> {
         let mut out = Vec::new();

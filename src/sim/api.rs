@@ -59,17 +59,32 @@ fn api_error(status: StatusCode, detail: impl Into<String>) -> Response {
         "title": status.canonical_reason().unwrap_or("Error"),
         "detail": detail.into(),
     }]});
-    (status, [(header::CONTENT_TYPE, crate::recrubo::client::JSON_API)], Json(body)).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, crate::recrubo::client::JSON_API)],
+        Json(body),
+    )
+        .into_response()
 }
 
-fn document(status: StatusCode, data: Value, meta: Option<Value>, links: Option<Value>) -> Response {
+fn document(
+    status: StatusCode,
+    data: Value,
+    meta: Option<Value>,
+    links: Option<Value>,
+) -> Response {
     let mut body = Map::new();
     body.insert("data".into(), data);
     body.insert("meta".into(), meta.unwrap_or_else(|| json!({})));
     if let Some(links) = links {
         body.insert("links".into(), links);
     }
-    (status, [(header::CONTENT_TYPE, crate::recrubo::client::JSON_API)], Json(Value::Object(body))).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, crate::recrubo::client::JSON_API)],
+        Json(Value::Object(body)),
+    )
+        .into_response()
 }
 
 fn resource_json(resource: &Resource) -> Value {
@@ -99,7 +114,10 @@ impl SimState {
             .map(|(path, _)| (*path, Collection::default()))
             .collect();
         let mut organization_attributes = Map::new();
-        organization_attributes.insert("name".into(), Value::String("Simulated Organization".into()));
+        organization_attributes.insert(
+            "name".into(),
+            Value::String("Simulated Organization".into()),
+        );
         if let Some(url) = &settings.webhook_url {
             organization_attributes.insert("webhookUrl".into(), Value::String(url.clone()));
         }
@@ -109,7 +127,10 @@ impl SimState {
             organizations.put(organization);
         }
         Arc::new(SimState {
-            webhook_target: RwLock::new((settings.webhook_url.clone(), settings.webhook_secret.clone())),
+            webhook_target: RwLock::new((
+                settings.webhook_url.clone(),
+                settings.webhook_secret.clone(),
+            )),
             settings,
             collections: Mutex::new(collections),
             faults,
@@ -123,14 +144,19 @@ impl SimState {
         })
     }
 
-    fn with_collection<R>(&self, collection: &str, work: impl FnOnce(&mut Collection) -> R) -> Option<R> {
+    fn with_collection<R>(
+        &self,
+        collection: &str,
+        work: impl FnOnce(&mut Collection) -> R,
+    ) -> Option<R> {
         let mut collections = self.collections.lock().unwrap_or_else(|p| p.into_inner());
         collections.get_mut(collection).map(work)
     }
 
     /// A copy of a resource.
     pub fn get(&self, collection: &str, id: &str) -> Option<Resource> {
-        self.with_collection(collection, |c| c.get(id).cloned()).flatten()
+        self.with_collection(collection, |c| c.get(id).cloned())
+            .flatten()
     }
 
     /// Stores a resource created outside the API (tests seed threads and flows this way).
@@ -161,15 +187,25 @@ impl SimState {
         if subscriptions.is_empty() {
             let by_default = self.settings.deliver_by_default.unwrap_or(true)
                 && event == "update"
-                && matches!(resource.resource_type.as_str(), "flowRuns" | "flowGenerations");
+                && matches!(
+                    resource.resource_type.as_str(),
+                    "flowRuns" | "flowGenerations"
+                );
             if by_default {
                 targets.push((org_url.clone(), None));
             }
         } else {
             for subscription in &subscriptions {
-                let wants_resource = subscription.str_attribute("resource") == Some(resource.resource_type.as_str());
-                let wants_event = subscription.str_attribute("event").is_none_or(|e| e == event);
-                let wants_fields = match subscription.attributes.get("fields").and_then(Value::as_array) {
+                let wants_resource =
+                    subscription.str_attribute("resource") == Some(resource.resource_type.as_str());
+                let wants_event = subscription
+                    .str_attribute("event")
+                    .is_none_or(|e| e == event);
+                let wants_fields = match subscription
+                    .attributes
+                    .get("fields")
+                    .and_then(Value::as_array)
+                {
                     Some(wanted) if event == "update" && !wanted.is_empty() => wanted
                         .iter()
                         .filter_map(Value::as_str)
@@ -210,7 +246,13 @@ impl SimState {
     }
 
     /// Moves a run to `to` when its status is one of `from` (used by scripts); merges `state`.
-    pub fn advance_run(&self, id: &str, from: &[&str], to: &str, state: Option<Value>) -> Option<Resource> {
+    pub fn advance_run(
+        &self,
+        id: &str,
+        from: &[&str],
+        to: &str,
+        state: Option<Value>,
+    ) -> Option<Resource> {
         let updated = self
             .with_collection("flow-runs", |runs| {
                 let run = runs.get_mut(id)?;
@@ -230,7 +272,10 @@ impl SimState {
     pub fn advance_generation(&self, id: &str, from: &[&str], to: &str) -> Option<Resource> {
         let flow = (to == "finished").then(|| {
             let mut attributes = Map::new();
-            attributes.insert("name".into(), Value::String(format!("Generated flow for {id}")));
+            attributes.insert(
+                "name".into(),
+                Value::String(format!("Generated flow for {id}")),
+            );
             attributes.insert("published".into(), Value::Bool(true));
             new_resource("flows", attributes, &now_text())
         });
@@ -242,11 +287,17 @@ impl SimState {
             if !from.is_empty() && !from.contains(&current.as_str()) {
                 return None;
             }
-            generation.attributes.insert("status".into(), Value::String(to.to_owned()));
-            generation.attributes.insert("updatedAt".into(), Value::String(now_text()));
+            generation
+                .attributes
+                .insert("status".into(), Value::String(to.to_owned()));
+            generation
+                .attributes
+                .insert("updatedAt".into(), Value::String(now_text()));
             let mut fields = vec!["status"];
             if let Some(flow) = &flow {
-                generation.attributes.insert("flowId".into(), Value::String(flow.id.clone()));
+                generation
+                    .attributes
+                    .insert("flowId".into(), Value::String(flow.id.clone()));
                 generation.attributes.insert("cost".into(), json!(10));
                 fields.extend(["flowId", "cost"]);
             }
@@ -266,8 +317,12 @@ impl SimState {
             .with_collection("vacancy-analyses", |analyses| {
                 let analysis = analyses.get_mut(id)?;
                 let text = analysis.str_attribute("inputText").unwrap_or("").to_owned();
-                analysis.attributes.insert("analyzeResult".into(), lifecycle::analyze(&text));
-                analysis.attributes.insert("updatedAt".into(), Value::String(now_text()));
+                analysis
+                    .attributes
+                    .insert("analyzeResult".into(), lifecycle::analyze(&text));
+                analysis
+                    .attributes
+                    .insert("updatedAt".into(), Value::String(now_text()));
                 Some(analysis.clone())
             })
             .flatten()?;
@@ -277,10 +332,15 @@ impl SimState {
 }
 
 /// Sets a run's status and merges state; returns the run and the changed fields.
-fn apply_run_change(run: &mut Resource, status: &str, state: Option<Value>) -> (Resource, Vec<&'static str>) {
+fn apply_run_change(
+    run: &mut Resource,
+    status: &str,
+    state: Option<Value>,
+) -> (Resource, Vec<&'static str>) {
     let mut fields = Vec::new();
     if run.str_attribute("status") != Some(status) {
-        run.attributes.insert("status".into(), Value::String(status.to_owned()));
+        run.attributes
+            .insert("status".into(), Value::String(status.to_owned()));
         fields.push("status");
     }
     if status == "running" && run.attributes.get("cost").and_then(Value::as_f64) == Some(0.0) {
@@ -297,7 +357,8 @@ fn apply_run_change(run: &mut Resource, status: &str, state: Option<Value>) -> (
         }
         fields.push("state");
     }
-    run.attributes.insert("updatedAt".into(), Value::String(now_text()));
+    run.attributes
+        .insert("updatedAt".into(), Value::String(now_text()));
     (run.clone(), fields)
 }
 
@@ -305,20 +366,37 @@ fn apply_run_change(run: &mut Resource, status: &str, state: Option<Value>) -> (
 pub fn router(state: Arc<SimState>) -> Router {
     let api = Router::new()
         .route("/public/v2/{collection}", get(list).post(create))
-        .route("/public/v2/{collection}/{id}", get(fetch).patch(patch).delete(remove))
-        .layer(middleware::from_fn_with_state(state.clone(), api_middleware));
+        .route(
+            "/public/v2/{collection}/{id}",
+            get(fetch).patch(patch).delete(remove),
+        )
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            api_middleware,
+        ));
     let control = Router::new()
         .route("/_sim/flow-runs/{id}/status", post(control_run_status))
-        .route("/_sim/flow-generations/{id}/status", post(control_generation_status))
+        .route(
+            "/_sim/flow-generations/{id}/status",
+            post(control_generation_status),
+        )
         .route("/_sim/faults", get(get_faults).post(set_faults))
         .route("/_sim/requests", get(get_requests).delete(clear_requests))
-        .route("/_sim/deliveries", get(get_deliveries).delete(clear_deliveries))
+        .route(
+            "/_sim/deliveries",
+            get(get_deliveries).delete(clear_deliveries),
+        )
         .route("/_sim/health", get(|| async { "ok\n" }));
     api.merge(control).with_state(state)
 }
 
 /// Records every API request, checks the bearer token, and injects faults.
-async fn api_middleware(State(state): State<Arc<SimState>>, headers: HeaderMap, request: Request, next: Next) -> Response {
+async fn api_middleware(
+    State(state): State<Arc<SimState>>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
     let method = request.method().to_string();
     let path = request.uri().path().to_owned();
     let query = request.uri().query().map(str::to_owned);
@@ -338,7 +416,13 @@ async fn api_middleware(State(state): State<Arc<SimState>>, headers: HeaderMap, 
         None => !token.is_empty(),
     };
     let (response, fault) = if !authorized {
-        (api_error(StatusCode::UNAUTHORIZED, "access denied: a valid bearer token is required"), None)
+        (
+            api_error(
+                StatusCode::UNAUTHORIZED,
+                "access denied: a valid bearer token is required",
+            ),
+            None,
+        )
     } else {
         match faults.draw_api_fault() {
             Some(ApiFault::ServerError) => (
@@ -356,7 +440,10 @@ async fn api_middleware(State(state): State<Arc<SimState>>, headers: HeaderMap, 
                 // A body that fails mid-way makes the server drop the connection: the client
                 // sees the connection cut before a complete answer.
                 let stream = futures_util::stream::once(async {
-                    Err::<Bytes, std::io::Error>(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "simulated reset"))
+                    Err::<Bytes, std::io::Error>(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionReset,
+                        "simulated reset",
+                    ))
                 });
                 let response = Response::builder()
                     .status(StatusCode::OK)
@@ -383,7 +470,11 @@ async fn api_middleware(State(state): State<Arc<SimState>>, headers: HeaderMap, 
 
 fn parse_query(raw: Option<&str>) -> Result<(ListQuery, bool), Response> {
     let pairs: Vec<(String, String)> = raw
-        .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
         .unwrap_or_default();
     let sync = pairs.iter().any(|(k, v)| k == "sync" && v == "true");
     ListQuery::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -396,7 +487,12 @@ fn known_collection(collection: &str) -> Result<&'static str, Response> {
         .iter()
         .find(|(path, _)| *path == collection)
         .map(|(path, _)| *path)
-        .ok_or_else(|| api_error(StatusCode::NOT_FOUND, format!("no such resource collection `{collection}`")))
+        .ok_or_else(|| {
+            api_error(
+                StatusCode::NOT_FOUND,
+                format!("no such resource collection `{collection}`"),
+            )
+        })
 }
 
 fn not_found(collection: &str) -> Response {
@@ -404,13 +500,19 @@ fn not_found(collection: &str) -> Response {
     api_error(StatusCode::NOT_FOUND, format!("{name} not found"))
 }
 
-async fn list(State(state): State<Arc<SimState>>, Path(collection): Path<String>, RawQuery(raw): RawQuery) -> ApiResult {
+async fn list(
+    State(state): State<Arc<SimState>>,
+    Path(collection): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
     let collection = known_collection(&collection)?;
     let (query, _) = parse_query(raw.as_deref())?;
     let (items, total) = state
         .with_collection(collection, |c| c.list(&query))
         .unwrap_or_default();
-    let size = query.page_size.unwrap_or(crate::recrubo::query::DEFAULT_PAGE_SIZE) as usize;
+    let size = query
+        .page_size
+        .unwrap_or(crate::recrubo::query::DEFAULT_PAGE_SIZE) as usize;
     let number = query.page_number.unwrap_or(1) as usize;
     let last_page = total.div_ceil(size).max(1);
     let next = (number < last_page).then(|| {
@@ -428,19 +530,36 @@ async fn list(State(state): State<Arc<SimState>>, Path(collection): Path<String>
     Ok(document(StatusCode::OK, data, Some(meta), Some(links)))
 }
 
-async fn fetch(State(state): State<Arc<SimState>>, Path((collection, id)): Path<(String, String)>) -> ApiResult {
+async fn fetch(
+    State(state): State<Arc<SimState>>,
+    Path((collection, id)): Path<(String, String)>,
+) -> ApiResult {
     let collection = known_collection(&collection)?;
-    let resource = state.get(collection, &id).ok_or_else(|| not_found(collection))?;
-    Ok(document(StatusCode::OK, resource_json(&resource), None, None))
+    let resource = state
+        .get(collection, &id)
+        .ok_or_else(|| not_found(collection))?;
+    Ok(document(
+        StatusCode::OK,
+        resource_json(&resource),
+        None,
+        None,
+    ))
 }
 
 /// The `data.attributes` of a request body, with a 400 that says what is wrong.
 fn request_attributes(body: &Bytes, expected_type: &str) -> Result<Map<String, Value>, Response> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|err| api_error(StatusCode::BAD_REQUEST, format!("the body is not JSON: {err}")))?;
-    let data = value
-        .get("data")
-        .ok_or_else(|| api_error(StatusCode::BAD_REQUEST, "the body has no `data` (JSON:API envelope expected)"))?;
+    let value: Value = serde_json::from_slice(body).map_err(|err| {
+        api_error(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not JSON: {err}"),
+        )
+    })?;
+    let data = value.get("data").ok_or_else(|| {
+        api_error(
+            StatusCode::BAD_REQUEST,
+            "the body has no `data` (JSON:API envelope expected)",
+        )
+    })?;
     if let Some(resource_type) = data.get("type").and_then(Value::as_str)
         && resource_type != expected_type
     {
@@ -470,7 +589,10 @@ fn request_attributes(body: &Bytes, expected_type: &str) -> Result<Map<String, V
 fn required_string(attributes: &Map<String, Value>, name: &str) -> Result<String, Response> {
     match attributes.get(name).and_then(Value::as_str) {
         Some(value) if !value.is_empty() => Ok(value.to_owned()),
-        _ => Err(api_error(StatusCode::UNPROCESSABLE_ENTITY, format!("`{name}` is required"))),
+        _ => Err(api_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("`{name}` is required"),
+        )),
     }
 }
 
@@ -488,24 +610,45 @@ async fn create(
         "flow-runs" => {
             let flow_id = required_string(&attributes, "flowId")?;
             required_string(&attributes, "messageThreadId")?;
-            let initial_state = attributes.get("state").cloned().unwrap_or_else(|| json!({}));
+            let initial_state = attributes
+                .get("state")
+                .cloned()
+                .unwrap_or_else(|| json!({}));
             if !initial_state.is_object() {
-                return Err(api_error(StatusCode::UNPROCESSABLE_ENTITY, "`state` must be an object"));
+                return Err(api_error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "`state` must be an object",
+                ));
             }
             attributes.insert("state".into(), initial_state.clone());
-            attributes.entry("initialMessage").or_insert_with(|| json!({}));
+            attributes
+                .entry("initialMessage")
+                .or_insert_with(|| json!({}));
             attributes.insert("status".into(), json!("queued"));
             attributes.insert("cost".into(), json!(0));
             let run = new_resource(resource_type, attributes, &now_text());
             state.with_collection(collection, |c| c.put(run.clone()));
             state.emit("create", &run, &[]);
             if let Some(script) = &state.settings.script.flow_runs {
-                lifecycle::spawn_run(state.clone(), script.clone(), run.id.clone(), flow_id, initial_state);
+                lifecycle::spawn_run(
+                    state.clone(),
+                    script.clone(),
+                    run.id.clone(),
+                    flow_id,
+                    initial_state,
+                );
             }
-            Ok(document(StatusCode::CREATED, resource_json(&run), None, None))
+            Ok(document(
+                StatusCode::CREATED,
+                resource_json(&run),
+                None,
+                None,
+            ))
         }
         "flow-generations" => {
-            attributes.entry("flowType").or_insert_with(|| json!("vacancy_application_flow"));
+            attributes
+                .entry("flowType")
+                .or_insert_with(|| json!("vacancy_application_flow"));
             attributes.entry("parameters").or_insert_with(|| json!({}));
             attributes.entry("context").or_insert_with(|| json!({}));
             attributes.insert("status".into(), json!("queued"));
@@ -517,13 +660,25 @@ async fn create(
             state.emit("create", &generation, &[]);
             if sync {
                 state.advance_generation(&id, &[], "processing");
-                let finished = state.advance_generation(&id, &[], "finished").unwrap_or(generation);
-                return Ok(document(StatusCode::CREATED, resource_json(&finished), None, None));
+                let finished = state
+                    .advance_generation(&id, &[], "finished")
+                    .unwrap_or(generation);
+                return Ok(document(
+                    StatusCode::CREATED,
+                    resource_json(&finished),
+                    None,
+                    None,
+                ));
             }
             if let Some(script) = &state.settings.script.flow_generations {
                 lifecycle::spawn_generation(state.clone(), script.clone(), id);
             }
-            Ok(document(StatusCode::CREATED, resource_json(&generation), None, None))
+            Ok(document(
+                StatusCode::CREATED,
+                resource_json(&generation),
+                None,
+                None,
+            ))
         }
         "vacancy-analyses" => {
             required_string(&attributes, "inputText")?;
@@ -533,7 +688,12 @@ async fn create(
             state.with_collection(collection, |c| c.put(analysis.clone()));
             if sync {
                 let done = state.finish_analysis(&id).unwrap_or(analysis);
-                return Ok(document(StatusCode::CREATED, resource_json(&done), None, None));
+                return Ok(document(
+                    StatusCode::CREATED,
+                    resource_json(&done),
+                    None,
+                    None,
+                ));
             }
             let delay = state
                 .settings
@@ -545,13 +705,23 @@ async fn create(
                 tokio::time::sleep(delay).await;
                 background.finish_analysis(&id);
             });
-            Ok(document(StatusCode::CREATED, resource_json(&analysis), None, None))
+            Ok(document(
+                StatusCode::CREATED,
+                resource_json(&analysis),
+                None,
+                None,
+            ))
         }
         _ => {
             let resource = new_resource(resource_type, attributes, &now_text());
             state.with_collection(collection, |c| c.put(resource.clone()));
             state.emit("create", &resource, &[]);
-            Ok(document(StatusCode::CREATED, resource_json(&resource), None, None))
+            Ok(document(
+                StatusCode::CREATED,
+                resource_json(&resource),
+                None,
+                None,
+            ))
         }
     }
 }
@@ -564,24 +734,36 @@ async fn patch(
     let collection = known_collection(&collection)?;
     let resource_type = type_of(collection).unwrap_or("resources");
     if matches!(collection, "flow-generations" | "vacancy-analyses") {
-        return Err(api_error(StatusCode::METHOD_NOT_ALLOWED, format!("{resource_type} cannot be updated")));
+        return Err(api_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{resource_type} cannot be updated"),
+        ));
     }
     let attributes = request_attributes(&body, resource_type)?;
     if collection == "flow-runs" {
-        let status = attributes.get("status").and_then(Value::as_str).map(str::to_owned);
+        let status = attributes
+            .get("status")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         if let Some(status) = &status
             && !FlowRunStatus::SETTABLE.contains(&status.as_str())
         {
             return Err(api_error(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                format!("`status` can be set to {}, not `{status}`", FlowRunStatus::SETTABLE.join(", ")),
+                format!(
+                    "`status` can be set to {}, not `{status}`",
+                    FlowRunStatus::SETTABLE.join(", ")
+                ),
             ));
         }
         let new_state = attributes.get("state").cloned();
         let outcome = state
             .with_collection(collection, |runs| {
                 let run = runs.get_mut(&id)?;
-                if new_state.is_some() && run.str_attribute("status") == Some("running") && status.is_none() {
+                if new_state.is_some()
+                    && run.str_attribute("status") == Some("running")
+                    && status.is_none()
+                {
                     return Some(Err(api_error(
                         StatusCode::CONFLICT,
                         "`state` can only be updated once the FlowRun is not running",
@@ -589,31 +771,40 @@ async fn patch(
                 }
                 let mut fields = Vec::new();
                 if let Some(status) = &status {
-                    run.attributes.insert("status".into(), Value::String(status.clone()));
+                    run.attributes
+                        .insert("status".into(), Value::String(status.clone()));
                     fields.push("status");
                 }
                 if let Some(new_state) = &new_state {
                     run.attributes.insert("state".into(), new_state.clone());
                     fields.push("state");
                 }
-                run.attributes.insert("updatedAt".into(), Value::String(now_text()));
+                run.attributes
+                    .insert("updatedAt".into(), Value::String(now_text()));
                 Some(Ok((run.clone(), fields)))
             })
             .flatten()
             .ok_or_else(|| not_found(collection))??;
         state.emit("update", &outcome.0, &outcome.1);
-        return Ok(document(StatusCode::OK, resource_json(&outcome.0), None, None));
+        return Ok(document(
+            StatusCode::OK,
+            resource_json(&outcome.0),
+            None,
+            None,
+        ));
     }
     let updated = state
         .with_collection(collection, |items| {
             let item = items.get_mut(&id)?;
             item.attributes.extend(attributes.clone());
-            item.attributes.insert("updatedAt".into(), Value::String(now_text()));
+            item.attributes
+                .insert("updatedAt".into(), Value::String(now_text()));
             Some(item.clone())
         })
         .flatten()
         .ok_or_else(|| not_found(collection))?;
-    if collection == "organizations" && id == state.organization_id
+    if collection == "organizations"
+        && id == state.organization_id
         && let Ok(mut target) = state.webhook_target.write()
     {
         if let Some(url) = attributes.get("webhookUrl").and_then(Value::as_str) {
@@ -625,10 +816,18 @@ async fn patch(
     }
     let fields: Vec<&str> = attributes.keys().map(String::as_str).collect();
     state.emit("update", &updated, &fields);
-    Ok(document(StatusCode::OK, resource_json(&updated), None, None))
+    Ok(document(
+        StatusCode::OK,
+        resource_json(&updated),
+        None,
+        None,
+    ))
 }
 
-async fn remove(State(state): State<Arc<SimState>>, Path((collection, id)): Path<(String, String)>) -> ApiResult {
+async fn remove(
+    State(state): State<Arc<SimState>>,
+    Path((collection, id)): Path<(String, String)>,
+) -> ApiResult {
     let collection = known_collection(&collection)?;
     let removed = state
         .with_collection(collection, |c| c.remove(&id))
@@ -639,16 +838,27 @@ async fn remove(State(state): State<Arc<SimState>>, Path((collection, id)): Path
 }
 
 /// `POST /_sim/flow-runs/{id}/status {"status": ..., "state": {...}}`.
-async fn control_run_status(State(state): State<Arc<SimState>>, Path(id): Path<String>, body: Bytes) -> ApiResult {
-    let body: Value = serde_json::from_slice(&body)
-        .map_err(|err| api_error(StatusCode::BAD_REQUEST, format!("the body is not JSON: {err}")))?;
+async fn control_run_status(
+    State(state): State<Arc<SimState>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let body: Value = serde_json::from_slice(&body).map_err(|err| {
+        api_error(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not JSON: {err}"),
+        )
+    })?;
     let status = body
         .get("status")
         .and_then(Value::as_str)
         .ok_or_else(|| api_error(StatusCode::BAD_REQUEST, "`status` is required"))?;
     let new_state = body.get("state").cloned();
     if new_state.as_ref().is_some_and(|s| !s.is_object()) {
-        return Err(api_error(StatusCode::BAD_REQUEST, "`state` must be an object"));
+        return Err(api_error(
+            StatusCode::BAD_REQUEST,
+            "`state` must be an object",
+        ));
     }
     let run = state
         .advance_run(&id, &[], status, new_state)
@@ -657,9 +867,17 @@ async fn control_run_status(State(state): State<Arc<SimState>>, Path(id): Path<S
 }
 
 /// `POST /_sim/flow-generations/{id}/status {"status": ...}`.
-async fn control_generation_status(State(state): State<Arc<SimState>>, Path(id): Path<String>, body: Bytes) -> ApiResult {
-    let body: Value = serde_json::from_slice(&body)
-        .map_err(|err| api_error(StatusCode::BAD_REQUEST, format!("the body is not JSON: {err}")))?;
+async fn control_generation_status(
+    State(state): State<Arc<SimState>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let body: Value = serde_json::from_slice(&body).map_err(|err| {
+        api_error(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not JSON: {err}"),
+        )
+    })?;
     let status = body
         .get("status")
         .and_then(Value::as_str)
@@ -667,7 +885,12 @@ async fn control_generation_status(State(state): State<Arc<SimState>>, Path(id):
     let generation = state
         .advance_generation(&id, &[], status)
         .ok_or_else(|| not_found("flow-generations"))?;
-    Ok(document(StatusCode::OK, resource_json(&generation), None, None))
+    Ok(document(
+        StatusCode::OK,
+        resource_json(&generation),
+        None,
+        None,
+    ))
 }
 
 async fn get_faults(State(state): State<Arc<SimState>>) -> Json<Faults> {

@@ -32,7 +32,9 @@ pub struct Script {
     pub analysis_delay: Option<Duration>,
 }
 
-fn optional_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+fn optional_duration<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Duration>, D::Error> {
     duration(deserializer).map(Some)
 }
 
@@ -145,7 +147,9 @@ impl RunScript {
                     };
                 }
                 Ok(_) => {}
-                Err(err) => tracing::warn!(when = %rule.when, error = %err, "Simulator script rule does not compile"),
+                Err(err) => {
+                    tracing::warn!(when = %rule.when, error = %err, "Simulator script rule does not compile")
+                }
             }
         }
         self.by_flow
@@ -156,7 +160,13 @@ impl RunScript {
 }
 
 /// Moves a new run along the script, unless control calls moved it first.
-pub fn spawn_run(state: Arc<SimState>, script: RunScript, id: String, flow_id: String, initial_state: Value) {
+pub fn spawn_run(
+    state: Arc<SimState>,
+    script: RunScript,
+    id: String,
+    flow_id: String,
+    initial_state: Value,
+) {
     let shutdown = state.shutdown.clone();
     tokio::spawn(async move {
         let outcome = script.outcome_for(&flow_id, &initial_state);
@@ -199,23 +209,54 @@ pub fn analyze(text: &str) -> Value {
     let mut certifications = Vec::new();
     for line in text.lines().map(str::trim).filter(|line| !line.is_empty()) {
         let lower = line.to_lowercase();
-        let clean = line.trim_start_matches(['-', '*', '•', ' ']).trim_end_matches('.');
-        if ["certificate", "certification", "diploma", "license", "licence"].iter().any(|k| lower.contains(k)) {
+        let clean = line
+            .trim_start_matches(['-', '*', '•', ' '])
+            .trim_end_matches('.');
+        if [
+            "certificate",
+            "certification",
+            "diploma",
+            "license",
+            "licence",
+        ]
+        .iter()
+        .any(|k| lower.contains(k))
+        {
             certifications.push(serde_json::json!({
                 "certification": clean,
                 "required": lower.contains("must") || lower.contains("required"),
                 "reasoning": "the text names it as a certification",
                 "writtenAsRequirement": format!("Has {}", lower_first(clean)),
             }));
-        } else if ["team", "communicat", "friendly", "independent", "flexible"].iter().any(|k| lower.contains(k)) {
+        } else if ["team", "communicat", "friendly", "independent", "flexible"]
+            .iter()
+            .any(|k| lower.contains(k))
+        {
             soft.push(serde_json::json!({
                 "skill": clean,
                 "rating": 3,
                 "reasoning": "the text asks for it as a trait",
                 "writtenAsRequirement": format!("Is {}", lower_first(clean)),
             }));
-        } else if ["experience", "knowledge", "years", "skill", "fluent", "speaks"].iter().any(|k| lower.contains(k)) {
-            let rating = if lower.contains("must") || lower.contains("required") || lower.contains("years") { 5 } else { 3 };
+        } else if [
+            "experience",
+            "knowledge",
+            "years",
+            "skill",
+            "fluent",
+            "speaks",
+        ]
+        .iter()
+        .any(|k| lower.contains(k))
+        {
+            let rating = if lower.contains("must")
+                || lower.contains("required")
+                || lower.contains("years")
+            {
+                5
+            } else {
+                3
+            };
             hard.push(serde_json::json!({
                 "skill": clean,
                 "rating": rating,

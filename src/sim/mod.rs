@@ -166,7 +166,10 @@ impl<T: Clone> Journal<T> {
 
     /// Forgets every entry.
     pub fn clear(&self) {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 }
 
@@ -174,7 +177,11 @@ impl<T: Clone> Journal<T> {
 pub fn describe(settings: &SimSettings) -> String {
     format!(
         "token={} webhook_url={} webhook_secret={}",
-        if settings.token.is_some() { "***" } else { "(any)" },
+        if settings.token.is_some() {
+            "***"
+        } else {
+            "(any)"
+        },
         settings.webhook_url.as_deref().unwrap_or("(none)"),
         settings
             .webhook_secret

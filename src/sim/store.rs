@@ -83,7 +83,12 @@ impl Collection {
             .order
             .iter()
             .filter_map(|id| self.items.get(id))
-            .filter(|resource| query.filters.iter().all(|f| filter_matches(resource, &f.field, f.op, &f.value)))
+            .filter(|resource| {
+                query
+                    .filters
+                    .iter()
+                    .all(|f| filter_matches(resource, &f.field, f.op, &f.value))
+            })
             .collect();
         if let Some(sort) = &query.sort {
             let (descending, field) = match sort.strip_prefix('-') {
@@ -92,7 +97,11 @@ impl Collection {
             };
             matching.sort_by(|a, b| {
                 let ordering = compare_values(attribute(a, field), attribute(b, field));
-                if descending { ordering.reverse() } else { ordering }
+                if descending {
+                    ordering.reverse()
+                } else {
+                    ordering
+                }
             });
         }
         let total = matching.len();
@@ -159,7 +168,10 @@ fn compare_values(a: Option<&Value>, b: Option<&Value>) -> Ordering {
 /// Times compare as times (offsets differ in form: `+00:00` vs `Z`), numbers as numbers,
 /// everything else as text.
 fn compare_text(a: &str, b: &str) -> Ordering {
-    if let (Ok(x), Ok(y)) = (chrono::DateTime::parse_from_rfc3339(a), chrono::DateTime::parse_from_rfc3339(b)) {
+    if let (Ok(x), Ok(y)) = (
+        chrono::DateTime::parse_from_rfc3339(a),
+        chrono::DateTime::parse_from_rfc3339(b),
+    ) {
         return x.cmp(&y);
     }
     if let (Ok(x), Ok(y)) = (a.parse::<f64>(), b.parse::<f64>()) {
@@ -178,7 +190,11 @@ fn filter_matches(resource: &Resource, field: &str, op: Option<FilterOp>, expect
     let Some(actual) = actual else {
         return false;
     };
-    let op = op.unwrap_or(if expected.contains(',') { FilterOp::Match } else { FilterOp::Eq });
+    let op = op.unwrap_or(if expected.contains(',') {
+        FilterOp::Match
+    } else {
+        FilterOp::Eq
+    });
     match op {
         FilterOp::Eq => actual == expected,
         FilterOp::Eql => actual.to_lowercase() == expected.to_lowercase(),
@@ -193,7 +209,11 @@ fn filter_matches(resource: &Resource, field: &str, op: Option<FilterOp>, expect
 }
 
 /// A new resource with an id and timestamps.
-pub fn new_resource(resource_type: &str, mut attributes: Map<String, Value>, now: &str) -> Resource {
+pub fn new_resource(
+    resource_type: &str,
+    mut attributes: Map<String, Value>,
+    now: &str,
+) -> Resource {
     attributes.insert("createdAt".into(), Value::String(now.to_owned()));
     attributes.insert("updatedAt".into(), Value::String(now.to_owned()));
     Resource {
@@ -212,7 +232,10 @@ mod tests {
     use serde_json::json;
 
     fn run(status: &str, created: &str) -> Resource {
-        let attributes = json!({"status": status, "createdAt": created}).as_object().cloned().unwrap_or_default();
+        let attributes = json!({"status": status, "createdAt": created})
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
         Resource {
             id: format!("{status}-{created}"),
             resource_type: "flowRuns".into(),
@@ -229,16 +252,31 @@ mod tests {
         collection.put(run("finished", "2026-01-01T00:00:00+00:00"));
         collection.put(run("timeout", "2026-01-02T00:00:00+00:00"));
         collection.put(run("finished", "2026-01-03T00:00:00Z"));
-        let query = ListQuery::new().filter("status", "finished").sort("-createdAt");
+        let query = ListQuery::new()
+            .filter("status", "finished")
+            .sort("-createdAt");
         let (page, total) = collection.list(&query);
         assert_eq!(total, 2);
         assert_eq!(page[0].id, "finished-2026-01-03T00:00:00Z");
         let query = ListQuery::new().filter_op("created_at", FilterOp::Gt, "2026-01-01T12:00:00Z");
         assert_eq!(collection.list(&query).1, 2);
-        let query = ListQuery::new().filter("status", "timeout,finished").page_size(2).page_number(2);
+        let query = ListQuery::new()
+            .filter("status", "timeout,finished")
+            .page_size(2)
+            .page_number(2);
         let (page, total) = collection.list(&query);
         assert_eq!((page.len(), total), (1, 3));
-        assert_eq!(collection.list(&ListQuery::new().filter_op("status", FilterOp::Prefix, "fin")).1, 2);
-        assert_eq!(collection.list(&ListQuery::new().filter_op("status", FilterOp::Eql, "TIMEOUT")).1, 1);
+        assert_eq!(
+            collection
+                .list(&ListQuery::new().filter_op("status", FilterOp::Prefix, "fin"))
+                .1,
+            2
+        );
+        assert_eq!(
+            collection
+                .list(&ListQuery::new().filter_op("status", FilterOp::Eql, "TIMEOUT"))
+                .1,
+            1
+        );
     }
 }

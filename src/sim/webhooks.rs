@@ -135,10 +135,14 @@ impl Deliverer {
                     _ = retry_shared.shutdown.cancelled() => None,
                     next = retry_receiver.recv() => next,
                 };
-                let Some((delivery, attempt)) = next else { return };
+                let Some((delivery, attempt)) = next else {
+                    return;
+                };
                 let shared = retry_shared.clone();
                 tokio::spawn(async move {
-                    let index = (attempt as usize).saturating_sub(2).min(RETRY_SCHEDULE.len() - 1);
+                    let index = (attempt as usize)
+                        .saturating_sub(2)
+                        .min(RETRY_SCHEDULE.len() - 1);
                     let wait = RETRY_SCHEDULE[index].mul_f64(shared.retry_scale.max(0.0));
                     tokio::select! {
                         _ = shared.shutdown.cancelled() => {}
@@ -158,7 +162,13 @@ impl Deliverer {
 }
 
 impl Workers {
-    fn record(&self, delivery: &Delivery, attempt: u32, response_status: Option<u16>, error: Option<String>) {
+    fn record(
+        &self,
+        delivery: &Delivery,
+        attempt: u32,
+        response_status: Option<u16>,
+        error: Option<String>,
+    ) {
         let attributes = &delivery.payload["data"]["attributes"];
         let resource = &attributes["resource"];
         self.records.push(DeliveryRecord {
@@ -192,7 +202,11 @@ impl Workers {
                 tokio::time::sleep(wait).await;
             }
         }
-        let copies = if attempt == 1 && happens(faults.duplicate_rate) { 2 } else { 1 };
+        let copies = if attempt == 1 && happens(faults.duplicate_rate) {
+            2
+        } else {
+            1
+        };
         for _ in 0..copies {
             let mut request = self.client.post(&delivery.url).json(&delivery.payload);
             if let Some(secret) = &delivery.secret {
@@ -205,7 +219,12 @@ impl Workers {
                 }
                 Ok(response) => {
                     let status = response.status().as_u16();
-                    self.record(&delivery, attempt, Some(status), Some(format!("receiver answered {status}")));
+                    self.record(
+                        &delivery,
+                        attempt,
+                        Some(status),
+                        Some(format!("receiver answered {status}")),
+                    );
                     self.retry(delivery, attempt).await;
                     return;
                 }

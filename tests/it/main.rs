@@ -4,6 +4,9 @@
 
 mod cli;
 mod corpus;
+mod receiver;
+mod recrubo_client;
 mod reload;
 mod shipped;
+mod simulator;
 mod support;
