@@ -12,6 +12,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod actions;
 pub mod cli;
 pub mod engine;
 pub mod http;
@@ -19,3 +20,5 @@ pub mod recrubo;
 pub mod rules;
 pub mod settings;
 pub mod sim;
+pub mod store;
+pub mod triggers;

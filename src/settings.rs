@@ -181,6 +181,9 @@ pub struct SmtpSettings {
     pub password: Option<Secret<String>>,
     /// Sender address.
     pub from: String,
+    /// `starttls` (default), `tls` (implicit, port 465) or `none` (a local relay).
+    #[serde(default)]
+    pub tls: Option<String>,
 }
 
 fn default_smtp_port() -> u16 {
@@ -243,6 +246,7 @@ pub const SETTING_PATHS: &[&str] = &[
     "smtp.username",
     "smtp.password",
     "smtp.from",
+    "smtp.tls",
     "admin.token",
     "log.format",
     "log.level",

@@ -18,11 +18,24 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+use tracing::warn;
+
 use super::{EXIT_INVALID_CONFIG, init_logging};
+use crate::actions::ActionDeps;
+use crate::actions::email::Mailer;
 use crate::engine::reload::Reloader;
+use crate::engine::{Engine, EngineSettings};
 use crate::http::{AppState, admin_router, public_router};
+use crate::recrubo::{ClientSettings, RecruboClient};
 use crate::rules::load_rule_set;
+use crate::settings::Secret;
 use crate::settings::{LogFormat, Settings, layer, resolve_secrets};
+use crate::store::Store;
+use crate::store::sqlite::SqliteStore;
+use crate::triggers::http::Intake;
 
 /// Arguments of `flowd run`; each overrides the `FLOWD_*` variable and the settings file.
 #[derive(Debug, Args)]
@@ -111,11 +124,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_INVALID_CONFIG));
         }
     };
-    if let Err(err) = resolve_secrets(&rule_set.secrets, &env, settings.secrets_file.as_deref()) {
-        let users: Vec<String> = rule_set.secrets.iter().cloned().collect();
-        eprintln!("error: {err} (the rules use: {})", users.join(", "));
-        return Ok(ExitCode::from(EXIT_INVALID_CONFIG));
-    }
     if !settings.admin_listen.ip().is_loopback() && settings.admin.token.is_none() {
         eprintln!(
             "error: the admin listener {} is not on loopback and no admin token is set; set FLOWD_ADMIN_TOKEN (or admin.token)",
@@ -124,24 +132,134 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(EXIT_INVALID_CONFIG));
     }
 
+    let secrets = match resolve_secrets(&rule_set.secrets, &env, settings.secrets_file.as_deref()) {
+        Ok(secrets) => secrets,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return Ok(ExitCode::from(EXIT_INVALID_CONFIG));
+        }
+    };
+    let reconcile_after =
+        match crate::rules::duration::parse_duration(&settings.recrubo.reconcile_after) {
+            Ok(duration) => duration,
+            Err(err) => {
+                eprintln!("error: recrubo.reconcile_after: {err}");
+                return Ok(ExitCode::from(EXIT_INVALID_CONFIG));
+            }
+        };
+
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(settings, rule_set))?;
+    runtime.block_on(serve(settings, rule_set, secrets, reconcile_after))?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(settings: Settings, rule_set: crate::rules::RuleSet) -> anyhow::Result<()> {
+fn action_deps(settings: &Settings) -> anyhow::Result<ActionDeps> {
+    let recrubo = match &settings.recrubo.token {
+        Some(token) => {
+            let mut client_settings =
+                ClientSettings::new(settings.recrubo.base_url.clone(), token.clone());
+            client_settings.sync = settings.recrubo.sync;
+            client_settings.rate_limit = settings.recrubo.rate_limit;
+            Some(RecruboClient::new(&client_settings)?)
+        }
+        None => {
+            warn!("No Recrubo token (recrubo.token / RECRUBO_API_TOKEN): Recrubo steps will fail");
+            None
+        }
+    };
+    let smtp = match &settings.smtp {
+        Some(smtp) => Some(Mailer::new(smtp).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let http = reqwest::Client::builder()
+        .user_agent(concat!("flowd/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .context("cannot build the HTTP client")?;
+    Ok(ActionDeps {
+        recrubo,
+        http,
+        smtp,
+        analysis_timeout: Duration::from_secs(600),
+    })
+}
+
+async fn serve(
+    settings: Settings,
+    rule_set: crate::rules::RuleSet,
+    secrets: BTreeMap<String, Secret<String>>,
+    reconcile_after: Duration,
+) -> anyhow::Result<()> {
     let metrics = metrics_handle();
     let rule_count = rule_set.len();
     let reloader = Reloader::new(settings.rules.clone(), rule_set);
     let shutdown = CancellationToken::new();
+    let work_shutdown = CancellationToken::new();
+
+    let store: Arc<dyn Store> = if settings.database.starts_with("sqlite:") {
+        Arc::new(
+            SqliteStore::open(&settings.database)
+                .await
+                .with_context(|| format!("cannot open the database {}", settings.database))?,
+        )
+    } else {
+        anyhow::bail!(
+            "unsupported database `{}`: use sqlite://PATH (Postgres comes later)",
+            settings.database
+        );
+    };
+    let engine = Engine {
+        store: store.clone(),
+        reloader: reloader.clone(),
+        deps: action_deps(&settings)?,
+        secrets: Arc::new(secrets),
+        settings: EngineSettings {
+            reconcile_after,
+            ..EngineSettings::default()
+        },
+        events_waiting: Arc::new(Notify::new()),
+        executions_waiting: Arc::new(Notify::new()),
+    };
+    if settings.recrubo.webhook_secret.is_empty() {
+        warn!(
+            "No webhook secret (recrubo.webhook_secret / RECRUBO_WEBHOOK_SECRET): POST /webhooks/recrubo answers 401"
+        );
+    }
+    if settings.events.tokens.is_empty() && settings.events.hmac_secret.is_none() {
+        warn!(
+            "No events.tokens or events.hmac_secret: POST /events accepts unauthenticated events"
+        );
+    }
+    let intake = Intake::start(
+        store.clone(),
+        engine.events_waiting.clone(),
+        settings.recrubo.webhook_secret.clone(),
+        settings.events.tokens.clone(),
+        settings.events.hmac_secret.clone(),
+    );
+    let processor_task = tokio::spawn(crate::engine::processor::run(
+        engine.clone(),
+        work_shutdown.clone(),
+    ));
+    let executor_task = tokio::spawn(crate::engine::executor::run(
+        engine.clone(),
+        work_shutdown.clone(),
+        Duration::from_secs(20),
+    ));
+    let reconcile_task = tokio::spawn(crate::engine::reconcile::run(
+        engine.clone(),
+        work_shutdown.clone(),
+    ));
 
     let state = AppState {
         reloader: reloader.clone(),
         metrics: metrics.clone(),
         admin_token: settings.admin.token.clone(),
+        store: Some(store.clone()),
+        intake: Some(intake),
     };
     let public = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -199,6 +317,12 @@ async fn serve(settings: Settings, rule_set: crate::rules::RuleSet) -> anyhow::R
     if let Some(task) = upkeep_task {
         let _ = task.await;
     }
+    // Intake has stopped; now let the work in flight finish (or be left to resume).
+    info!("Shutting down: finishing steps in flight");
+    work_shutdown.cancel();
+    let _ = processor_task.await;
+    let _ = executor_task.await;
+    let _ = reconcile_task.await;
     info!("flowd stopped");
     Ok(())
 }

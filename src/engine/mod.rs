@@ -1,4 +1,86 @@
-//! The running daemon's core. Today: the rule set in force and its hot reload
-//! ([`reload::Reloader`]). Matching, execution and correlation of runs come with the engine issue.
+//! The running daemon's core: the rule set in force and its hot reload ([`reload`]), matching
+//! events to rules ([`matcher`]), rendering steps ([`render`]), turning stored events into
+//! executions ([`processor`]), running them with durable retries ([`executor`]), and polling
+//! followed runs whose webhooks went missing ([`reconcile`]).
 
+pub mod executor;
+pub mod matcher;
+pub mod processor;
+pub mod reconcile;
 pub mod reload;
+pub mod render;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::actions::ActionDeps;
+use crate::settings::Secret;
+use crate::store::Store;
+use reload::Reloader;
+
+/// Tunables of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// Steps in flight at most, all rules together.
+    pub max_steps_in_flight: usize,
+    /// How long a claimed execution is leased before another worker may take it.
+    pub lease: Duration,
+    /// Poll followed runs unchanged for this long.
+    pub reconcile_after: Duration,
+    /// How often to look for stale followed runs.
+    pub reconcile_every: Duration,
+    /// How long a status change of a run flowd does not know yet is held back, waiting for the
+    /// step that created it to record it (the create's answer may arrive after the webhook).
+    pub unknown_run_grace: Duration,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            max_steps_in_flight: 64,
+            lease: Duration::from_secs(120),
+            reconcile_after: Duration::from_secs(600),
+            reconcile_every: Duration::from_secs(30),
+            unknown_run_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What every part of the engine shares.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// The rules in force.
+    pub reloader: Arc<Reloader>,
+    /// What steps need.
+    pub deps: ActionDeps,
+    /// Secret values for `{{secrets.NAME}}`; never stored.
+    pub secrets: Arc<BTreeMap<String, Secret<String>>>,
+    /// Tunables.
+    pub settings: EngineSettings,
+    /// Wakes the processor (new events).
+    pub events_waiting: Arc<Notify>,
+    /// Wakes the executor (new executions).
+    pub executions_waiting: Arc<Notify>,
+}
+
+impl Engine {
+    /// The secret values, for redaction.
+    pub fn secret_values(&self) -> Vec<String> {
+        self.secrets.values().map(|s| s.expose().clone()).collect()
+    }
+
+    /// `{"NAME": value}` for templates.
+    pub fn secrets_json(&self) -> serde_json::Value {
+        serde_json::Value::Object(
+            self.secrets
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.expose().clone())))
+                .collect(),
+        )
+    }
+}

@@ -19,6 +19,8 @@ use subtle::ConstantTimeEq;
 
 use crate::engine::reload::{ReloadOutcome, ReloadTrigger, Reloader};
 use crate::settings::Secret;
+use crate::store::Store;
+use crate::triggers::http::{Intake, MAX_BODY_BYTES, external_event, recrubo_webhook};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -29,14 +31,27 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// The admin bearer token, when one is set.
     pub admin_token: Option<Secret<String>>,
+    /// The state store (for readiness and the history API).
+    pub store: Option<Arc<dyn Store>>,
+    /// The event intake.
+    pub intake: Option<Intake>,
 }
 
 /// The public listener's routes.
 pub fn public_router(state: AppState) -> Router {
-    Router::new()
+    let mut router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(state)
+        .with_state(state.clone());
+    if let Some(intake) = state.intake {
+        let intake_routes = Router::new()
+            .route("/webhooks/recrubo", post(recrubo_webhook))
+            .route("/events/{event_type}", post(external_event))
+            .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+            .with_state(intake);
+        router = router.merge(intake_routes);
+    }
+    router
 }
 
 /// The admin listener's routes.
@@ -45,6 +60,10 @@ pub fn admin_router(state: AppState) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/api/v1/rules", get(list_rules))
         .route("/api/v1/reload", post(reload))
+        .route("/api/v1/executions", get(list_executions))
+        .route("/api/v1/executions/{id}", get(show_execution))
+        .route("/api/v1/runs", get(list_runs))
+        .route("/api/v1/dead-letters", get(list_dead_letters))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             require_admin_token,
@@ -57,10 +76,22 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    // The daemon only starts serving with a valid set, so rules are always loaded here; the
-    // store check joins when the store exists.
+    // The daemon only starts serving with a valid set, so rules are always loaded here.
     let rules = state.reloader.current().len();
-    Json(json!({ "ready": true, "rules": rules })).into_response()
+    let store_ok = match &state.store {
+        Some(store) => store.ping().await.is_ok(),
+        None => true,
+    };
+    let status = if store_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({ "ready": store_ok, "rules": rules, "store": store_ok })),
+    )
+        .into_response()
 }
 
 async fn metrics_text(State(state): State<AppState>) -> Response {
@@ -109,6 +140,105 @@ async fn reload(State(state): State<AppState>) -> Response {
         _ => StatusCode::OK,
     };
     (status, Json(outcome)).into_response()
+}
+
+/// Query of the history endpoints.
+#[derive(Debug, serde::Deserialize)]
+struct HistoryQuery {
+    rule: Option<String>,
+    limit: Option<i64>,
+}
+
+fn store_of(state: &AppState) -> Result<&Arc<dyn Store>, Response> {
+    state.store.as_ref().ok_or_else(|| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": "no store"})),
+        )
+            .into_response()
+    })
+}
+
+fn store_error(err: crate::store::StoreError) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"error": err.to_string()})),
+    )
+        .into_response()
+}
+
+async fn list_executions(
+    State(state): State<AppState>,
+    axum::extract::Query(query): axum::extract::Query<HistoryQuery>,
+) -> Response {
+    let store = match store_of(&state) {
+        Ok(store) => store,
+        Err(response) => return response,
+    };
+    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    match store.executions(query.rule.as_deref(), limit).await {
+        Ok(executions) => Json(json!({ "executions": executions })).into_response(),
+        Err(err) => store_error(err),
+    }
+}
+
+async fn show_execution(
+    State(state): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    let store = match store_of(&state) {
+        Ok(store) => store,
+        Err(response) => return response,
+    };
+    let executions = match store.executions(None, 100_000).await {
+        Ok(executions) => executions,
+        Err(err) => return store_error(err),
+    };
+    let Some(execution) = executions.into_iter().find(|e| e.id == id) else {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": format!("no execution `{id}`")})),
+        )
+            .into_response();
+    };
+    match store.step_records(&id).await {
+        Ok(steps) => Json(json!({ "execution": execution, "steps": steps })).into_response(),
+        Err(err) => store_error(err),
+    }
+}
+
+async fn list_runs(
+    State(state): State<AppState>,
+    axum::extract::Query(query): axum::extract::Query<HistoryQuery>,
+) -> Response {
+    let store = match store_of(&state) {
+        Ok(store) => store,
+        Err(response) => return response,
+    };
+    match store
+        .followed_runs(query.limit.unwrap_or(100).clamp(1, 1000))
+        .await
+    {
+        Ok(runs) => Json(json!({ "runs": runs })).into_response(),
+        Err(err) => store_error(err),
+    }
+}
+
+async fn list_dead_letters(
+    State(state): State<AppState>,
+    axum::extract::Query(query): axum::extract::Query<HistoryQuery>,
+) -> Response {
+    let store = match store_of(&state) {
+        Ok(store) => store,
+        Err(response) => return response,
+    };
+    match store
+        .dead_letters(query.limit.unwrap_or(100).clamp(1, 1000))
+        .await
+    {
+        Ok(dead_letters) => Json(json!({ "dead_letters": dead_letters })).into_response(),
+        Err(err) => store_error(err),
+    }
 }
 
 async fn require_admin_token(

@@ -117,6 +117,60 @@ impl Rule {
     }
 }
 
+impl Rule {
+    /// A step by its key: its id, or for a step without one its position, `@0` for the first
+    /// step, `@0/finished/1` for the second step of the first step's `finished` handler.
+    pub fn step_by_key(&self, key: &str) -> Option<&Step> {
+        let Some(path) = key.strip_prefix('@') else {
+            return self.find_step(key);
+        };
+        let mut parts = path.split('/');
+        let first: usize = parts.next()?.parse().ok()?;
+        let mut step = self.steps.get(first)?;
+        loop {
+            let Some(status) = parts.next() else {
+                return Some(step);
+            };
+            let index: usize = parts.next()?.parse().ok()?;
+            let (_, handler) = step.on_status.iter().find(|(s, _)| s == status)?;
+            step = handler.get(index)?;
+        }
+    }
+}
+
+impl Rule {
+    /// The position path (`0/finished/1`) of the step with this key.
+    pub fn path_of(&self, key: &str) -> Option<String> {
+        if let Some(path) = key.strip_prefix('@') {
+            return Some(path.to_owned());
+        }
+        fn search(steps: &[Step], prefix: &str, id: &str) -> Option<String> {
+            for (index, step) in steps.iter().enumerate() {
+                let path = if prefix.is_empty() {
+                    index.to_string()
+                } else {
+                    format!("{prefix}/{index}")
+                };
+                if step.id.as_deref() == Some(id) {
+                    return Some(path);
+                }
+                for (status, handler) in &step.on_status {
+                    if let Some(found) = search(handler, &format!("{path}/{status}"), id) {
+                        return Some(found);
+                    }
+                }
+            }
+            None
+        }
+        search(&self.steps, "", key)
+    }
+}
+
+/// The key of a step for [`Rule::step_by_key`]: its id, or `@` + its position.
+pub fn step_key(step: &Step, position: &str) -> String {
+    step.id.clone().unwrap_or_else(|| format!("@{position}"))
+}
+
 /// A trigger: what starts an execution of a rule.
 #[derive(Debug, Clone)]
 pub enum Trigger {

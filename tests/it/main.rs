@@ -4,6 +4,7 @@
 
 mod cli;
 mod corpus;
+mod engine;
 mod receiver;
 mod recrubo_client;
 mod reload;

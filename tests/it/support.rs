@@ -17,6 +17,8 @@ pub struct Daemon {
     pub admin: SocketAddr,
     /// Keeps the log reader thread's channel open (the daemon's stderr keeps draining).
     _logs: mpsc::Receiver<String>,
+    /// The folder of the daemon's database.
+    _state: tempfile::TempDir,
 }
 
 impl Daemon {
@@ -24,15 +26,24 @@ impl Daemon {
     // The child is waited for in `Drop` (or `terminate`), which clippy cannot see.
     #[allow(clippy::zombie_processes)]
     pub fn start(rules: &Path, extra_env: &[(&str, &str)]) -> Daemon {
+        let state = tempfile::tempdir().expect("state dir");
+        let database = format!("sqlite://{}", state.path().join("flowd.db").display());
+        Self::start_with_database(rules, extra_env, &database, state)
+    }
+
+    /// Starts `flowd run` with a given database URL (to restart on the same state).
+    #[allow(clippy::zombie_processes)]
+    pub fn start_with_database(
+        rules: &Path,
+        extra_env: &[(&str, &str)],
+        database: &str,
+        state: tempfile::TempDir,
+    ) -> Daemon {
         let mut command = Command::new(env!("CARGO_BIN_EXE_flowd"));
         command
-            .args([
-                "run",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-            ])
+            .arg("run")
+            .args(["--database", database])
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .arg("--rules")
             .arg(rules)
             .args(["--log-format", "json"])
@@ -77,6 +88,7 @@ impl Daemon {
                     public,
                     admin,
                     _logs: rx,
+                    _state: state,
                 };
             }
         }

@@ -1,0 +1,95 @@
+//! `email`: SMTP through lettre, with STARTTLS by default and plain SMTP for local relays
+//! (`smtp.tls: none`) or implicit TLS (`smtp.tls: tls`).
+
+use serde_json::{Value, json};
+
+use lettre::message::{Mailbox, MultiPart, SinglePart, header::ContentType};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+
+use super::ActionError;
+use crate::settings::SmtpSettings;
+
+/// A configured SMTP sender.
+#[derive(Clone)]
+pub struct Mailer {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+}
+
+impl std::fmt::Debug for Mailer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mailer")
+            .field("from", &self.from.to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Mailer {
+    /// Builds a sender from settings.
+    pub fn new(settings: &SmtpSettings) -> Result<Mailer, String> {
+        let from: Mailbox = settings
+            .from
+            .parse()
+            .map_err(|err| format!("smtp.from `{}` is not an address: {err}", settings.from))?;
+        let builder = match settings.tls.as_deref().unwrap_or("starttls") {
+            "none" => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&settings.host),
+            "tls" => AsyncSmtpTransport::<Tokio1Executor>::relay(&settings.host)
+                .map_err(|err| err.to_string())?,
+            "starttls" => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&settings.host)
+                .map_err(|err| err.to_string())?,
+            other => {
+                return Err(format!(
+                    "smtp.tls must be starttls, tls or none, not `{other}`"
+                ));
+            }
+        };
+        let mut builder = builder.port(settings.port);
+        if let (Some(user), Some(password)) = (&settings.username, &settings.password) {
+            builder =
+                builder.credentials(Credentials::new(user.clone(), password.expose().clone()));
+        }
+        Ok(Mailer {
+            transport: builder.build(),
+            from,
+        })
+    }
+
+    /// Sends a rendered `email` input; the output is the Message-ID.
+    pub async fn send(&self, input: &Value) -> Result<Value, ActionError> {
+        let mut builder = Message::builder().from(self.from.clone());
+        for address in input["to"].as_array().into_iter().flatten() {
+            let text = address.as_str().unwrap_or_default();
+            let mailbox: Mailbox = text.parse().map_err(|err| {
+                ActionError::fatal(format!("`{text}` is not an email address: {err}"))
+            })?;
+            builder = builder.to(mailbox);
+        }
+        let message_id = format!("<{}@flowd>", uuid::Uuid::new_v4());
+        builder = builder
+            .subject(input["subject"].as_str().unwrap_or_default())
+            .message_id(Some(message_id.clone()));
+        let text = input["body"].as_str().unwrap_or_default().to_owned();
+        let message = match input["html"].as_str() {
+            Some(html) => {
+                builder.multipart(MultiPart::alternative_plain_html(text, html.to_owned()))
+            }
+            None => builder.singlepart(
+                SinglePart::builder()
+                    .header(ContentType::TEXT_PLAIN)
+                    .body(text),
+            ),
+        }
+        .map_err(|err| ActionError::fatal(format!("cannot build the mail: {err}")))?;
+        self.transport
+            .send(message)
+            .await
+            .map_err(|err| ActionError {
+                retryable: err.is_transient() || !err.is_permanent(),
+                message: format!("SMTP: {err}"),
+                retry_after: None,
+                outcome_unknown: false,
+            })?;
+        Ok(json!({ "message_id": message_id }))
+    }
+}

@@ -1,0 +1,206 @@
+//! What each step kind does, given its rendered input (see `engine::render`). One function per
+//! kind; errors are classified here (retryable or not, outcome unknown or not) so the executor
+//! can decide between a durable retry and a dead letter.
+
+pub mod email;
+pub mod http;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::recrubo::types::requirements_from_analysis;
+use crate::recrubo::{FlowRunPatch, NewFlowGeneration, NewFlowRun, RecruboClient, RecruboError};
+use crate::rules::StepKind;
+
+/// A failed step attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActionError {
+    /// What went wrong.
+    pub message: String,
+    /// Whether another attempt may succeed.
+    pub retryable: bool,
+    /// The server's `Retry-After`.
+    pub retry_after: Option<Duration>,
+    /// Whether the request may have taken effect.
+    pub outcome_unknown: bool,
+}
+
+impl ActionError {
+    /// A failure that no retry can fix.
+    pub fn fatal(message: impl Into<String>) -> ActionError {
+        ActionError {
+            message: message.into(),
+            retryable: false,
+            retry_after: None,
+            outcome_unknown: false,
+        }
+    }
+
+    /// A failure worth another attempt.
+    pub fn retryable(message: impl Into<String>) -> ActionError {
+        ActionError {
+            message: message.into(),
+            retryable: true,
+            retry_after: None,
+            outcome_unknown: false,
+        }
+    }
+}
+
+impl From<RecruboError> for ActionError {
+    fn from(err: RecruboError) -> Self {
+        ActionError {
+            retryable: err.is_retryable(),
+            retry_after: err.retry_after(),
+            outcome_unknown: err.outcome_unknown(),
+            message: err.to_string(),
+        }
+    }
+}
+
+/// What actions need from the outside.
+#[derive(Debug, Clone)]
+pub struct ActionDeps {
+    /// The Recrubo client (absent when no token is configured).
+    pub recrubo: Option<RecruboClient>,
+    /// For `notify` and `http`.
+    pub http: reqwest::Client,
+    /// For `email`.
+    pub smtp: Option<email::Mailer>,
+    /// How long `analyze_vacancy` waits for a result.
+    pub analysis_timeout: Duration,
+}
+
+fn recrubo(deps: &ActionDeps) -> Result<&RecruboClient, ActionError> {
+    deps.recrubo.as_ref().ok_or_else(|| {
+        ActionError::fatal("no Recrubo token is configured (recrubo.token or RECRUBO_API_TOKEN)")
+    })
+}
+
+fn string(input: &Value, field: &str) -> Result<String, ActionError> {
+    match &input[field] {
+        Value::String(text) if !text.is_empty() => Ok(text.clone()),
+        Value::Null => Err(ActionError::fatal(format!("`{field}` is empty"))),
+        other => Ok(other.to_string()),
+    }
+}
+
+fn object_or_empty(value: &Value) -> Value {
+    if value.is_null() {
+        json!({})
+    } else {
+        value.clone()
+    }
+}
+
+/// Performs a step kind other than `emit` (which the executor stores itself).
+pub async fn perform(
+    kind: &StepKind,
+    input: &Value,
+    context: &Value,
+    deps: &ActionDeps,
+) -> Result<Value, ActionError> {
+    match kind {
+        StepKind::StartFlowRun { .. } => {
+            let run = recrubo(deps)?
+                .create_flow_run(&NewFlowRun {
+                    flow_id: string(input, "flow")?,
+                    message_thread_id: string(input, "message_thread")?,
+                    state: object_or_empty(&input["state"]),
+                    initial_message: object_or_empty(&input["initial_message"]),
+                })
+                .await?;
+            Ok(run.context())
+        }
+        StepKind::GenerateFlow { .. } => {
+            let mut parameters = object_or_empty(&input["parameters"]);
+            if let Some(vacancy_id) = input["vacancy_id"].as_str() {
+                parameters["vacancyId"] = json!(vacancy_id);
+            }
+            if let Some(analysis) = input["from_analysis"].as_str() {
+                let result = &context["steps"][analysis]["analyzeResult"];
+                if result.is_null() {
+                    return Err(ActionError::fatal(format!(
+                        "step `{analysis}` has no analyzeResult"
+                    )));
+                }
+                let (knockout, preferred) = requirements_from_analysis(result);
+                if parameters.get("knockoutRequirements").is_none() {
+                    parameters["knockoutRequirements"] = Value::Array(knockout);
+                }
+                if parameters.get("preferredRequirements").is_none() {
+                    parameters["preferredRequirements"] = Value::Array(preferred);
+                }
+            }
+            let generation = recrubo(deps)?
+                .create_flow_generation(&NewFlowGeneration {
+                    flow_type: string(input, "flow_type")?,
+                    parameters,
+                    context: object_or_empty(&input["context"]),
+                })
+                .await?;
+            Ok(generation.context())
+        }
+        StepKind::AnalyzeVacancy { .. } => {
+            let client = recrubo(deps)?;
+            let mut analysis = client
+                .create_vacancy_analysis(&string(input, "text")?)
+                .await?;
+            let deadline = tokio::time::Instant::now() + deps.analysis_timeout;
+            let mut wait = Duration::from_millis(200);
+            while !analysis.is_done() {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(ActionError::retryable(format!(
+                        "vacancy analysis {} has no result after {:?}",
+                        analysis.id(),
+                        deps.analysis_timeout
+                    )));
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+                analysis = client.get_vacancy_analysis(analysis.id()).await?;
+            }
+            Ok(crate::recrubo::types::flattened(&analysis.resource))
+        }
+        StepKind::UpdateFlowRun { .. } => {
+            let patch = FlowRunPatch {
+                state: (!input["state"].is_null()).then(|| input["state"].clone()),
+                status: input["status"].as_str().map(str::to_owned),
+            };
+            let run = recrubo(deps)?
+                .patch_flow_run(&string(input, "id")?, &patch)
+                .await?;
+            Ok(run.context())
+        }
+        StepKind::Recrubo { .. } => {
+            let body = (!input["body"].is_null()).then(|| input["body"].clone());
+            let response = recrubo(deps)?
+                .raw(
+                    &string(input, "method")?,
+                    &string(input, "path")?,
+                    body.as_ref(),
+                )
+                .await?;
+            Ok(json!({ "status": response.status, "body": response.body }))
+        }
+        StepKind::Notify { .. } => http::request(&deps.http, "POST", input).await,
+        StepKind::Http { .. } => {
+            let method = string(input, "method")?;
+            http::request(&deps.http, &method, input).await
+        }
+        StepKind::Email { .. } => match &deps.smtp {
+            Some(mailer) => mailer.send(input).await,
+            None => Err(ActionError::fatal(
+                "no SMTP server is configured (smtp.host)",
+            )),
+        },
+        StepKind::Log { .. } => {
+            let line = input["text"].as_str().unwrap_or_default();
+            let rule = context["rule"].as_str().unwrap_or_default();
+            tracing::info!(rule = %rule, "{line}");
+            Ok(Value::Null)
+        }
+        StepKind::Emit { .. } => Err(ActionError::fatal("emit is performed by the executor")),
+    }
+}

@@ -1,0 +1,414 @@
+//! Running executions: claim due ones (with a lease), run their steps in order, and store the
+//! progress after every step, so a crash resumes at the step that was running.
+//!
+//! A step that fails with a retryable error is retried durably: its next attempt time is stored
+//! and the execution is released until then (exponential backoff with jitter, `Retry-After`
+//! honoured, the step's `retry` or the default policy). Exhausted or fatal steps go to the dead
+//! letters; `continue_on_error` lets the execution go on. A step whose previous attempt ended
+//! without an answer (timeout, crash mid-request) and that creates a FlowRun is first checked
+//! with a list query, and the run found is adopted instead of creating a second one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::Engine;
+use super::processor::evaluation_context;
+use super::render::{redact, render_step};
+use crate::actions::{ActionError, perform};
+use crate::recrubo::{FilterOp, ListQuery};
+use crate::rules::ruleset::{RetryPolicy, Step, step_key};
+use crate::rules::{Rule, StepKind};
+use crate::store::{EventSource, Execution, FollowedRun, NewEvent, StepRecord, StoreError};
+
+/// Runs until `shutdown`, then waits up to `drain` for executions in flight.
+pub async fn run(engine: Engine, shutdown: CancellationToken, drain: Duration) {
+    let permits = Arc::new(Semaphore::new(engine.settings.max_steps_in_flight.max(1)));
+    loop {
+        let free = permits.available_permits();
+        if free > 0 {
+            match engine
+                .store
+                .claim_executions(Utc::now(), engine.settings.lease, free as i64)
+                .await
+            {
+                Ok(claimed) => {
+                    for execution in claimed {
+                        let Ok(permit) = permits.clone().acquire_owned().await else {
+                            break;
+                        };
+                        let engine = engine.clone();
+                        tokio::spawn(async move {
+                            let id = execution.id.clone();
+                            if let Err(err) = run_execution(&engine, execution).await {
+                                error!(execution = %id, error = %err, "Cannot store an execution's progress; it resumes when its lease expires");
+                            }
+                            drop(permit);
+                        });
+                    }
+                }
+                Err(err) => error!(error = %err, "Cannot claim executions"),
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = engine.executions_waiting.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
+    // Let steps in flight finish; what does not finish in time resumes after the restart.
+    let total = engine.settings.max_steps_in_flight.max(1) as u32;
+    let _ = tokio::time::timeout(drain, permits.acquire_many(total)).await;
+}
+
+/// The delay before attempt `attempt + 1`.
+pub fn backoff(policy: &RetryPolicy, attempt: u32, retry_after: Option<Duration>) -> Duration {
+    let exponent = attempt.saturating_sub(1).min(30);
+    let base = policy
+        .backoff
+        .saturating_mul(1u32 << exponent.min(20))
+        .min(policy.max_backoff);
+    let jittered = base.mul_f64(0.5 + fastrand::f64() * 0.5);
+    match retry_after {
+        Some(after) => jittered.max(after),
+        None => jittered,
+    }
+}
+
+/// The steps an execution runs, and the position path of their list.
+fn steps_of<'a>(rule: &'a Rule, execution: &Execution) -> Result<(&'a [Step], String), String> {
+    match (&execution.handler_step, &execution.handler_status) {
+        (Some(key), Some(status)) => {
+            let step = rule
+                .step_by_key(key)
+                .ok_or_else(|| format!("step `{key}` is no longer in rule `{}`", rule.name))?;
+            let (_, handler) = step
+                .on_status
+                .iter()
+                .find(|(s, _)| s == status)
+                .ok_or_else(|| format!("step `{key}` has no `{status}` handler any more"))?;
+            let path = rule.path_of(key).unwrap_or_default();
+            Ok((handler, format!("{path}/{status}/")))
+        }
+        _ => Ok((&rule.steps, String::new())),
+    }
+}
+
+async fn run_execution(engine: &Engine, mut execution: Execution) -> Result<(), StoreError> {
+    let set = engine.reloader.current();
+    let Some(rule) = set.get(&execution.rule).cloned() else {
+        return finish(
+            engine,
+            execution,
+            "orphaned",
+            Some("the rule is no longer in the rule set".to_owned()),
+        )
+        .await;
+    };
+    let (steps, prefix) = match steps_of(&rule, &execution) {
+        Ok(found) => found,
+        Err(reason) => return finish(engine, execution, "orphaned", Some(reason)).await,
+    };
+    loop {
+        let index = execution.next_step as usize;
+        let Some(step) = steps.get(index) else {
+            return finish(engine, execution, "succeeded", None).await;
+        };
+        let now = Utc::now();
+        let context = evaluation_context(engine, &execution.context, now);
+        let mut record = StepRecord {
+            execution_id: execution.id.clone(),
+            step_index: execution.next_step,
+            step_id: step.id.clone(),
+            kind: step.kind.name().to_owned(),
+            status: "running".to_owned(),
+            attempts: execution.attempt,
+            input: None,
+            output: None,
+            error: None,
+            started_at: now,
+            finished_at: None,
+        };
+        if let Some(condition) = &step.condition {
+            let outcome = condition.evaluate(&context);
+            if !outcome.is_true() {
+                record.status = "skipped".to_owned();
+                record.error = Some(match outcome {
+                    crate::rules::expr::ConditionOutcome::Failed(reason) => {
+                        format!("condition failed to evaluate: {reason}")
+                    }
+                    _ => format!("condition `{}` is false", condition.source()),
+                });
+                record.finished_at = Some(Utc::now());
+                engine.store.record_step(&record).await?;
+                execution.next_step += 1;
+                execution.attempt = 0;
+                continue;
+            }
+        }
+        let input = match render_step(&step.kind, &context) {
+            Ok(input) => input,
+            Err(err) => {
+                let failure = ActionError::fatal(format!("rendering the step failed: {err}"));
+                match fail_step(engine, &mut execution, step, &mut record, failure).await? {
+                    Next::Continue => continue,
+                    Next::Stop => return Ok(()),
+                }
+            }
+        };
+        record.input = Some(redact(&input, &engine.secret_values()));
+        let in_doubt = execution.step_started_at;
+        engine
+            .store
+            .begin_step(&execution.id, now, engine.settings.lease)
+            .await?;
+        execution.attempt += 1;
+        record.attempts = execution.attempt;
+        let result = match adopt_existing(engine, step, &input, in_doubt).await {
+            Some(existing) => {
+                info!(rule = %rule.name, execution = %execution.id, "A FlowRun created by an attempt without an answer was found and adopted");
+                Ok(existing)
+            }
+            None => attempt(engine, &execution, step, &input, &context).await,
+        };
+        match result {
+            Ok(output) => {
+                let key = step_key(step, &format!("{prefix}{index}"));
+                if let Some(id) = &step.id
+                    && let Some(steps) = execution
+                        .context
+                        .get_mut("steps")
+                        .and_then(Value::as_object_mut)
+                {
+                    steps.insert(id.clone(), output.clone());
+                }
+                follow(engine, &execution, step, &key, &output).await?;
+                record.status = "succeeded".to_owned();
+                record.output = Some(redact(&output, &engine.secret_values()));
+                record.finished_at = Some(Utc::now());
+                engine.store.record_step(&record).await?;
+                execution.next_step += 1;
+                execution.attempt = 0;
+                execution.step_started_at = None;
+                execution.last_error = None;
+                engine.store.save_execution(&execution).await?;
+            }
+            Err(failure) => {
+                match fail_step(engine, &mut execution, step, &mut record, failure).await? {
+                    Next::Continue => continue,
+                    Next::Stop => return Ok(()),
+                }
+            }
+        }
+    }
+}
+
+enum Next {
+    Continue,
+    Stop,
+}
+
+/// Handles a failed attempt: schedule a retry, or dead-letter and stop (or go on).
+async fn fail_step(
+    engine: &Engine,
+    execution: &mut Execution,
+    step: &Step,
+    record: &mut StepRecord,
+    failure: ActionError,
+) -> Result<Next, StoreError> {
+    let policy = step.retry.unwrap_or_default();
+    let message = redact(
+        &Value::String(failure.message.clone()),
+        &engine.secret_values(),
+    )
+    .as_str()
+    .unwrap_or_default()
+    .to_owned();
+    record.error = Some(message.clone());
+    record.finished_at = Some(Utc::now());
+    execution.last_error = Some(message.clone());
+    // Keep the in-flight mark only when the outcome is unknown: the next attempt checks first.
+    if !failure.outcome_unknown {
+        execution.step_started_at = None;
+    }
+    if failure.retryable && (execution.attempt as u32) < policy.attempts {
+        let delay = backoff(&policy, execution.attempt as u32, failure.retry_after);
+        execution.next_attempt_at =
+            Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+        record.status = "retrying".to_owned();
+        warn!(rule = %execution.rule, execution = %execution.id, step = step.kind.name(), attempt = execution.attempt, ?delay, error = %message, "Step failed; retrying");
+        engine.store.record_step(record).await?;
+        engine.store.save_execution(execution).await?;
+        return Ok(Next::Stop);
+    }
+    record.status = "failed".to_owned();
+    warn!(rule = %execution.rule, execution = %execution.id, step = step.kind.name(), attempts = execution.attempt, error = %message, "Step failed; dead letter");
+    engine.store.record_step(record).await?;
+    engine
+        .store
+        .add_dead_letter(execution, step.kind.name(), &message)
+        .await?;
+    metrics::counter!("flowd_dead_letters_total", "rule" => execution.rule.clone()).increment(1);
+    if step.continue_on_error {
+        execution.next_step += 1;
+        execution.attempt = 0;
+        execution.step_started_at = None;
+        engine.store.save_execution(execution).await?;
+        Ok(Next::Continue)
+    } else {
+        execution.status = "failed".to_owned();
+        engine.store.save_execution(execution).await?;
+        Ok(Next::Stop)
+    }
+}
+
+async fn finish(
+    engine: &Engine,
+    mut execution: Execution,
+    status: &str,
+    note: Option<String>,
+) -> Result<(), StoreError> {
+    if status != "succeeded" {
+        warn!(rule = %execution.rule, execution = %execution.id, status, note = note.as_deref().unwrap_or(""), "Execution ended");
+    }
+    metrics::counter!("flowd_executions_total", "rule" => execution.rule.clone(), "status" => status.to_owned()).increment(1);
+    execution.status = status.to_owned();
+    if note.is_some() {
+        execution.last_error = note;
+    }
+    execution.step_started_at = None;
+    engine.store.save_execution(&execution).await
+}
+
+/// One attempt of a step.
+async fn attempt(
+    engine: &Engine,
+    execution: &Execution,
+    step: &Step,
+    input: &Value,
+    context: &Value,
+) -> Result<Value, ActionError> {
+    metrics::counter!("flowd_steps_total", "kind" => step.kind.name()).increment(1);
+    if let StepKind::Emit { .. } = step.kind {
+        let event_type = input["type"].as_str().unwrap_or_default().to_owned();
+        let id = format!("{}-{}", execution.id, execution.next_step);
+        let event = NewEvent {
+            source: EventSource::Emit,
+            event_type: event_type.clone(),
+            // The same emit retried is the same event.
+            dedup_key: Some(format!("emit:{id}")),
+            payload: json!({ "type": event_type, "id": id, "data": input["data"] }),
+        };
+        engine.store.insert_events(&[event]).await.map_err(|err| {
+            ActionError::retryable(format!("cannot store the emitted event: {err}"))
+        })?;
+        engine.events_waiting.notify_one();
+        return Ok(json!({ "event_id": id }));
+    }
+    perform(&step.kind, input, context, &engine.deps).await
+}
+
+/// For a FlowRun create whose last attempt got no answer: the run it may have created.
+async fn adopt_existing(
+    engine: &Engine,
+    step: &Step,
+    input: &Value,
+    in_doubt: Option<DateTime<Utc>>,
+) -> Option<Value> {
+    let since = in_doubt?;
+    if !matches!(step.kind, StepKind::StartFlowRun { .. }) {
+        return None;
+    }
+    let client = engine.deps.recrubo.as_ref()?;
+    let since =
+        (since - chrono::Duration::seconds(60)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let query = ListQuery::new()
+        .filter(
+            "messageThreadId",
+            input["message_thread"].as_str().unwrap_or_default(),
+        )
+        .filter("flowId", input["flow"].as_str().unwrap_or_default())
+        .filter_op("createdAt", FilterOp::Gte, since)
+        .sort("-createdAt")
+        .page_size(1);
+    match client.list_flow_runs(&query).await {
+        Ok(page) => page.items.first().map(crate::recrubo::types::flattened),
+        Err(err) => {
+            warn!(error = %err, "Cannot check for a FlowRun created without an answer; creating again");
+            None
+        }
+    }
+}
+
+/// Records a created run or generation as followed.
+async fn follow(
+    engine: &Engine,
+    execution: &Execution,
+    step: &Step,
+    key: &str,
+    output: &Value,
+) -> Result<(), StoreError> {
+    let resource_type = match step.kind {
+        StepKind::StartFlowRun { .. } => "flowRuns",
+        StepKind::GenerateFlow { .. } => "flowGenerations",
+        _ => return Ok(()),
+    };
+    let Some(id) = output["id"].as_str() else {
+        return Ok(());
+    };
+    let now = Utc::now();
+    engine
+        .store
+        .follow(&FollowedRun {
+            resource_id: id.to_owned(),
+            resource_type: resource_type.to_owned(),
+            rule: execution.rule.clone(),
+            step_id: Some(key.to_owned()),
+            execution_id: execution.id.clone(),
+            context: execution.context.clone(),
+            status: output["status"].as_str().unwrap_or("queued").to_owned(),
+            remote_updated_at: output["updatedAt"]
+                .as_str()
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&Utc)),
+            changed_at: now,
+            terminal: false,
+        })
+        .await?;
+    info!(rule = %execution.rule, resource = %id, kind = resource_type, "Following");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_honours_retry_after() {
+        let policy = RetryPolicy {
+            attempts: 10,
+            backoff: Duration::from_secs(2),
+            max_backoff: Duration::from_secs(30),
+        };
+        let first = backoff(&policy, 1, None);
+        assert!(
+            first >= Duration::from_secs(1) && first <= Duration::from_secs(2),
+            "{first:?}"
+        );
+        let third = backoff(&policy, 3, None);
+        assert!(
+            third >= Duration::from_secs(4) && third <= Duration::from_secs(8),
+            "{third:?}"
+        );
+        assert!(backoff(&policy, 20, None) <= Duration::from_secs(30));
+        assert_eq!(
+            backoff(&policy, 1, Some(Duration::from_secs(60))),
+            Duration::from_secs(60)
+        );
+    }
+}

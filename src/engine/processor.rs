@@ -1,0 +1,459 @@
+//! From stored events to executions. One task takes the inbox in order, matches each event
+//! against the rule set in force, evaluates rule conditions, and stores the executions it causes
+//! together with "processed" in one transaction — so a crash between the two cannot lose or
+//! double anything.
+//!
+//! Status changes of runs and generations are the subtle part: each (run, status) fires once
+//! (the `fired` table), a delivery older than what is known (`updatedAt`) is ignored, the
+//! `on_status` handler is looked up by (rule, step id) in the rule set in force *now*, and a
+//! change for a run flowd does not know yet is held back for a short grace period, because
+//! Recrubo's webhook may overtake the answer to the create that started the run.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value, json};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::Engine;
+use super::matcher::{MatchIndex, Starter};
+use crate::recrubo::jsonapi::{Resource, WebhookPayload};
+use crate::recrubo::types::flattened;
+use crate::recrubo::{FlowGenerationStatus, FlowRunStatus};
+use crate::rules::ruleset::ForEach;
+use crate::rules::{Rule, RuleSet};
+use crate::store::{
+    EventOutcome, EventSource, FollowedRun, NewExecution, StatusChange, StoreError, StoredEvent,
+};
+
+/// Runs until `shutdown`.
+pub async fn run(engine: Engine, shutdown: CancellationToken) {
+    let mut index = MatchIndex::default();
+    let mut held_back: HashMap<i64, Instant> = HashMap::new();
+    loop {
+        let set = engine.reloader.current();
+        if index.hash != set.hash {
+            index = MatchIndex::new(&set);
+        }
+        match engine.store.unprocessed_events(500).await {
+            Ok(events) => {
+                let mut created = false;
+                for event in events {
+                    if held_back
+                        .get(&event.id)
+                        .is_some_and(|until| *until > Instant::now())
+                    {
+                        continue;
+                    }
+                    match outcome_of(&engine, &set, &index, &event).await {
+                        Ok(Some(outcome)) => {
+                            held_back.remove(&event.id);
+                            created |= !outcome.executions.is_empty();
+                            if let Err(err) = engine.store.complete_event(event.id, &outcome).await
+                            {
+                                error!(event = event.id, error = %err, "Cannot store the outcome of an event; it will be processed again");
+                                break;
+                            }
+                        }
+                        Ok(None) => {
+                            held_back.insert(
+                                event.id,
+                                Instant::now() + std::time::Duration::from_millis(200),
+                            );
+                        }
+                        Err(err) => {
+                            error!(event = event.id, error = %err, "Cannot process an event; it will be processed again");
+                            break;
+                        }
+                    }
+                }
+                if created {
+                    engine.executions_waiting.notify_one();
+                }
+            }
+            Err(err) => error!(error = %err, "Cannot read the inbox"),
+        }
+        let idle = if held_back.is_empty() { 1000 } else { 100 };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = engine.events_waiting.notified() => {}
+            _ = tokio::time::sleep(std::time::Duration::from_millis(idle)) => {}
+        }
+    }
+}
+
+/// The context every execution of `rule` starts from.
+pub fn base_context(rule: &Rule, event: Value) -> Map<String, Value> {
+    let mut context = Map::new();
+    context.insert("event".into(), event);
+    context.insert("vars".into(), Value::Object((*rule.vars).clone()));
+    context.insert("rule".into(), Value::String(rule.name.clone()));
+    context.insert("steps".into(), json!({}));
+    context
+}
+
+/// The context a condition or template sees: the stored context plus `now` and `secrets`.
+pub fn evaluation_context(engine: &Engine, stored: &Value, now: DateTime<Utc>) -> Value {
+    let mut context = stored.as_object().cloned().unwrap_or_default();
+    context.insert(
+        "now".into(),
+        Value::String(now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+    );
+    context.insert("secrets".into(), engine.secrets_json());
+    Value::Object(context)
+}
+
+/// Executions of `rule` for a context: one, or one per `for_each` item, each `skipped` with the
+/// reason when the rule's condition is not true.
+fn executions_for(
+    engine: &Engine,
+    rule: &Rule,
+    event_id: i64,
+    context: Map<String, Value>,
+    now: DateTime<Utc>,
+) -> Vec<NewExecution> {
+    let mut contexts = Vec::new();
+    match &rule.for_each {
+        None => contexts.push(context),
+        Some(ForEach::Items(items)) => {
+            let evaluation = evaluation_context(engine, &Value::Object(context.clone()), now);
+            match items.render(&evaluation) {
+                Ok(Value::Array(items)) => {
+                    for item in items {
+                        let mut with_item = context.clone();
+                        with_item.insert("item".into(), item);
+                        contexts.push(with_item);
+                    }
+                }
+                Ok(other) => {
+                    return vec![note_only(
+                        rule,
+                        event_id,
+                        context,
+                        "failed",
+                        format!("for_each items is {other}, not a list"),
+                    )];
+                }
+                Err(err) => {
+                    return vec![note_only(
+                        rule,
+                        event_id,
+                        context,
+                        "failed",
+                        format!("for_each items: {err}"),
+                    )];
+                }
+            }
+        }
+        Some(ForEach::List { .. }) => {
+            return vec![note_only(
+                rule,
+                event_id,
+                context,
+                "failed",
+                "for_each list queries run only under schedules (not available for this trigger yet)".to_owned(),
+            )];
+        }
+    }
+    contexts
+        .into_iter()
+        .map(|context| {
+            let context = Value::Object(context);
+            match &rule.condition {
+                Some(condition) => {
+                    let outcome = condition.evaluate(&evaluation_context(engine, &context, now));
+                    match outcome {
+                        crate::rules::expr::ConditionOutcome::Value(true) => pending(rule, event_id, context),
+                        crate::rules::expr::ConditionOutcome::Value(false) => {
+                            skipped(rule, event_id, context, format!("condition `{}` is false", condition.source()))
+                        }
+                        crate::rules::expr::ConditionOutcome::Failed(reason) => {
+                            info!(rule = %rule.name, reason = %reason, "Rule condition failed to evaluate; counted as false");
+                            skipped(rule, event_id, context, format!("condition `{}` failed to evaluate: {reason}", condition.source()))
+                        }
+                    }
+                }
+                None => pending(rule, event_id, context),
+            }
+        })
+        .collect()
+}
+
+fn pending(rule: &Rule, event_id: i64, context: Value) -> NewExecution {
+    NewExecution {
+        id: uuid::Uuid::new_v4().to_string(),
+        rule: rule.name.clone(),
+        event_id: Some(event_id),
+        handler_step: None,
+        handler_status: None,
+        status: "pending".into(),
+        context,
+        note: None,
+    }
+}
+
+fn skipped(rule: &Rule, event_id: i64, context: Value, note: String) -> NewExecution {
+    NewExecution {
+        status: "skipped".into(),
+        note: Some(note),
+        ..pending(rule, event_id, context)
+    }
+}
+
+fn note_only(
+    rule: &Rule,
+    event_id: i64,
+    context: Map<String, Value>,
+    status: &str,
+    note: String,
+) -> NewExecution {
+    warn!(rule = %rule.name, note = %note, "Execution not started");
+    NewExecution {
+        status: status.into(),
+        note: Some(note),
+        ..pending(rule, event_id, Value::Object(context))
+    }
+}
+
+/// What an event causes; `None` to hold it back for now.
+async fn outcome_of(
+    engine: &Engine,
+    set: &Arc<RuleSet>,
+    index: &MatchIndex,
+    event: &StoredEvent,
+) -> Result<Option<EventOutcome>, StoreError> {
+    let now = Utc::now();
+    match event.source {
+        EventSource::Event | EventSource::Emit | EventSource::Manual => {
+            let mut outcome = EventOutcome::default();
+            let rules: Vec<&Arc<Rule>> = if event.source == EventSource::Manual {
+                event.payload["rule"]
+                    .as_str()
+                    .and_then(|name| set.get(name))
+                    .into_iter()
+                    .collect()
+            } else {
+                index.external(set, &event.event_type)
+            };
+            let event_context = json!({
+                "type": event.payload["type"],
+                "id": event.payload["id"],
+                "data": event.payload["data"],
+            });
+            for rule in rules {
+                outcome.executions.extend(executions_for(
+                    engine,
+                    rule,
+                    event.id,
+                    base_context(rule, event_context.clone()),
+                    now,
+                ));
+            }
+            debug!(
+                event = event.id,
+                executions = outcome.executions.len(),
+                "Event matched"
+            );
+            Ok(Some(outcome))
+        }
+        EventSource::Recrubo | EventSource::Reconcile => {
+            let payload: WebhookPayload = match serde_json::from_value(event.payload.clone()) {
+                Ok(payload) => payload,
+                Err(err) => {
+                    warn!(event = event.id, error = %err, "Stored webhook does not parse; skipped");
+                    return Ok(Some(EventOutcome::default()));
+                }
+            };
+            let attributes = &payload.data.attributes;
+            let resource = &attributes.resource;
+            let fields = attributes.fields.clone().unwrap_or_default();
+            let mut outcome = EventOutcome::default();
+            if event.source == EventSource::Recrubo {
+                let mut event_context = resource.to_json();
+                if let Some(map) = event_context.as_object_mut() {
+                    map.insert("event".into(), json!(attributes.event));
+                    map.insert("fields".into(), json!(fields));
+                }
+                for rule in index.recrubo(set, &resource.resource_type, &attributes.event, &fields)
+                {
+                    outcome.executions.extend(executions_for(
+                        engine,
+                        rule,
+                        event.id,
+                        base_context(rule, event_context.clone()),
+                        now,
+                    ));
+                }
+            }
+            let tracks_status = matches!(
+                resource.resource_type.as_str(),
+                "flowRuns" | "flowGenerations"
+            );
+            if tracks_status && attributes.event != "delete" {
+                match status_change(engine, set, index, event, resource, now).await? {
+                    StatusOutcome::Hold => return Ok(None),
+                    StatusOutcome::Ignore => {}
+                    StatusOutcome::Fire {
+                        executions,
+                        change,
+                        fire,
+                    } => {
+                        outcome.executions.extend(executions);
+                        outcome.status_change = change;
+                        outcome.fire = Some(fire);
+                    }
+                }
+            }
+            Ok(Some(outcome))
+        }
+    }
+}
+
+enum StatusOutcome {
+    /// Wait: the run may not be recorded yet.
+    Hold,
+    /// Nothing to do (no status, or an older delivery).
+    Ignore,
+    /// Fire for (resource, status).
+    Fire {
+        executions: Vec<NewExecution>,
+        change: Option<StatusChange>,
+        fire: (String, String),
+    },
+}
+
+async fn status_change(
+    engine: &Engine,
+    set: &Arc<RuleSet>,
+    index: &MatchIndex,
+    event: &StoredEvent,
+    resource: &Resource,
+    now: DateTime<Utc>,
+) -> Result<StatusOutcome, StoreError> {
+    let Some(status) = resource.str_attribute("status").map(str::to_owned) else {
+        return Ok(StatusOutcome::Ignore);
+    };
+    let is_run = resource.resource_type == "flowRuns";
+    let updated_at = resource
+        .str_attribute("updatedAt")
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc));
+    let followed = engine.store.followed(&resource.id).await?;
+    if followed.is_none()
+        && now - event.received_at
+            < chrono::Duration::from_std(engine.settings.unknown_run_grace).unwrap_or_default()
+    {
+        // The step that created this run may not have recorded it yet.
+        return Ok(StatusOutcome::Hold);
+    }
+    if let (Some(followed), Some(updated_at)) = (&followed, updated_at)
+        && let Some(known) = followed.remote_updated_at
+        && updated_at < known
+    {
+        debug!(resource = %resource.id, status = %status, "Delivery older than what is known; ignored");
+        return Ok(StatusOutcome::Ignore);
+    }
+    let resource_context = flattened(resource);
+    let key = if is_run { "run" } else { "generation" };
+    let mut executions = Vec::new();
+
+    let starter = followed.as_ref().map(|f| Starter {
+        rule: f.rule.as_str(),
+        step: f.step_id.as_deref(),
+    });
+    let matching = if is_run {
+        index.flow_run(set, &status, resource.str_attribute("flowId"), starter)
+    } else {
+        index.flow_generation(set, &status, starter)
+    };
+    for rule in matching {
+        let mut context = base_context(rule, resource.to_json());
+        context.insert(key.into(), resource_context.clone());
+        executions.extend(executions_for(engine, rule, event.id, context, now));
+    }
+    if let Some(followed) = &followed
+        && let Some(handler) =
+            handler_execution(set, followed, &status, key, &resource_context, event.id)
+    {
+        executions.insert(0, handler);
+    }
+    }
+    let terminal = if is_run {
+        FlowRunStatus::parse(&status).is_terminal()
+    } else {
+        FlowGenerationStatus::parse(&status) == FlowGenerationStatus::Finished
+    };
+    let change = followed.as_ref().map(|f| StatusChange {
+        resource_id: f.resource_id.clone(),
+        status: status.clone(),
+        remote_updated_at: updated_at,
+        terminal,
+    });
+    info!(resource = %resource.id, status = %status, executions = executions.len(), "Status changed");
+    Ok(StatusOutcome::Fire {
+        executions,
+        change,
+        fire: (resource.id.clone(), status),
+    })
+}
+
+/// The `on_status` handler execution of a followed run, looked up in the rule set in force.
+fn handler_execution(
+    set: &RuleSet,
+    followed: &FollowedRun,
+    status: &str,
+    key: &str,
+    resource_context: &Value,
+    event_id: i64,
+) -> Option<NewExecution> {
+    let mut context = followed.context.as_object().cloned().unwrap_or_default();
+    context.insert(key.into(), resource_context.clone());
+    let base = NewExecution {
+        id: uuid::Uuid::new_v4().to_string(),
+        rule: followed.rule.clone(),
+        event_id: Some(event_id),
+        handler_step: followed.step_id.clone(),
+        handler_status: Some(status.to_owned()),
+        status: "pending".into(),
+        context: Value::Null,
+        note: None,
+    };
+    let Some(rule) = set.get(&followed.rule) else {
+        warn!(rule = %followed.rule, run = %followed.resource_id, "The rule that started this run is gone; orphaned");
+        return Some(NewExecution {
+            status: "orphaned".into(),
+            note: Some(format!(
+                "rule `{}` is no longer in the rule set",
+                followed.rule
+            )),
+            context: Value::Object(context),
+            ..base
+        });
+    };
+    let step = followed
+        .step_id
+        .as_deref()
+        .and_then(|key| rule.step_by_key(key));
+    let Some(step) = step else {
+        return Some(NewExecution {
+            status: "orphaned".into(),
+            note: Some(format!(
+                "step `{}` is no longer in rule `{}`",
+                followed.step_id.as_deref().unwrap_or("(no id)"),
+                followed.rule
+            )),
+            context: Value::Object(context),
+            ..base
+        });
+    };
+    step.on_status.iter().find(|(s, _)| s == status)?;
+    // Handlers read the rule's vars as they are now.
+    context.insert("vars".into(), Value::Object((*rule.vars).clone()));
+    Some(NewExecution {
+        context: Value::Object(context),
+        ..base
+    })
+}

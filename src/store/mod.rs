@@ -1,0 +1,330 @@
+//! flowd's durable state: the inbox of events, executions and their steps, followed runs, the
+//! (run, status) pairs already fired, and dead letters.
+//!
+//! [`Store`] is the boundary: the engine and the HTTP intake talk to a `dyn Store`, so the
+//! Postgres implementation (a later issue) plugs in without changes above it. Every method is
+//! one transaction; the ones that must be atomic together (marking an event processed *and*
+//! creating its executions) are one method.
+
+pub mod sqlite;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+
+/// A failed store operation.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed.
+    #[error("database error: {0}")]
+    Database(String),
+    /// Stored data could not be read back.
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        StoreError::Database(err.to_string())
+    }
+}
+
+/// Where an event came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventSource {
+    /// `POST /events/{type}`.
+    Event,
+    /// `POST /webhooks/recrubo`.
+    Recrubo,
+    /// An `emit` step.
+    Emit,
+    /// `flowd trigger` / the admin API.
+    Manual,
+    /// A status change found by polling a followed run.
+    Reconcile,
+}
+
+impl EventSource {
+    /// As stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventSource::Event => "event",
+            EventSource::Recrubo => "recrubo",
+            EventSource::Emit => "emit",
+            EventSource::Manual => "manual",
+            EventSource::Reconcile => "reconcile",
+        }
+    }
+
+    /// From storage.
+    pub fn parse(text: &str) -> EventSource {
+        match text {
+            "recrubo" => EventSource::Recrubo,
+            "emit" => EventSource::Emit,
+            "manual" => EventSource::Manual,
+            "reconcile" => EventSource::Reconcile,
+            _ => EventSource::Event,
+        }
+    }
+}
+
+/// An event to store.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// Its source.
+    pub source: EventSource,
+    /// The event type (external), or `resource/event` for Recrubo.
+    pub event_type: String,
+    /// Deduplicates retried deliveries.
+    pub dedup_key: Option<String>,
+    /// The payload.
+    pub payload: Value,
+}
+
+/// What storing an event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsertOutcome {
+    /// Stored with this id.
+    Stored(i64),
+    /// Already stored before (same dedup key).
+    Duplicate,
+}
+
+/// A stored event.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    /// Inbox id.
+    pub id: i64,
+    /// Source.
+    pub source: EventSource,
+    /// Type.
+    pub event_type: String,
+    /// Payload.
+    pub payload: Value,
+    /// When accepted.
+    pub received_at: DateTime<Utc>,
+}
+
+/// An execution to create.
+#[derive(Debug, Clone)]
+pub struct NewExecution {
+    /// Its id (UUID).
+    pub id: String,
+    /// The rule.
+    pub rule: String,
+    /// The event that started it.
+    pub event_id: Option<i64>,
+    /// For handlers: the step whose run changed.
+    pub handler_step: Option<String>,
+    /// For handlers: the status it changed to.
+    pub handler_status: Option<String>,
+    /// `pending`, or `skipped` / `orphaned` (recorded, never run).
+    pub status: String,
+    /// The context (no secrets).
+    pub context: Value,
+    /// Why it was skipped or orphaned.
+    pub note: Option<String>,
+}
+
+/// An execution as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct Execution {
+    /// Id.
+    pub id: String,
+    /// Rule.
+    pub rule: String,
+    /// Starting event.
+    pub event_id: Option<i64>,
+    /// Handler step.
+    pub handler_step: Option<String>,
+    /// Handler status.
+    pub handler_status: Option<String>,
+    /// Status.
+    pub status: String,
+    /// Context.
+    pub context: Value,
+    /// The next step to run.
+    pub next_step: i64,
+    /// Attempts of that step so far.
+    pub attempt: i64,
+    /// When it is due.
+    pub next_attempt_at: DateTime<Utc>,
+    /// Set while a step is in flight: after a crash, its outcome is unknown.
+    pub step_started_at: Option<DateTime<Utc>>,
+    /// The last error.
+    pub last_error: Option<String>,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Updated.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A step attempt's record.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepRecord {
+    /// Execution.
+    pub execution_id: String,
+    /// Index in the execution's steps.
+    pub step_index: i64,
+    /// The step's id.
+    pub step_id: Option<String>,
+    /// Its kind.
+    pub kind: String,
+    /// `succeeded`, `failed`, `retrying` or `skipped`.
+    pub status: String,
+    /// Attempts so far.
+    pub attempts: i64,
+    /// Rendered input, secrets redacted.
+    pub input: Option<Value>,
+    /// Output.
+    pub output: Option<Value>,
+    /// Error.
+    pub error: Option<String>,
+    /// Started.
+    pub started_at: DateTime<Utc>,
+    /// Finished.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// A run or generation flowd follows.
+#[derive(Debug, Clone, Serialize)]
+pub struct FollowedRun {
+    /// The FlowRun or FlowGeneration id.
+    pub resource_id: String,
+    /// `flowRuns` or `flowGenerations`.
+    pub resource_type: String,
+    /// The rule whose step started it.
+    pub rule: String,
+    /// That step's id.
+    pub step_id: Option<String>,
+    /// The starting execution.
+    pub execution_id: String,
+    /// The starting execution's context when the step ran.
+    pub context: Value,
+    /// Last known status.
+    pub status: String,
+    /// Recrubo's `updatedAt` of that status.
+    pub remote_updated_at: Option<DateTime<Utc>>,
+    /// When flowd last saw a change.
+    pub changed_at: DateTime<Utc>,
+    /// Whether the status is terminal.
+    pub terminal: bool,
+}
+
+/// A status change to apply to a followed run.
+#[derive(Debug, Clone)]
+pub struct StatusChange {
+    /// Run or generation id.
+    pub resource_id: String,
+    /// The new status.
+    pub status: String,
+    /// Recrubo's `updatedAt`.
+    pub remote_updated_at: Option<DateTime<Utc>>,
+    /// Whether the status is terminal.
+    pub terminal: bool,
+}
+
+/// A dead letter.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    /// Id.
+    pub id: i64,
+    /// Execution.
+    pub execution_id: String,
+    /// Step index.
+    pub step_index: i64,
+    /// Rule.
+    pub rule: String,
+    /// Step kind.
+    pub kind: String,
+    /// The error.
+    pub error: String,
+    /// When.
+    pub created_at: DateTime<Utc>,
+    /// When retried, if it was.
+    pub retried_at: Option<DateTime<Utc>>,
+}
+
+/// The outcome of processing one event: what to store atomically with "processed".
+#[derive(Debug, Default)]
+pub struct EventOutcome {
+    /// Executions to create.
+    pub executions: Vec<NewExecution>,
+    /// A status change of a followed run to record.
+    pub status_change: Option<StatusChange>,
+    /// (resource id, status) pairs that fire now; a pair already fired makes the whole
+    /// outcome a no-op (the event is only marked processed).
+    pub fire: Option<(String, String)>,
+}
+
+/// The state store.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Stores events (one transaction, deduplicated by key).
+    async fn insert_events(&self, events: &[NewEvent]) -> Result<Vec<InsertOutcome>, StoreError>;
+    /// Events not yet processed, oldest first.
+    async fn unprocessed_events(&self, limit: i64) -> Result<Vec<StoredEvent>, StoreError>;
+    /// Marks an event processed and stores what it caused, atomically. Returns false when the
+    /// outcome's `fire` pair had fired already (then nothing but "processed" is stored).
+    async fn complete_event(
+        &self,
+        event_id: i64,
+        outcome: &EventOutcome,
+    ) -> Result<bool, StoreError>;
+    /// Claims due pending executions for `lease`.
+    async fn claim_executions(
+        &self,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: i64,
+    ) -> Result<Vec<Execution>, StoreError>;
+    /// Marks a step in flight (so a crash leaves a trace) and renews the lease.
+    async fn begin_step(
+        &self,
+        execution_id: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+    ) -> Result<(), StoreError>;
+    /// Saves progress: context, next step, attempt, status, due time, error; releases the lease.
+    async fn save_execution(&self, execution: &Execution) -> Result<(), StoreError>;
+    /// Records a step attempt.
+    async fn record_step(&self, record: &StepRecord) -> Result<(), StoreError>;
+    /// Starts following a run or generation.
+    async fn follow(&self, followed: &FollowedRun) -> Result<(), StoreError>;
+    /// A followed run.
+    async fn followed(&self, resource_id: &str) -> Result<Option<FollowedRun>, StoreError>;
+    /// Followed runs that are not terminal and unchanged since `before`.
+    async fn stale_followed(
+        &self,
+        before: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<FollowedRun>, StoreError>;
+    /// Notes that a followed run was checked (pushes `changed_at` so it is not polled again at once).
+    async fn touch_followed(&self, resource_id: &str, now: DateTime<Utc>)
+    -> Result<(), StoreError>;
+    /// Adds a dead letter.
+    async fn add_dead_letter(
+        &self,
+        execution: &Execution,
+        kind: &str,
+        error: &str,
+    ) -> Result<(), StoreError>;
+    /// Dead letters, newest first.
+    async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetter>, StoreError>;
+    /// Executions, newest first (optionally of one rule).
+    async fn executions(
+        &self,
+        rule: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Execution>, StoreError>;
+    /// The step records of an execution.
+    async fn step_records(&self, execution_id: &str) -> Result<Vec<StepRecord>, StoreError>;
+    /// Followed runs, most recently changed first.
+    async fn followed_runs(&self, limit: i64) -> Result<Vec<FollowedRun>, StoreError>;
+    /// Whether the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,452 @@
+//! The SQLite store (sqlx): WAL, `synchronous = FULL` (an accepted event survives power loss,
+//! not only a crash), a busy timeout, embedded migrations. One connection does all writing, so
+//! SQLite's single writer never meets `SQLITE_BUSY`; callers batch (the intake commits many
+//! events per transaction) so durability does not cost one fsync per request.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, Row, SqlSafeStr, SqlitePool};
+
+use super::{
+    DeadLetter, EventOutcome, EventSource, Execution, FollowedRun, InsertOutcome, NewEvent,
+    StepRecord, Store, StoreError, StoredEvent,
+};
+
+/// The SQLite store.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+fn time_text(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+fn parse_time(text: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|err| StoreError::Corrupt(format!("time `{text}`: {err}")))
+}
+
+fn parse_optional_time(text: Option<String>) -> Result<Option<DateTime<Utc>>, StoreError> {
+    text.as_deref().map(parse_time).transpose()
+}
+
+fn parse_json(text: &str) -> Result<Value, StoreError> {
+    serde_json::from_str(text).map_err(|err| StoreError::Corrupt(format!("JSON: {err}")))
+}
+
+fn migrator() -> Migrator {
+    Migrator::with_migrations(vec![Migration::new(
+        1,
+        "init".into(),
+        MigrationType::Simple,
+        AssertSqlSafe(include_str!("../../migrations/sqlite/0001_init.sql")).into_sql_str(),
+        false,
+    )])
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) and migrates the database at `url`
+    /// (`sqlite://flowd.db`, `sqlite::memory:`).
+    pub async fn open(url: &str) -> Result<SqliteStore, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|err| StoreError::Database(format!("invalid database URL `{url}`: {err}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await?;
+        migrator()
+            .run(&pool)
+            .await
+            .map_err(|err| StoreError::Database(format!("migrations failed: {err}")))?;
+        Ok(SqliteStore { pool })
+    }
+}
+
+fn execution_from_row(row: &SqliteRow) -> Result<Execution, StoreError> {
+    Ok(Execution {
+        id: row.try_get("id")?,
+        rule: row.try_get("rule")?,
+        event_id: row.try_get("event_id")?,
+        handler_step: row.try_get("handler_step")?,
+        handler_status: row.try_get("handler_status")?,
+        status: row.try_get("status")?,
+        context: parse_json(&row.try_get::<String, _>("context")?)?,
+        next_step: row.try_get("next_step")?,
+        attempt: row.try_get("attempt")?,
+        next_attempt_at: parse_time(&row.try_get::<String, _>("next_attempt_at")?)?,
+        step_started_at: parse_optional_time(row.try_get("step_started_at")?)?,
+        last_error: row.try_get("last_error")?,
+        created_at: parse_time(&row.try_get::<String, _>("created_at")?)?,
+        updated_at: parse_time(&row.try_get::<String, _>("updated_at")?)?,
+    })
+}
+
+fn followed_from_row(row: &SqliteRow) -> Result<FollowedRun, StoreError> {
+    Ok(FollowedRun {
+        resource_id: row.try_get("resource_id")?,
+        resource_type: row.try_get("resource_type")?,
+        rule: row.try_get("rule")?,
+        step_id: row.try_get("step_id")?,
+        execution_id: row.try_get("execution_id")?,
+        context: parse_json(&row.try_get::<String, _>("context")?)?,
+        status: row.try_get("status")?,
+        remote_updated_at: parse_optional_time(row.try_get("remote_updated_at")?)?,
+        changed_at: parse_time(&row.try_get::<String, _>("changed_at")?)?,
+        terminal: row.try_get::<i64, _>("terminal")? != 0,
+    })
+}
+
+const EXECUTION_COLUMNS: &str = "id, rule, event_id, handler_step, handler_status, status, context, next_step, attempt, next_attempt_at, step_started_at, last_error, created_at, updated_at";
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn insert_events(&self, events: &[NewEvent]) -> Result<Vec<InsertOutcome>, StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        let now = time_text(Utc::now());
+        let mut outcomes = Vec::with_capacity(events.len());
+        for event in events {
+            let result = sqlx::query(
+                "INSERT INTO events (source, event_type, dedup_key, payload, received_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (dedup_key) DO NOTHING",
+            )
+            .bind(event.source.as_str())
+            .bind(&event.event_type)
+            .bind(&event.dedup_key)
+            .bind(event.payload.to_string())
+            .bind(&now)
+            .execute(&mut *transaction)
+            .await?;
+            outcomes.push(if result.rows_affected() == 0 {
+                InsertOutcome::Duplicate
+            } else {
+                InsertOutcome::Stored(result.last_insert_rowid())
+            });
+        }
+        transaction.commit().await?;
+        Ok(outcomes)
+    }
+
+    async fn unprocessed_events(&self, limit: i64) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, source, event_type, payload, received_at FROM events WHERE processed_at IS NULL ORDER BY id LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(StoredEvent {
+                    id: row.try_get("id")?,
+                    source: EventSource::parse(&row.try_get::<String, _>("source")?),
+                    event_type: row.try_get("event_type")?,
+                    payload: parse_json(&row.try_get::<String, _>("payload")?)?,
+                    received_at: parse_time(&row.try_get::<String, _>("received_at")?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn complete_event(
+        &self,
+        event_id: i64,
+        outcome: &EventOutcome,
+    ) -> Result<bool, StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        let now = time_text(Utc::now());
+        sqlx::query("UPDATE events SET processed_at = ? WHERE id = ?")
+            .bind(&now)
+            .bind(event_id)
+            .execute(&mut *transaction)
+            .await?;
+        if let Some((resource_id, status)) = &outcome.fire {
+            let inserted = sqlx::query("INSERT INTO fired (resource_id, status, fired_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING")
+                .bind(resource_id)
+                .bind(status)
+                .bind(&now)
+                .execute(&mut *transaction)
+                .await?;
+            if inserted.rows_affected() == 0 {
+                transaction.commit().await?;
+                return Ok(false);
+            }
+        }
+        if let Some(change) = &outcome.status_change {
+            sqlx::query(
+                "UPDATE followed SET status = ?, remote_updated_at = COALESCE(?, remote_updated_at), changed_at = ?, terminal = ? WHERE resource_id = ?",
+            )
+            .bind(&change.status)
+            .bind(change.remote_updated_at.map(time_text))
+            .bind(&now)
+            .bind(i64::from(change.terminal))
+            .bind(&change.resource_id)
+            .execute(&mut *transaction)
+            .await?;
+        }
+        for execution in &outcome.executions {
+            sqlx::query(
+                "INSERT INTO executions (id, rule, event_id, handler_step, handler_status, status, context, next_step, attempt, next_attempt_at, last_error, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?, ?)",
+            )
+            .bind(&execution.id)
+            .bind(&execution.rule)
+            .bind(execution.event_id)
+            .bind(&execution.handler_step)
+            .bind(&execution.handler_status)
+            .bind(&execution.status)
+            .bind(execution.context.to_string())
+            .bind(&now)
+            .bind(&execution.note)
+            .bind(&now)
+            .bind(&now)
+            .execute(&mut *transaction)
+            .await?;
+        }
+        transaction.commit().await?;
+        Ok(true)
+    }
+
+    async fn claim_executions(
+        &self,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: i64,
+    ) -> Result<Vec<Execution>, StoreError> {
+        let now_text = time_text(now);
+        let lease_until = time_text(now + chrono::Duration::from_std(lease).unwrap_or_default());
+        let mut transaction = self.pool.begin().await?;
+        let sql = format!(
+            "UPDATE executions SET lease_until = ? WHERE id IN (SELECT id FROM executions WHERE status = 'pending' AND next_attempt_at <= ? AND (lease_until IS NULL OR lease_until < ?) ORDER BY next_attempt_at LIMIT ?) RETURNING {EXECUTION_COLUMNS}"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(&lease_until)
+            .bind(&now_text)
+            .bind(&now_text)
+            .bind(limit)
+            .fetch_all(&mut *transaction)
+            .await?;
+        transaction.commit().await?;
+        rows.iter().map(execution_from_row).collect()
+    }
+
+    async fn begin_step(
+        &self,
+        execution_id: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+    ) -> Result<(), StoreError> {
+        let lease_until = time_text(now + chrono::Duration::from_std(lease).unwrap_or_default());
+        sqlx::query("UPDATE executions SET step_started_at = ?, lease_until = ?, updated_at = ? WHERE id = ?")
+            .bind(time_text(now))
+            .bind(lease_until)
+            .bind(time_text(now))
+            .bind(execution_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn save_execution(&self, execution: &Execution) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE executions SET status = ?, context = ?, next_step = ?, attempt = ?, next_attempt_at = ?, step_started_at = ?, last_error = ?, lease_until = NULL, updated_at = ? WHERE id = ?",
+        )
+        .bind(&execution.status)
+        .bind(execution.context.to_string())
+        .bind(execution.next_step)
+        .bind(execution.attempt)
+        .bind(time_text(execution.next_attempt_at))
+        .bind(execution.step_started_at.map(time_text))
+        .bind(&execution.last_error)
+        .bind(time_text(Utc::now()))
+        .bind(&execution.id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn record_step(&self, record: &StepRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO step_runs (execution_id, step_index, step_id, kind, status, attempts, input, output, error, started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (execution_id, step_index) DO UPDATE SET status = excluded.status, attempts = excluded.attempts, input = excluded.input, output = excluded.output, error = excluded.error, finished_at = excluded.finished_at",
+        )
+        .bind(&record.execution_id)
+        .bind(record.step_index)
+        .bind(&record.step_id)
+        .bind(&record.kind)
+        .bind(&record.status)
+        .bind(record.attempts)
+        .bind(record.input.as_ref().map(Value::to_string))
+        .bind(record.output.as_ref().map(Value::to_string))
+        .bind(&record.error)
+        .bind(time_text(record.started_at))
+        .bind(record.finished_at.map(time_text))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn follow(&self, followed: &FollowedRun) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO followed (resource_id, resource_type, rule, step_id, execution_id, context, status, remote_updated_at, changed_at, terminal) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (resource_id) DO NOTHING",
+        )
+        .bind(&followed.resource_id)
+        .bind(&followed.resource_type)
+        .bind(&followed.rule)
+        .bind(&followed.step_id)
+        .bind(&followed.execution_id)
+        .bind(followed.context.to_string())
+        .bind(&followed.status)
+        .bind(followed.remote_updated_at.map(time_text))
+        .bind(time_text(followed.changed_at))
+        .bind(i64::from(followed.terminal))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn followed(&self, resource_id: &str) -> Result<Option<FollowedRun>, StoreError> {
+        let row = sqlx::query("SELECT * FROM followed WHERE resource_id = ?")
+            .bind(resource_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(followed_from_row).transpose()
+    }
+
+    async fn stale_followed(
+        &self,
+        before: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<FollowedRun>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM followed WHERE terminal = 0 AND changed_at < ? ORDER BY changed_at LIMIT ?")
+            .bind(time_text(before))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(followed_from_row).collect()
+    }
+
+    async fn touch_followed(
+        &self,
+        resource_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE followed SET changed_at = ? WHERE resource_id = ?")
+            .bind(time_text(now))
+            .bind(resource_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn add_dead_letter(
+        &self,
+        execution: &Execution,
+        kind: &str,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO dead_letters (execution_id, step_index, rule, kind, error, created_at) VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(&execution.id)
+            .bind(execution.next_step)
+            .bind(&execution.rule)
+            .bind(kind)
+            .bind(error)
+            .bind(time_text(Utc::now()))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetter>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM dead_letters ORDER BY id DESC LIMIT ?")
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(DeadLetter {
+                    id: row.try_get("id")?,
+                    execution_id: row.try_get("execution_id")?,
+                    step_index: row.try_get("step_index")?,
+                    rule: row.try_get("rule")?,
+                    kind: row.try_get("kind")?,
+                    error: row.try_get("error")?,
+                    created_at: parse_time(&row.try_get::<String, _>("created_at")?)?,
+                    retried_at: parse_optional_time(row.try_get("retried_at")?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn executions(
+        &self,
+        rule: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Execution>, StoreError> {
+        let sql = format!(
+            "SELECT {EXECUTION_COLUMNS} FROM executions WHERE (? IS NULL OR rule = ?) ORDER BY created_at DESC, id LIMIT ?"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(rule)
+            .bind(rule)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(execution_from_row).collect()
+    }
+
+    async fn step_records(&self, execution_id: &str) -> Result<Vec<StepRecord>, StoreError> {
+        let rows =
+            sqlx::query("SELECT * FROM step_runs WHERE execution_id = ? ORDER BY step_index")
+                .bind(execution_id)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(StepRecord {
+                    execution_id: row.try_get("execution_id")?,
+                    step_index: row.try_get("step_index")?,
+                    step_id: row.try_get("step_id")?,
+                    kind: row.try_get("kind")?,
+                    status: row.try_get("status")?,
+                    attempts: row.try_get("attempts")?,
+                    input: row
+                        .try_get::<Option<String>, _>("input")?
+                        .as_deref()
+                        .map(parse_json)
+                        .transpose()?,
+                    output: row
+                        .try_get::<Option<String>, _>("output")?
+                        .as_deref()
+                        .map(parse_json)
+                        .transpose()?,
+                    error: row.try_get("error")?,
+                    started_at: parse_time(&row.try_get::<String, _>("started_at")?)?,
+                    finished_at: parse_optional_time(row.try_get("finished_at")?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn followed_runs(&self, limit: i64) -> Result<Vec<FollowedRun>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM followed ORDER BY changed_at DESC LIMIT ?")
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(followed_from_row).collect()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,413 @@
+//! The engine end to end: the simulator and the real daemon on port 0, acting through HTTP.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use flowd::recrubo::{FlowRunStatus, ListQuery, RecruboClient};
+use flowd::settings::Secret;
+use flowd::sim::{SimHandle, SimSettings};
+
+use crate::receiver::Receiver;
+use crate::recrubo_client::{client_for, sim};
+use crate::support::{Daemon, eventually};
+
+const WAIT: Duration = Duration::from_secs(15);
+const WEBHOOK_SECRET: &str = "s3cret";
+const EVENT_TOKEN: &str = "evt-token";
+
+/// A simulator, a sink for notifications, and a daemon wired to both.
+struct World {
+    sim: SimHandle,
+    sink: Receiver,
+    daemon: Daemon,
+    client: RecruboClient,
+    _rules: tempfile::TempDir,
+}
+
+async fn world(rules_yaml: &str, extra_env: &[(&str, &str)]) -> World {
+    let sink = Receiver::start().await;
+    let sim = sim(SimSettings {
+        webhook_secret: Some(WEBHOOK_SECRET.into()),
+        retry_scale: Some(0.0001),
+        ..SimSettings::default()
+    })
+    .await;
+    let rules = tempfile::tempdir().expect("rules dir");
+    std::fs::write(
+        rules.path().join("rules.yaml"),
+        rules_yaml.replace("SINK_URL", &sink.url()),
+    )
+    .expect("write rules");
+    let base_url = sim.base_url();
+    let mut env = vec![
+        ("FLOWD_RECRUBO_BASE_URL", base_url.as_str()),
+        ("RECRUBO_API_TOKEN", "t"),
+        ("RECRUBO_WEBHOOK_SECRET", WEBHOOK_SECRET),
+        ("FLOWD_EVENTS_TOKENS", EVENT_TOKEN),
+        ("FLOWD_RECRUBO_RATE_LIMIT", "0"),
+    ];
+    env.extend_from_slice(extra_env);
+    let daemon = Daemon::start(rules.path(), &env);
+    let client = client_for(&sim, "t", |_| {});
+    let organization = client
+        .list("organizations", &ListQuery::new())
+        .await
+        .expect("orgs")
+        .items[0]
+        .id
+        .clone();
+    client
+        .set_organization_webhook(
+            &organization,
+            &daemon.public_url("/webhooks/recrubo"),
+            &Secret::new(WEBHOOK_SECRET.into()),
+        )
+        .await
+        .expect("point the simulator's webhooks at the daemon");
+    World {
+        sim,
+        sink,
+        daemon,
+        client,
+        _rules: rules,
+    }
+}
+
+async fn post_event(daemon: &Daemon, event_type: &str, data: Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(daemon.public_url(&format!("/events/{event_type}")))
+        .bearer_auth(EVENT_TOKEN)
+        .json(&data)
+        .send()
+        .await
+        .expect("post event")
+}
+
+async fn drive(sim: &SimHandle, run_id: &str, status: &str, state: Value) {
+    let response = reqwest::Client::new()
+        .post(sim.url(&format!("/_sim/flow-runs/{run_id}/status")))
+        .json(&json!({"status": status, "state": state}))
+        .send()
+        .await
+        .expect("drive");
+    assert_eq!(response.status(), 200);
+}
+
+async fn runs_on_thread(
+    client: &RecruboClient,
+    thread: &str,
+) -> Vec<flowd::recrubo::jsonapi::Resource> {
+    client
+        .list_flow_runs(
+            &ListQuery::new()
+                .filter("messageThreadId", thread)
+                .sort("createdAt"),
+        )
+        .await
+        .map(|page| page.items)
+        .unwrap_or_default()
+}
+
+const SCREENING: &str = r#"
+vars:
+  screening_flow: screening-flow
+  interview_flow: interview-flow
+rules:
+  - name: screen
+    on: { event: application.created }
+    if: event.data.vacancy.open
+    do:
+      - id: screening
+        start_flow_run:
+          flow: "{{vars.screening_flow}}"
+          message_thread: "{{event.data.thread}}"
+          state: { candidate: "{{event.data.candidate}}" }
+        on_status:
+          finished:
+            - if: run.state.passed == true
+              id: interview
+              start_flow_run: { flow: "{{vars.interview_flow}}", message_thread: "{{run.messageThreadId}}" }
+            - notify:
+                url: SINK_URL
+                preset: slack
+                body: "{{event.data.name}} finished screening (run {{run.id}})"
+            - update_flow_run: { id: "{{run.id}}", state: {} }
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_screening_scenario_runs_end_to_end() {
+    let world = world(SCREENING, &[]).await;
+    let accepted = post_event(&world.daemon, "application.created", json!({"id": "app-1", "name": "Ana", "thread": "thread-1", "candidate": "c-1", "vacancy": {"open": true}})).await;
+    assert_eq!(accepted.status(), 202);
+    // A closed vacancy starts nothing.
+    post_event(&world.daemon, "application.created", json!({"id": "app-2", "name": "Bo", "thread": "thread-2", "candidate": "c-2", "vacancy": {"open": false}})).await;
+    // The same event again is absorbed.
+    let duplicate = post_event(&world.daemon, "application.created", json!({"id": "app-1", "name": "Ana", "thread": "thread-1", "candidate": "c-1", "vacancy": {"open": true}})).await;
+    assert_eq!(duplicate.status(), 200);
+    assert_eq!(
+        duplicate.json::<Value>().await.expect("json")["status"],
+        "duplicate"
+    );
+
+    let screening = eventually(WAIT, "the screening run is created", || async {
+        runs_on_thread(&world.client, "thread-1")
+            .await
+            .into_iter()
+            .next()
+    })
+    .await;
+    assert_eq!(screening.attributes["flowId"], "screening-flow");
+    assert_eq!(screening.attributes["state"], json!({"candidate": "c-1"}));
+
+    drive(&world.sim, &screening.id, "running", json!({})).await;
+    drive(
+        &world.sim,
+        &screening.id,
+        "finished",
+        json!({"passed": true}),
+    )
+    .await;
+
+    let runs = eventually(
+        WAIT,
+        "the interview run is chained on the same thread",
+        || async {
+            let runs = runs_on_thread(&world.client, "thread-1").await;
+            (runs.len() == 2).then_some(runs)
+        },
+    )
+    .await;
+    assert_eq!(runs[1].attributes["flowId"], "interview-flow");
+    let notification = eventually(WAIT, "the notification reaches the sink", || async {
+        world.sink.received().into_iter().next()
+    })
+    .await;
+    assert_eq!(
+        notification.body,
+        json!({"text": format!("Ana finished screening (run {})", screening.id)})
+    );
+    eventually(WAIT, "the screening run's state is scrubbed", || async {
+        let run = world.client.get_flow_run(&screening.id).await.ok()?;
+        (run.state() == json!({})).then_some(())
+    })
+    .await;
+    assert_eq!(
+        world
+            .client
+            .get_flow_run(&screening.id)
+            .await
+            .expect("run")
+            .status(),
+        FlowRunStatus::Finished
+    );
+    // Nothing ran for the closed vacancy, and nothing twice.
+    assert!(runs_on_thread(&world.client, "thread-2").await.is_empty());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(runs_on_thread(&world.client, "thread-1").await.len(), 2);
+    assert_eq!(world.sink.received().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_is_refused_with_the_reason_and_disturbs_nothing() {
+    let world = world(SCREENING, &[]).await;
+    let http = reqwest::Client::new();
+    let url = world.daemon.public_url("/webhooks/recrubo");
+    let forged = http
+        .post(&url)
+        .header("X-Recrubo-Webhook-Secret", "wrong")
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(forged.status(), 401);
+    let missing = http.post(&url).json(&json!({})).send().await.expect("post");
+    assert_eq!(missing.status(), 401);
+    let oversized = http
+        .post(&url)
+        .header("X-Recrubo-Webhook-Secret", WEBHOOK_SECRET)
+        .header("content-type", "application/json")
+        .body(vec![b' '; 2 * 1024 * 1024])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(oversized.status(), 413);
+    let invalid = http
+        .post(&url)
+        .header("X-Recrubo-Webhook-Secret", WEBHOOK_SECRET)
+        .body("{not json")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(invalid.status(), 400);
+    assert!(
+        invalid
+            .text()
+            .await
+            .unwrap_or_default()
+            .contains("not valid JSON")
+    );
+    let unknown_shape = http
+        .post(&url)
+        .header("X-Recrubo-Webhook-Secret", WEBHOOK_SECRET)
+        .json(&json!({"hello": "world"}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(unknown_shape.status(), 422);
+    assert!(
+        unknown_shape
+            .text()
+            .await
+            .unwrap_or_default()
+            .contains("WebhookPayload")
+    );
+    let no_token = http
+        .post(world.daemon.public_url("/events/application.created"))
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(no_token.status(), 401);
+    let bad_event = http
+        .post(world.daemon.public_url("/events/application.created"))
+        .bearer_auth(EVENT_TOKEN)
+        .body("{")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(bad_event.status(), 400);
+
+    // A valid event after all that is processed.
+    post_event(
+        &world.daemon,
+        "application.created",
+        json!({"name": "Ana", "thread": "thread-9", "candidate": "c", "vacancy": {"open": true}}),
+    )
+    .await;
+    eventually(WAIT, "the valid event starts its run", || async {
+        runs_on_thread(&world.client, "thread-9")
+            .await
+            .into_iter()
+            .next()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_step_that_always_fails_ends_in_the_dead_letters_and_continue_on_error_goes_on() {
+    let rules = r#"
+rules:
+  - name: failing
+    on: { event: ping }
+    do:
+      - http: { method: POST, url: "http://127.0.0.1:9/unreachable", body: { a: 1 } }
+        retry: { attempts: 3, backoff: 10ms }
+        continue_on_error: true
+      - notify: { url: SINK_URL, body: { text: "after the failure" } }
+"#;
+    let world = world(rules, &[]).await;
+    post_event(&world.daemon, "ping", json!({})).await;
+    let delivered = eventually(WAIT, "the step after the failing one runs", || async {
+        world.sink.received().into_iter().next()
+    })
+    .await;
+    assert_eq!(delivered.body, json!({"text": "after the failure"}));
+    let dead: Value = reqwest::get(world.daemon.admin_url("/api/v1/dead-letters"))
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    let letters = dead["dead_letters"].as_array().expect("list");
+    assert_eq!(letters.len(), 1, "{dead}");
+    assert_eq!(letters[0]["rule"], "failing");
+    assert_eq!(letters[0]["kind"], "http");
+    let executions: Value = reqwest::get(world.daemon.admin_url("/api/v1/executions?rule=failing"))
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    let execution = &executions["executions"][0];
+    assert_eq!(execution["status"], "succeeded");
+    let detail: Value = reqwest::get(world.daemon.admin_url(&format!(
+        "/api/v1/executions/{}",
+        execution["id"].as_str().unwrap_or_default()
+    )))
+    .await
+    .expect("get")
+    .json()
+    .await
+    .expect("json");
+    assert_eq!(detail["steps"][0]["status"], "failed");
+    assert_eq!(detail["steps"][0]["attempts"], 3);
+    assert_eq!(detail["steps"][1]["status"], "succeeded");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_generation_chain_uses_the_analysis_and_the_new_flow() {
+    let rules = r#"
+rules:
+  - name: vacancy
+    on: { event: vacancy.published }
+    do:
+      - id: analysis
+        analyze_vacancy: { text: "{{event.data.text}}" }
+      - id: generation
+        generate_flow: { from_analysis: analysis, context: { text: "{{event.data.text}}" } }
+        on_status:
+          finished:
+            - notify: { url: SINK_URL, body: { flow: "{{generation.flowId}}", knockouts: "{{steps.generation.parameters.knockoutRequirements}}" } }
+"#;
+    let world = world(rules, &[]).await;
+    post_event(
+        &world.daemon,
+        "vacancy.published",
+        json!({"text": "- 3 years of experience with Java\n- A team player"}),
+    )
+    .await;
+    let generation = eventually(WAIT, "the generation is created", || async {
+        world
+            .client
+            .list_flow_generations(&ListQuery::new())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .next()
+    })
+    .await;
+    assert_eq!(
+        generation.attributes["parameters"]["knockoutRequirements"],
+        json!([{"value": "3 years of experience with Java."}])
+    );
+    for status in ["processing", "finished"] {
+        reqwest::Client::new()
+            .post(
+                world
+                    .sim
+                    .url(&format!("/_sim/flow-generations/{}/status", generation.id)),
+            )
+            .json(&json!({"status": status}))
+            .send()
+            .await
+            .expect("drive");
+    }
+    let notification = eventually(WAIT, "the notification with the new flow id", || async {
+        world.sink.received().into_iter().next()
+    })
+    .await;
+    let flow_id = world
+        .client
+        .get_flow_generation(&generation.id)
+        .await
+        .expect("generation")
+        .flow_id()
+        .map(str::to_owned);
+    assert_eq!(notification.body["flow"].as_str(), flow_id.as_deref());
+    assert_eq!(
+        notification.body["knockouts"],
+        json!([{"value": "3 years of experience with Java."}])
+    );
+}
