@@ -380,7 +380,6 @@ async fn status_change(
     {
         executions.insert(0, handler);
     }
-    }
     let terminal = if is_run {
         FlowRunStatus::parse(&status).is_terminal()
     } else {
