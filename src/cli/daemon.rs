@@ -218,6 +218,9 @@ async fn serve(
         secrets: Arc::new(secrets),
         settings: EngineSettings {
             reconcile_after,
+            // Look for stale runs often enough that one is polled soon after it goes stale.
+            reconcile_every: (reconcile_after / 4)
+                .clamp(Duration::from_millis(200), Duration::from_secs(30)),
             ..EngineSettings::default()
         },
         events_waiting: Arc::new(Notify::new()),

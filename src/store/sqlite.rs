@@ -72,6 +72,11 @@ impl SqliteStore {
             .run(&pool)
             .await
             .map_err(|err| StoreError::Database(format!("migrations failed: {err}")))?;
+        // A SQLite file has one flowd process: leases left by a previous process that died are
+        // void, so its work resumes at once instead of when the leases expire.
+        sqlx::query("UPDATE executions SET lease_until = NULL WHERE lease_until IS NOT NULL")
+            .execute(&pool)
+            .await?;
         Ok(SqliteStore { pool })
     }
 }

@@ -411,3 +411,305 @@ rules:
         json!([{"value": "3 years of experience with Java."}])
     );
 }
+
+const FOLLOW_RULES: &str = r#"
+rules:
+  - name: screen
+    on: { event: application.created }
+    do:
+      - id: screening
+        start_flow_run: { flow: f, message_thread: "{{event.data.thread}}" }
+        retry: { attempts: 20, backoff: 20ms, max_backoff: 500ms }
+        on_status:
+          finished:
+            - notify: { url: SINK_URL, body: { run: "{{run.id}}", thread: "{{run.messageThreadId}}" } }
+              retry: { attempts: 20, backoff: 20ms, max_backoff: 500ms }
+"#;
+
+async fn wait_for_runs(
+    client: &RecruboClient,
+    count: usize,
+) -> Vec<flowd::recrubo::jsonapi::Resource> {
+    eventually(
+        Duration::from_secs(60),
+        &format!("{count} runs exist"),
+        || async {
+            let runs: Vec<_> = futures_util::TryStreamExt::try_collect(
+                client.list_all("flow-runs", ListQuery::new().page_size(200)),
+            )
+            .await
+            .ok()?;
+            (runs.len() >= count).then_some(runs)
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn api_faults_slow_things_down_but_every_step_completes_once() {
+    let world = world(FOLLOW_RULES, &[]).await;
+    crate::recrubo_client::set_faults(
+        &world.sim,
+        json!({"error_rate": 0.3, "throttle_rate": 0.1, "retry_after_seconds": 1}),
+    )
+    .await;
+    for index in 0..20 {
+        post_event(
+            &world.daemon,
+            "application.created",
+            json!({"id": format!("e{index}"), "thread": format!("t{index}")}),
+        )
+        .await;
+    }
+    let runs = wait_for_runs(&world.client, 20).await;
+    crate::recrubo_client::set_faults(&world.sim, json!({})).await;
+    let mut threads: Vec<String> = runs
+        .iter()
+        .filter_map(|r| r.attributes["messageThreadId"].as_str().map(str::to_owned))
+        .collect();
+    threads.sort();
+    threads.dedup();
+    assert_eq!(threads.len(), 20, "one run per event");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        wait_for_runs(&world.client, 20).await.len(),
+        20,
+        "no run created twice"
+    );
+    let requests = crate::recrubo_client::sim_requests(&world.sim).await;
+    assert!(
+        requests.iter().any(|r| r["fault"] == "503"),
+        "faults were injected"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn duplicated_reordered_and_dropped_webhooks_fire_each_handler_once() {
+    let world = world(FOLLOW_RULES, &[("FLOWD_RECRUBO_RECONCILE_AFTER", "1s")]).await;
+    for index in 0..10 {
+        post_event(
+            &world.daemon,
+            "application.created",
+            json!({"id": format!("e{index}"), "thread": format!("t{index}")}),
+        )
+        .await;
+    }
+    let runs = wait_for_runs(&world.client, 10).await;
+    // Let the daemon record every run before the faults start.
+    eventually(WAIT, "the runs are followed", || async {
+        let body: Value = reqwest::get(world.daemon.admin_url("/api/v1/runs"))
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (body["runs"].as_array()?.len() == 10).then_some(())
+    })
+    .await;
+    crate::recrubo_client::set_faults(
+        &world.sim,
+        json!({"duplicate_rate": 0.5, "reorder_rate": 0.5, "drop_rate": 0.2}),
+    )
+    .await;
+    for run in &runs {
+        drive(&world.sim, &run.id, "running", json!({})).await;
+        drive(&world.sim, &run.id, "finished", json!({})).await;
+    }
+    let received = eventually(Duration::from_secs(30), "ten notifications", || async {
+        let received = world.sink.received();
+        (received.len() >= 10).then_some(received)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let received = world.sink.received().len().max(received.len());
+    assert_eq!(received, 10, "each finished handler fired exactly once");
+    let mut notified: Vec<String> = world
+        .sink
+        .received()
+        .iter()
+        .filter_map(|r| r.body["run"].as_str().map(str::to_owned))
+        .collect();
+    notified.sort();
+    notified.dedup();
+    assert_eq!(notified.len(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edited_handler_fires_and_a_removed_rule_orphans_its_runs() {
+    let world = world(FOLLOW_RULES, &[]).await;
+    post_event(
+        &world.daemon,
+        "application.created",
+        json!({"id": "a", "thread": "ta"}),
+    )
+    .await;
+    post_event(
+        &world.daemon,
+        "application.created",
+        json!({"id": "b", "thread": "tb"}),
+    )
+    .await;
+    let runs = wait_for_runs(&world.client, 2).await;
+    eventually(WAIT, "both runs are followed", || async {
+        let body: Value = reqwest::get(world.daemon.admin_url("/api/v1/runs"))
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (body["runs"].as_array()?.len() == 2).then_some(())
+    })
+    .await;
+    // Edit the handler: it now says "edited".
+    let edited = FOLLOW_RULES
+        .replace(
+            "body: { run: \"{{run.id}}\", thread: \"{{run.messageThreadId}}\" }",
+            "body: { edited: \"{{run.id}}\" }",
+        )
+        .replace("SINK_URL", &world.sink.url());
+    std::fs::write(world._rules.path().join("rules.yaml"), edited).expect("edit");
+    let reload = reqwest::Client::new()
+        .post(world.daemon.admin_url("/api/v1/reload"))
+        .send()
+        .await
+        .expect("reload");
+    assert_eq!(reload.status(), 200);
+    let first = runs
+        .iter()
+        .find(|r| r.attributes["messageThreadId"] == "ta")
+        .expect("run a");
+    drive(&world.sim, &first.id, "finished", json!({})).await;
+    let notification = eventually(WAIT, "the edited handler fires", || async {
+        world.sink.received().into_iter().next()
+    })
+    .await;
+    assert_eq!(notification.body, json!({"edited": first.id}));
+
+    // Remove the rule: the other run's change is recorded as orphaned, nothing runs.
+    std::fs::write(
+        world._rules.path().join("rules.yaml"),
+        "rules:\n  - name: other\n    on: { event: x }\n    do: [ { log: x } ]\n",
+    )
+    .expect("remove");
+    reqwest::Client::new()
+        .post(world.daemon.admin_url("/api/v1/reload"))
+        .send()
+        .await
+        .expect("reload");
+    let second = runs
+        .iter()
+        .find(|r| r.attributes["messageThreadId"] == "tb")
+        .expect("run b");
+    drive(&world.sim, &second.id, "finished", json!({})).await;
+    let orphaned = eventually(WAIT, "an orphaned execution is recorded", || async {
+        let body: Value = reqwest::get(world.daemon.admin_url("/api/v1/executions?rule=screen"))
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        body["executions"]
+            .as_array()?
+            .iter()
+            .find(|e| e["status"] == "orphaned")
+            .cloned()
+    })
+    .await;
+    assert!(
+        orphaned["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no longer in the rule set"),
+        "{orphaned}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(world.sink.received().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_daemon_loses_no_accepted_event_and_creates_no_run_twice() {
+    let mut world = world(FOLLOW_RULES, &[]).await;
+    let url = world.daemon.public_url("/events/application.created");
+    let http = reqwest::Client::new();
+    let accepted = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut senders = Vec::new();
+    for worker in 0..8 {
+        let http = http.clone();
+        let url = url.clone();
+        let accepted = accepted.clone();
+        senders.push(tokio::spawn(async move {
+            for index in 0..125 {
+                let thread = format!("w{worker}-{index}");
+                let response = http
+                    .post(&url)
+                    .bearer_auth(EVENT_TOKEN)
+                    .json(&json!({"id": thread, "thread": thread}))
+                    .send()
+                    .await;
+                match response {
+                    Ok(response) if response.status().is_success() => {
+                        accepted.lock().expect("lock").push(thread)
+                    }
+                    _ => return,
+                }
+            }
+        }));
+    }
+    // Kill the daemon in the middle of the burst.
+    eventually(WAIT, "a third of the burst is accepted", || async {
+        (accepted.lock().expect("lock").len() >= 300).then_some(())
+    })
+    .await;
+    let state = std::mem::replace(&mut world.daemon, placeholder_daemon()).kill();
+    for sender in senders {
+        let _ = sender.await;
+    }
+    let accepted: Vec<String> = accepted.lock().expect("lock").clone();
+    assert!(
+        accepted.len() >= 300 && accepted.len() < 1000,
+        "{} accepted",
+        accepted.len()
+    );
+
+    // Restart on the same database: everything accepted is processed, nothing twice.
+    let database = format!("sqlite://{}", state.path().join("flowd.db").display());
+    let base_url = world.sim.base_url();
+    let env = [
+        ("FLOWD_RECRUBO_BASE_URL", base_url.as_str()),
+        ("RECRUBO_API_TOKEN", "t"),
+        ("RECRUBO_WEBHOOK_SECRET", WEBHOOK_SECRET),
+        ("FLOWD_EVENTS_TOKENS", EVENT_TOKEN),
+        ("FLOWD_RECRUBO_RATE_LIMIT", "0"),
+    ];
+    world.daemon = Daemon::start_with_database(world._rules.path(), &env, &database, state);
+    let runs = wait_for_runs(&world.client, accepted.len()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let runs = wait_for_runs(&world.client, runs.len()).await;
+    let mut threads: Vec<String> = runs
+        .iter()
+        .filter_map(|r| r.attributes["messageThreadId"].as_str().map(str::to_owned))
+        .collect();
+    let total = threads.len();
+    threads.sort();
+    threads.dedup();
+    assert_eq!(threads.len(), total, "a thread got two runs");
+    for thread in &accepted {
+        assert!(
+            threads.binary_search(thread).is_ok(),
+            "accepted event {thread} was lost"
+        );
+    }
+}
+
+/// A stand-in to move the real daemon out of a `World`.
+fn placeholder_daemon() -> Daemon {
+    let rules = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        rules.path().join("r.yaml"),
+        "rules:\n  - name: p\n    on: { event: x }\n    do: [ { log: x } ]\n",
+    )
+    .expect("write");
+    let daemon = Daemon::start(rules.path(), &[]);
+    std::mem::forget(rules);
+    daemon
+}

@@ -104,6 +104,14 @@ impl Daemon {
         format!("http://{}{path}", self.public)
     }
 
+    /// Kills the daemon with SIGKILL (no shutdown at all) and hands back its state folder.
+    pub fn kill(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let placeholder = tempfile::tempdir().expect("temp dir");
+        std::mem::replace(&mut self._state, placeholder)
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill")
