@@ -41,6 +41,7 @@ pub async fn run(engine: Engine, shutdown: CancellationToken) {
         match engine.store.unprocessed_events(500).await {
             Ok(events) => {
                 let mut created = false;
+                let mut batch: Vec<(i64, EventOutcome)> = Vec::new();
                 for event in events {
                     if held_back
                         .get(&event.id)
@@ -52,9 +53,16 @@ pub async fn run(engine: Engine, shutdown: CancellationToken) {
                         Ok(Some(outcome)) => {
                             held_back.remove(&event.id);
                             created |= !outcome.executions.is_empty();
-                            if let Err(err) = engine.store.complete_event(event.id, &outcome).await
+                            batch.push((event.id, outcome));
+                            // A status change must be stored before the next one is judged
+                            // (older deliveries, fire once): it closes the batch.
+                            let closes_batch = matches!(
+                                event.source,
+                                EventSource::Recrubo | EventSource::Reconcile
+                            );
+                            if (closes_batch || batch.len() >= 500)
+                                && !flush(&engine, &mut batch).await
                             {
-                                error!(event = event.id, error = %err, "Cannot store the outcome of an event; it will be processed again");
                                 break;
                             }
                         }
@@ -70,6 +78,7 @@ pub async fn run(engine: Engine, shutdown: CancellationToken) {
                         }
                     }
                 }
+                flush(&engine, &mut batch).await;
                 if created {
                     engine.executions_waiting.notify_one();
                 }
@@ -81,6 +90,22 @@ pub async fn run(engine: Engine, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = engine.events_waiting.notified() => {}
             _ = tokio::time::sleep(std::time::Duration::from_millis(idle)) => {}
+        }
+    }
+}
+
+/// Stores a batch of outcomes; false when the store failed (the events stay unprocessed).
+async fn flush(engine: &Engine, batch: &mut Vec<(i64, EventOutcome)>) -> bool {
+    if batch.is_empty() {
+        return true;
+    }
+    let result = engine.store.complete_events(batch).await;
+    batch.clear();
+    match result {
+        Ok(_) => true,
+        Err(err) => {
+            error!(error = %err, "Cannot store the outcome of events; they will be processed again");
+            false
         }
     }
 }

@@ -268,13 +268,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn insert_events(&self, events: &[NewEvent]) -> Result<Vec<InsertOutcome>, StoreError>;
     /// Events not yet processed, oldest first.
     async fn unprocessed_events(&self, limit: i64) -> Result<Vec<StoredEvent>, StoreError>;
-    /// Marks an event processed and stores what it caused, atomically. Returns false when the
-    /// outcome's `fire` pair had fired already (then nothing but "processed" is stored).
-    async fn complete_event(
-        &self,
-        event_id: i64,
-        outcome: &EventOutcome,
-    ) -> Result<bool, StoreError>;
+    /// Marks events processed and stores what they caused, in one transaction. For each event,
+    /// false when its `fire` pair had fired already (then only "processed" is stored for it).
+    async fn complete_events(&self, batch: &[(i64, EventOutcome)])
+    -> Result<Vec<bool>, StoreError>;
     /// Claims due pending executions for `lease`.
     async fn claim_executions(
         &self,

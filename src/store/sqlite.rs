@@ -164,62 +164,67 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn complete_event(
+    async fn complete_events(
         &self,
-        event_id: i64,
-        outcome: &EventOutcome,
-    ) -> Result<bool, StoreError> {
+        batch: &[(i64, EventOutcome)],
+    ) -> Result<Vec<bool>, StoreError> {
         let mut transaction = self.pool.begin().await?;
         let now = time_text(Utc::now());
-        sqlx::query("UPDATE events SET processed_at = ? WHERE id = ?")
-            .bind(&now)
-            .bind(event_id)
-            .execute(&mut *transaction)
-            .await?;
-        if let Some((resource_id, status)) = &outcome.fire {
-            let inserted = sqlx::query("INSERT INTO fired (resource_id, status, fired_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING")
+        let mut fired_now = Vec::with_capacity(batch.len());
+        for (event_id, outcome) in batch {
+            sqlx::query("UPDATE events SET processed_at = ? WHERE id = ?")
+                .bind(&now)
+                .bind(event_id)
+                .execute(&mut *transaction)
+                .await?;
+            if let Some((resource_id, status)) = &outcome.fire {
+                let inserted = sqlx::query(
+                    "INSERT INTO fired (resource_id, status, fired_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                )
                 .bind(resource_id)
                 .bind(status)
                 .bind(&now)
                 .execute(&mut *transaction)
                 .await?;
-            if inserted.rows_affected() == 0 {
-                transaction.commit().await?;
-                return Ok(false);
+                if inserted.rows_affected() == 0 {
+                    fired_now.push(false);
+                    continue;
+                }
             }
-        }
-        if let Some(change) = &outcome.status_change {
-            sqlx::query(
-                "UPDATE followed SET status = ?, remote_updated_at = COALESCE(?, remote_updated_at), changed_at = ?, terminal = ? WHERE resource_id = ?",
-            )
-            .bind(&change.status)
-            .bind(change.remote_updated_at.map(time_text))
-            .bind(&now)
-            .bind(i64::from(change.terminal))
-            .bind(&change.resource_id)
-            .execute(&mut *transaction)
-            .await?;
-        }
-        for execution in &outcome.executions {
-            sqlx::query(
-                "INSERT INTO executions (id, rule, event_id, handler_step, handler_status, status, context, next_step, attempt, next_attempt_at, last_error, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?, ?)",
-            )
-            .bind(&execution.id)
-            .bind(&execution.rule)
-            .bind(execution.event_id)
-            .bind(&execution.handler_step)
-            .bind(&execution.handler_status)
-            .bind(&execution.status)
-            .bind(execution.context.to_string())
-            .bind(&now)
-            .bind(&execution.note)
-            .bind(&now)
-            .bind(&now)
-            .execute(&mut *transaction)
-            .await?;
+            if let Some(change) = &outcome.status_change {
+                sqlx::query(
+                    "UPDATE followed SET status = ?, remote_updated_at = COALESCE(?, remote_updated_at), changed_at = ?, terminal = ? WHERE resource_id = ?",
+                )
+                .bind(&change.status)
+                .bind(change.remote_updated_at.map(time_text))
+                .bind(&now)
+                .bind(i64::from(change.terminal))
+                .bind(&change.resource_id)
+                .execute(&mut *transaction)
+                .await?;
+            }
+            for execution in &outcome.executions {
+                sqlx::query(
+                    "INSERT INTO executions (id, rule, event_id, handler_step, handler_status, status, context, next_step, attempt, next_attempt_at, last_error, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?, ?)",
+                )
+                .bind(&execution.id)
+                .bind(&execution.rule)
+                .bind(execution.event_id)
+                .bind(&execution.handler_step)
+                .bind(&execution.handler_status)
+                .bind(&execution.status)
+                .bind(execution.context.to_string())
+                .bind(&now)
+                .bind(&execution.note)
+                .bind(&now)
+                .bind(&now)
+                .execute(&mut *transaction)
+                .await?;
+            }
+            fired_now.push(true);
         }
         transaction.commit().await?;
-        Ok(true)
+        Ok(fired_now)
     }
 
     async fn claim_executions(

@@ -58,28 +58,33 @@ impl Intake {
     ) -> Intake {
         let (writer, mut receiver) = mpsc::channel::<(NewEvent, Reply)>(16_384);
         tokio::spawn(async move {
-            let mut batch: Vec<(NewEvent, Reply)> = Vec::with_capacity(1024);
-            while let Some(first) = receiver.recv().await {
-                batch.push(first);
-                while batch.len() < 1024 {
+            let mut events: Vec<NewEvent> = Vec::with_capacity(1024);
+            let mut replies: Vec<Reply> = Vec::with_capacity(1024);
+            while let Some((event, reply)) = receiver.recv().await {
+                events.push(event);
+                replies.push(reply);
+                while events.len() < 1024 {
                     match receiver.try_recv() {
-                        Ok(next) => batch.push(next),
+                        Ok((event, reply)) => {
+                            events.push(event);
+                            replies.push(reply);
+                        }
                         Err(_) => break,
                     }
                 }
-                let events: Vec<NewEvent> = batch.iter().map(|(event, _)| event.clone()).collect();
                 let result: Result<Vec<InsertOutcome>, StoreError> =
                     store.insert_events(&events).await;
+                events.clear();
                 match result {
                     Ok(outcomes) => {
-                        for ((_, reply), outcome) in batch.drain(..).zip(outcomes) {
+                        for (reply, outcome) in replies.drain(..).zip(outcomes) {
                             let _ = reply.send(Ok(outcome));
                         }
                         wake.notify_one();
                     }
                     Err(err) => {
-                        error!(error = %err, events = batch.len(), "Cannot store events; answering 503");
-                        for (_, reply) in batch.drain(..) {
+                        error!(error = %err, events = replies.len(), "Cannot store events; answering 503");
+                        for reply in replies.drain(..) {
                             let _ = reply.send(Err(err.to_string()));
                         }
                     }
