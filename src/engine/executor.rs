@@ -8,7 +8,8 @@
 //! without an answer (timeout, crash mid-request) and that creates a FlowRun is first checked
 //! with a list query, and the run found is adopted instead of creating a second one.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -29,6 +30,7 @@ use crate::store::{EventSource, Execution, FollowedRun, NewEvent, StepRecord, St
 /// Runs until `shutdown`, then waits up to `drain` for executions in flight.
 pub async fn run(engine: Engine, shutdown: CancellationToken, drain: Duration) {
     let permits = Arc::new(Semaphore::new(engine.settings.max_steps_in_flight.max(1)));
+    let in_flight = Arc::new(Mutex::new(HashMap::<String, u32>::new()));
     loop {
         let free = permits.available_permits();
         if free > 0 {
@@ -38,16 +40,30 @@ pub async fn run(engine: Engine, shutdown: CancellationToken, drain: Duration) {
                 .await
             {
                 Ok(claimed) => {
-                    for execution in claimed {
+                    let set = engine.reloader.current();
+                    for mut execution in claimed {
+                        // Per-rule `concurrency`: over the limit, the execution waits its turn.
+                        let limit = set.get(&execution.rule).and_then(|rule| rule.concurrency);
+                        if !try_enter(&in_flight, &execution.rule, limit) {
+                            execution.next_attempt_at =
+                                Utc::now() + chrono::Duration::milliseconds(100);
+                            if let Err(err) = engine.store.save_execution(&execution).await {
+                                error!(execution = %execution.id, error = %err, "Cannot postpone an execution");
+                            }
+                            continue;
+                        }
                         let Ok(permit) = permits.clone().acquire_owned().await else {
                             break;
                         };
                         let engine = engine.clone();
+                        let in_flight = in_flight.clone();
                         tokio::spawn(async move {
                             let id = execution.id.clone();
+                            let rule = execution.rule.clone();
                             if let Err(err) = run_execution(&engine, execution).await {
                                 error!(execution = %id, error = %err, "Cannot store an execution's progress; it resumes when its lease expires");
                             }
+                            leave(&in_flight, &rule);
                             drop(permit);
                         });
                     }
@@ -64,6 +80,26 @@ pub async fn run(engine: Engine, shutdown: CancellationToken, drain: Duration) {
     // Let steps in flight finish; what does not finish in time resumes after the restart.
     let total = engine.settings.max_steps_in_flight.max(1) as u32;
     let _ = tokio::time::timeout(drain, permits.acquire_many(total)).await;
+}
+
+fn try_enter(in_flight: &Mutex<HashMap<String, u32>>, rule: &str, limit: Option<u32>) -> bool {
+    let mut counts = in_flight.lock().unwrap_or_else(|p| p.into_inner());
+    let count = counts.entry(rule.to_owned()).or_insert(0);
+    if limit.is_some_and(|limit| *count >= limit) {
+        return false;
+    }
+    *count += 1;
+    true
+}
+
+fn leave(in_flight: &Mutex<HashMap<String, u32>>, rule: &str) {
+    let mut counts = in_flight.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(count) = counts.get_mut(rule) {
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            counts.remove(rule);
+        }
+    }
 }
 
 /// The delay before attempt `attempt + 1`.
@@ -163,10 +199,19 @@ async fn run_execution(engine: &Engine, mut execution: Execution) -> Result<(), 
         };
         record.input = Some(redact(&input, &engine.secret_values()));
         let in_doubt = execution.step_started_at;
-        engine
-            .store
-            .begin_step(&execution.id, now, engine.settings.lease)
-            .await?;
+        // Creates leave a trace before they are sent: after a crash, the next attempt checks
+        // whether the create went through. Other steps are simply run again (at least once).
+        if matches!(
+            step.kind,
+            StepKind::StartFlowRun { .. }
+                | StepKind::GenerateFlow { .. }
+                | StepKind::AnalyzeVacancy { .. }
+        ) {
+            engine
+                .store
+                .begin_step(&execution.id, now, engine.settings.lease)
+                .await?;
+        }
         execution.attempt += 1;
         record.attempts = execution.attempt;
         let result = match adopt_existing(engine, step, &input, in_doubt).await {
@@ -187,16 +232,22 @@ async fn run_execution(engine: &Engine, mut execution: Execution) -> Result<(), 
                 {
                     steps.insert(id.clone(), output.clone());
                 }
-                follow(engine, &execution, step, &key, &output).await?;
+                let followed = followed_run(&execution, step, &key, &output);
                 record.status = "succeeded".to_owned();
                 record.output = Some(redact(&output, &engine.secret_values()));
                 record.finished_at = Some(Utc::now());
-                engine.store.record_step(&record).await?;
                 execution.next_step += 1;
                 execution.attempt = 0;
                 execution.step_started_at = None;
                 execution.last_error = None;
-                engine.store.save_execution(&execution).await?;
+                // The step's record, the progress and the followed run: one transaction.
+                engine
+                    .store
+                    .finish_step(&record, &execution, followed.as_ref())
+                    .await?;
+                if let Some(followed) = &followed {
+                    info!(rule = %execution.rule, resource = %followed.resource_id, kind = %followed.resource_type, "Following");
+                }
             }
             Err(failure) => {
                 match fail_step(engine, &mut execution, step, &mut record, failure).await? {
@@ -345,43 +396,34 @@ async fn adopt_existing(
     }
 }
 
-/// Records a created run or generation as followed.
-async fn follow(
-    engine: &Engine,
+/// The followed run a create step's output describes, if it is one.
+fn followed_run(
     execution: &Execution,
     step: &Step,
     key: &str,
     output: &Value,
-) -> Result<(), StoreError> {
+) -> Option<FollowedRun> {
     let resource_type = match step.kind {
         StepKind::StartFlowRun { .. } => "flowRuns",
         StepKind::GenerateFlow { .. } => "flowGenerations",
-        _ => return Ok(()),
+        _ => return None,
     };
-    let Some(id) = output["id"].as_str() else {
-        return Ok(());
-    };
-    let now = Utc::now();
-    engine
-        .store
-        .follow(&FollowedRun {
-            resource_id: id.to_owned(),
-            resource_type: resource_type.to_owned(),
-            rule: execution.rule.clone(),
-            step_id: Some(key.to_owned()),
-            execution_id: execution.id.clone(),
-            context: execution.context.clone(),
-            status: output["status"].as_str().unwrap_or("queued").to_owned(),
-            remote_updated_at: output["updatedAt"]
-                .as_str()
-                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-                .map(|t| t.with_timezone(&Utc)),
-            changed_at: now,
-            terminal: false,
-        })
-        .await?;
-    info!(rule = %execution.rule, resource = %id, kind = resource_type, "Following");
-    Ok(())
+    let id = output["id"].as_str()?;
+    Some(FollowedRun {
+        resource_id: id.to_owned(),
+        resource_type: resource_type.to_owned(),
+        rule: execution.rule.clone(),
+        step_id: Some(key.to_owned()),
+        execution_id: execution.id.clone(),
+        context: execution.context.clone(),
+        status: output["status"].as_str().unwrap_or("queued").to_owned(),
+        remote_updated_at: output["updatedAt"]
+            .as_str()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc)),
+        changed_at: Utc::now(),
+        terminal: false,
+    })
 }
 
 #[cfg(test)]

@@ -288,6 +288,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<(), StoreError>;
     /// Saves progress: context, next step, attempt, status, due time, error; releases the lease.
     async fn save_execution(&self, execution: &Execution) -> Result<(), StoreError>;
+    /// Records a step attempt, saves the execution's progress and (for a create) starts
+    /// following what it created — one transaction, one fsync.
+    async fn finish_step(
+        &self,
+        record: &StepRecord,
+        execution: &Execution,
+        followed: Option<&FollowedRun>,
+    ) -> Result<(), StoreError>;
     /// Records a step attempt.
     async fn record_step(&self, record: &StepRecord) -> Result<(), StoreError>;
     /// Starts following a run or generation.

@@ -13,7 +13,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, Row, SqlSafeStr, SqlitePool};
+use sqlx::{AssertSqlSafe, Row, SqlSafeStr, SqliteConnection, SqlitePool};
 
 use super::{
     DeadLetter, EventOutcome, EventSource, Execution, FollowedRun, InsertOutcome, NewEvent,
@@ -113,6 +113,66 @@ fn followed_from_row(row: &SqliteRow) -> Result<FollowedRun, StoreError> {
         changed_at: parse_time(&row.try_get::<String, _>("changed_at")?)?,
         terminal: row.try_get::<i64, _>("terminal")? != 0,
     })
+}
+
+async fn update_execution(
+    connection: &mut SqliteConnection,
+    execution: &Execution,
+) -> Result<(), StoreError> {
+    sqlx::query(
+            "UPDATE executions SET status = ?, context = ?, next_step = ?, attempt = ?, next_attempt_at = ?, step_started_at = ?, last_error = ?, lease_until = NULL, updated_at = ? WHERE id = ?",
+        )
+        .bind(&execution.status)
+        .bind(execution.context.to_string())
+        .bind(execution.next_step)
+        .bind(execution.attempt)
+        .bind(time_text(execution.next_attempt_at))
+        .bind(execution.step_started_at.map(time_text))
+        .bind(&execution.last_error)
+        .bind(time_text(Utc::now()))
+        .bind(&execution.id).execute(&mut *connection).await?;
+    Ok(())
+}
+
+async fn insert_step(
+    connection: &mut SqliteConnection,
+    record: &StepRecord,
+) -> Result<(), StoreError> {
+    sqlx::query(
+            "INSERT INTO step_runs (execution_id, step_index, step_id, kind, status, attempts, input, output, error, started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (execution_id, step_index) DO UPDATE SET status = excluded.status, attempts = excluded.attempts, input = excluded.input, output = excluded.output, error = excluded.error, finished_at = excluded.finished_at",
+        )
+        .bind(&record.execution_id)
+        .bind(record.step_index)
+        .bind(&record.step_id)
+        .bind(&record.kind)
+        .bind(&record.status)
+        .bind(record.attempts)
+        .bind(record.input.as_ref().map(Value::to_string))
+        .bind(record.output.as_ref().map(Value::to_string))
+        .bind(&record.error)
+        .bind(time_text(record.started_at))
+        .bind(record.finished_at.map(time_text)).execute(&mut *connection).await?;
+    Ok(())
+}
+
+async fn insert_followed(
+    connection: &mut SqliteConnection,
+    followed: &FollowedRun,
+) -> Result<(), StoreError> {
+    sqlx::query(
+            "INSERT INTO followed (resource_id, resource_type, rule, step_id, execution_id, context, status, remote_updated_at, changed_at, terminal) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (resource_id) DO NOTHING",
+        )
+        .bind(&followed.resource_id)
+        .bind(&followed.resource_type)
+        .bind(&followed.rule)
+        .bind(&followed.step_id)
+        .bind(&followed.execution_id)
+        .bind(followed.context.to_string())
+        .bind(&followed.status)
+        .bind(followed.remote_updated_at.map(time_text))
+        .bind(time_text(followed.changed_at))
+        .bind(i64::from(followed.terminal)).execute(&mut *connection).await?;
+    Ok(())
 }
 
 const EXECUTION_COLUMNS: &str = "id, rule, event_id, handler_step, handler_status, status, context, next_step, attempt, next_attempt_at, step_started_at, last_error, created_at, updated_at";
@@ -268,59 +328,33 @@ impl Store for SqliteStore {
     }
 
     async fn save_execution(&self, execution: &Execution) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE executions SET status = ?, context = ?, next_step = ?, attempt = ?, next_attempt_at = ?, step_started_at = ?, last_error = ?, lease_until = NULL, updated_at = ? WHERE id = ?",
-        )
-        .bind(&execution.status)
-        .bind(execution.context.to_string())
-        .bind(execution.next_step)
-        .bind(execution.attempt)
-        .bind(time_text(execution.next_attempt_at))
-        .bind(execution.step_started_at.map(time_text))
-        .bind(&execution.last_error)
-        .bind(time_text(Utc::now()))
-        .bind(&execution.id)
-        .execute(&self.pool)
-        .await?;
+        update_execution(&mut *self.pool.acquire().await?, execution).await?;
+        Ok(())
+    }
+
+    async fn finish_step(
+        &self,
+        record: &StepRecord,
+        execution: &Execution,
+        followed: Option<&FollowedRun>,
+    ) -> Result<(), StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        insert_step(&mut transaction, record).await?;
+        update_execution(&mut transaction, execution).await?;
+        if let Some(followed) = followed {
+            insert_followed(&mut transaction, followed).await?;
+        }
+        transaction.commit().await?;
         Ok(())
     }
 
     async fn record_step(&self, record: &StepRecord) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO step_runs (execution_id, step_index, step_id, kind, status, attempts, input, output, error, started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (execution_id, step_index) DO UPDATE SET status = excluded.status, attempts = excluded.attempts, input = excluded.input, output = excluded.output, error = excluded.error, finished_at = excluded.finished_at",
-        )
-        .bind(&record.execution_id)
-        .bind(record.step_index)
-        .bind(&record.step_id)
-        .bind(&record.kind)
-        .bind(&record.status)
-        .bind(record.attempts)
-        .bind(record.input.as_ref().map(Value::to_string))
-        .bind(record.output.as_ref().map(Value::to_string))
-        .bind(&record.error)
-        .bind(time_text(record.started_at))
-        .bind(record.finished_at.map(time_text))
-        .execute(&self.pool)
-        .await?;
+        insert_step(&mut *self.pool.acquire().await?, record).await?;
         Ok(())
     }
 
     async fn follow(&self, followed: &FollowedRun) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO followed (resource_id, resource_type, rule, step_id, execution_id, context, status, remote_updated_at, changed_at, terminal) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (resource_id) DO NOTHING",
-        )
-        .bind(&followed.resource_id)
-        .bind(&followed.resource_type)
-        .bind(&followed.rule)
-        .bind(&followed.step_id)
-        .bind(&followed.execution_id)
-        .bind(followed.context.to_string())
-        .bind(&followed.status)
-        .bind(followed.remote_updated_at.map(time_text))
-        .bind(time_text(followed.changed_at))
-        .bind(i64::from(followed.terminal))
-        .execute(&self.pool)
-        .await?;
+        insert_followed(&mut *self.pool.acquire().await?, followed).await?;
         Ok(())
     }
 
