@@ -250,7 +250,7 @@ pub struct DeadLetter {
 }
 
 /// The outcome of processing one event: what to store atomically with "processed".
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct EventOutcome {
     /// Executions to create.
     pub executions: Vec<NewExecution>,

@@ -13,7 +13,8 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, Row, SqlSafeStr, SqliteConnection, SqlitePool};
+use sqlx::{AssertSqlSafe, Connection, Row, SqlSafeStr, SqliteConnection, SqlitePool};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{
     DeadLetter, EventOutcome, EventSource, Execution, FollowedRun, InsertOutcome, NewEvent,
@@ -21,9 +22,12 @@ use super::{
 };
 
 /// The SQLite store.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SqliteStore {
+    /// Reads (WAL: readers never wait for the writer).
     pool: SqlitePool,
+    /// Every write goes to the writer task.
+    writer: mpsc::Sender<WriteJob>,
 }
 
 fn time_text(time: DateTime<Utc>) -> String {
@@ -65,8 +69,8 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options)
+            .max_connections(4)
+            .connect_with(options.clone())
             .await?;
         migrator()
             .run(&pool)
@@ -77,7 +81,30 @@ impl SqliteStore {
         sqlx::query("UPDATE executions SET lease_until = NULL WHERE lease_until IS NOT NULL")
             .execute(&pool)
             .await?;
-        Ok(SqliteStore { pool })
+        let connection = SqliteConnection::connect_with(&options).await?;
+        let (writer_queue, jobs) = mpsc::channel(4096);
+        tokio::spawn(writer(connection, jobs));
+        Ok(SqliteStore {
+            pool,
+            writer: writer_queue,
+        })
+    }
+
+    async fn write(&self, op: WriteOp) -> Result<WriteResult, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(WriteJob { op, reply })
+            .await
+            .map_err(|_| StoreError::Database("the database writer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Database("the database writer has stopped".into()))?
+    }
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
     }
 }
 
@@ -175,33 +202,278 @@ async fn insert_followed(
     Ok(())
 }
 
+/// A write, applied by the writer task inside a shared transaction.
+enum WriteOp {
+    InsertEvents(Vec<NewEvent>),
+    CompleteEvents(Vec<(i64, EventOutcome)>),
+    Claim {
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: i64,
+    },
+    BeginStep {
+        execution_id: String,
+        now: DateTime<Utc>,
+        lease: Duration,
+    },
+    SaveExecution(Box<Execution>),
+    FinishStep(Box<(StepRecord, Execution, Option<FollowedRun>)>),
+    RecordStep(Box<StepRecord>),
+    Follow(Box<FollowedRun>),
+    Touch {
+        resource_id: String,
+        now: DateTime<Utc>,
+    },
+    DeadLetter {
+        execution: Box<Execution>,
+        kind: String,
+        error: String,
+    },
+}
+
+/// What a write returns.
+enum WriteResult {
+    Done,
+    Inserted(Vec<InsertOutcome>),
+    Completed(Vec<bool>),
+    Claimed(Vec<Execution>),
+}
+
+struct WriteJob {
+    op: WriteOp,
+    reply: oneshot::Sender<Result<WriteResult, StoreError>>,
+}
+
+async fn apply(connection: &mut SqliteConnection, op: &WriteOp) -> Result<WriteResult, StoreError> {
+    match op {
+        WriteOp::InsertEvents(events) => insert_events(connection, events)
+            .await
+            .map(WriteResult::Inserted),
+        WriteOp::CompleteEvents(batch) => complete_events(connection, batch)
+            .await
+            .map(WriteResult::Completed),
+        WriteOp::Claim { now, lease, limit } => claim(connection, *now, *lease, *limit)
+            .await
+            .map(WriteResult::Claimed),
+        WriteOp::BeginStep {
+            execution_id,
+            now,
+            lease,
+        } => {
+            let lease_until =
+                time_text(*now + chrono::Duration::from_std(*lease).unwrap_or_default());
+            sqlx::query("UPDATE executions SET step_started_at = ?, lease_until = ?, updated_at = ? WHERE id = ?")
+                .bind(time_text(*now))
+                .bind(lease_until)
+                .bind(time_text(*now))
+                .bind(execution_id)
+                .execute(&mut *connection)
+                .await?;
+            Ok(WriteResult::Done)
+        }
+        WriteOp::SaveExecution(execution) => update_execution(connection, execution)
+            .await
+            .map(|_| WriteResult::Done),
+        WriteOp::FinishStep(parts) => {
+            let (record, execution, followed) = parts.as_ref();
+            insert_step(connection, record).await?;
+            update_execution(connection, execution).await?;
+            if let Some(followed) = followed {
+                insert_followed(connection, followed).await?;
+            }
+            Ok(WriteResult::Done)
+        }
+        WriteOp::RecordStep(record) => insert_step(connection, record)
+            .await
+            .map(|_| WriteResult::Done),
+        WriteOp::Follow(followed) => insert_followed(connection, followed)
+            .await
+            .map(|_| WriteResult::Done),
+        WriteOp::Touch { resource_id, now } => {
+            sqlx::query("UPDATE followed SET changed_at = ? WHERE resource_id = ?")
+                .bind(time_text(*now))
+                .bind(resource_id)
+                .execute(&mut *connection)
+                .await?;
+            Ok(WriteResult::Done)
+        }
+        WriteOp::DeadLetter {
+            execution,
+            kind,
+            error,
+        } => {
+            sqlx::query("INSERT INTO dead_letters (execution_id, step_index, rule, kind, error, created_at) VALUES (?, ?, ?, ?, ?, ?)")
+                .bind(&execution.id)
+                .bind(execution.next_step)
+                .bind(&execution.rule)
+                .bind(kind)
+                .bind(error)
+                .bind(time_text(Utc::now()))
+                .execute(&mut *connection)
+                .await?;
+            Ok(WriteResult::Done)
+        }
+    }
+}
+
+async fn insert_events(
+    connection: &mut SqliteConnection,
+    events: &[NewEvent],
+) -> Result<Vec<InsertOutcome>, StoreError> {
+    let now = time_text(Utc::now());
+    let mut outcomes = Vec::with_capacity(events.len());
+    for event in events {
+        let result = sqlx::query(
+            "INSERT INTO events (source, event_type, dedup_key, payload, received_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (dedup_key) DO NOTHING",
+        )
+        .bind(event.source.as_str())
+        .bind(&event.event_type)
+        .bind(&event.dedup_key)
+        .bind(event.payload.to_string())
+        .bind(&now)
+        .execute(&mut *connection)
+        .await?;
+        outcomes.push(if result.rows_affected() == 0 {
+            InsertOutcome::Duplicate
+        } else {
+            InsertOutcome::Stored(result.last_insert_rowid())
+        });
+    }
+    Ok(outcomes)
+}
+
+async fn claim(
+    connection: &mut SqliteConnection,
+    now: DateTime<Utc>,
+    lease: Duration,
+    limit: i64,
+) -> Result<Vec<Execution>, StoreError> {
+    let now_text = time_text(now);
+    let lease_until = time_text(now + chrono::Duration::from_std(lease).unwrap_or_default());
+    let sql = format!(
+        "UPDATE executions SET lease_until = ? WHERE id IN (SELECT id FROM executions WHERE status = 'pending' AND next_attempt_at <= ? AND (lease_until IS NULL OR lease_until < ?) ORDER BY next_attempt_at LIMIT ?) RETURNING {EXECUTION_COLUMNS}"
+    );
+    let rows = sqlx::query(AssertSqlSafe(sql))
+        .bind(&lease_until)
+        .bind(&now_text)
+        .bind(&now_text)
+        .bind(limit)
+        .fetch_all(&mut *connection)
+        .await?;
+    rows.iter().map(execution_from_row).collect()
+}
+
+/// The writer: one connection, many writes per transaction. A write that fails is retried on
+/// its own so that it cannot fail the others of its batch.
+async fn writer(mut connection: SqliteConnection, mut jobs: mpsc::Receiver<WriteJob>) {
+    let mut batch: Vec<WriteJob> = Vec::with_capacity(256);
+    while let Some(job) = jobs.recv().await {
+        batch.push(job);
+        while batch.len() < 256 {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        match run_batch(&mut connection, &batch).await {
+            Ok(results) => {
+                for (job, result) in batch.drain(..).zip(results) {
+                    let _ = job.reply.send(Ok(result));
+                }
+            }
+            Err(_) => {
+                for job in batch.drain(..) {
+                    let result = run_batch(&mut connection, std::slice::from_ref(&job)).await;
+                    let _ = job.reply.send(result.map(|mut results| results.remove(0)));
+                }
+            }
+        }
+    }
+}
+
+async fn run_batch(
+    connection: &mut SqliteConnection,
+    batch: &[WriteJob],
+) -> Result<Vec<WriteResult>, StoreError> {
+    let mut transaction = connection.begin().await?;
+    let mut results = Vec::with_capacity(batch.len());
+    for job in batch {
+        results.push(apply(&mut transaction, &job.op).await?);
+    }
+    transaction.commit().await?;
+    Ok(results)
+}
+
+async fn complete_events(
+    connection: &mut SqliteConnection,
+    batch: &[(i64, EventOutcome)],
+) -> Result<Vec<bool>, StoreError> {
+    let now = time_text(Utc::now());
+    let mut fired_now = Vec::with_capacity(batch.len());
+    for (event_id, outcome) in batch {
+        sqlx::query("UPDATE events SET processed_at = ? WHERE id = ?")
+            .bind(&now)
+            .bind(event_id)
+            .execute(&mut *connection)
+            .await?;
+        if let Some((resource_id, status)) = &outcome.fire {
+            let inserted = sqlx::query(
+                "INSERT INTO fired (resource_id, status, fired_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            )
+            .bind(resource_id)
+            .bind(status)
+            .bind(&now)
+            .execute(&mut *connection)
+            .await?;
+            if inserted.rows_affected() == 0 {
+                fired_now.push(false);
+                continue;
+            }
+        }
+        if let Some(change) = &outcome.status_change {
+            sqlx::query(
+                "UPDATE followed SET status = ?, remote_updated_at = COALESCE(?, remote_updated_at), changed_at = ?, terminal = ? WHERE resource_id = ?",
+            )
+            .bind(&change.status)
+            .bind(change.remote_updated_at.map(time_text))
+            .bind(&now)
+            .bind(i64::from(change.terminal))
+            .bind(&change.resource_id)
+            .execute(&mut *connection)
+            .await?;
+        }
+        for execution in &outcome.executions {
+            sqlx::query(
+                "INSERT INTO executions (id, rule, event_id, handler_step, handler_status, status, context, next_step, attempt, next_attempt_at, last_error, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?, ?)",
+            )
+            .bind(&execution.id)
+            .bind(&execution.rule)
+            .bind(execution.event_id)
+            .bind(&execution.handler_step)
+            .bind(&execution.handler_status)
+            .bind(&execution.status)
+            .bind(execution.context.to_string())
+            .bind(&now)
+            .bind(&execution.note)
+            .bind(&now)
+            .bind(&now)
+            .execute(&mut *connection)
+            .await?;
+        }
+        fired_now.push(true);
+    }
+    Ok(fired_now)
+}
+
 const EXECUTION_COLUMNS: &str = "id, rule, event_id, handler_step, handler_status, status, context, next_step, attempt, next_attempt_at, step_started_at, last_error, created_at, updated_at";
 
 #[async_trait]
 impl Store for SqliteStore {
     async fn insert_events(&self, events: &[NewEvent]) -> Result<Vec<InsertOutcome>, StoreError> {
-        let mut transaction = self.pool.begin().await?;
-        let now = time_text(Utc::now());
-        let mut outcomes = Vec::with_capacity(events.len());
-        for event in events {
-            let result = sqlx::query(
-                "INSERT INTO events (source, event_type, dedup_key, payload, received_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (dedup_key) DO NOTHING",
-            )
-            .bind(event.source.as_str())
-            .bind(&event.event_type)
-            .bind(&event.dedup_key)
-            .bind(event.payload.to_string())
-            .bind(&now)
-            .execute(&mut *transaction)
-            .await?;
-            outcomes.push(if result.rows_affected() == 0 {
-                InsertOutcome::Duplicate
-            } else {
-                InsertOutcome::Stored(result.last_insert_rowid())
-            });
+        match self.write(WriteOp::InsertEvents(events.to_vec())).await? {
+            WriteResult::Inserted(outcomes) => Ok(outcomes),
+            _ => Err(StoreError::Database("unexpected writer answer".into())),
         }
-        transaction.commit().await?;
-        Ok(outcomes)
     }
 
     async fn unprocessed_events(&self, limit: i64) -> Result<Vec<StoredEvent>, StoreError> {
@@ -228,63 +500,10 @@ impl Store for SqliteStore {
         &self,
         batch: &[(i64, EventOutcome)],
     ) -> Result<Vec<bool>, StoreError> {
-        let mut transaction = self.pool.begin().await?;
-        let now = time_text(Utc::now());
-        let mut fired_now = Vec::with_capacity(batch.len());
-        for (event_id, outcome) in batch {
-            sqlx::query("UPDATE events SET processed_at = ? WHERE id = ?")
-                .bind(&now)
-                .bind(event_id)
-                .execute(&mut *transaction)
-                .await?;
-            if let Some((resource_id, status)) = &outcome.fire {
-                let inserted = sqlx::query(
-                    "INSERT INTO fired (resource_id, status, fired_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                )
-                .bind(resource_id)
-                .bind(status)
-                .bind(&now)
-                .execute(&mut *transaction)
-                .await?;
-                if inserted.rows_affected() == 0 {
-                    fired_now.push(false);
-                    continue;
-                }
-            }
-            if let Some(change) = &outcome.status_change {
-                sqlx::query(
-                    "UPDATE followed SET status = ?, remote_updated_at = COALESCE(?, remote_updated_at), changed_at = ?, terminal = ? WHERE resource_id = ?",
-                )
-                .bind(&change.status)
-                .bind(change.remote_updated_at.map(time_text))
-                .bind(&now)
-                .bind(i64::from(change.terminal))
-                .bind(&change.resource_id)
-                .execute(&mut *transaction)
-                .await?;
-            }
-            for execution in &outcome.executions {
-                sqlx::query(
-                    "INSERT INTO executions (id, rule, event_id, handler_step, handler_status, status, context, next_step, attempt, next_attempt_at, last_error, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?, ?)",
-                )
-                .bind(&execution.id)
-                .bind(&execution.rule)
-                .bind(execution.event_id)
-                .bind(&execution.handler_step)
-                .bind(&execution.handler_status)
-                .bind(&execution.status)
-                .bind(execution.context.to_string())
-                .bind(&now)
-                .bind(&execution.note)
-                .bind(&now)
-                .bind(&now)
-                .execute(&mut *transaction)
-                .await?;
-            }
-            fired_now.push(true);
+        match self.write(WriteOp::CompleteEvents(batch.to_vec())).await? {
+            WriteResult::Completed(fired) => Ok(fired),
+            _ => Err(StoreError::Database("unexpected writer answer".into())),
         }
-        transaction.commit().await?;
-        Ok(fired_now)
     }
 
     async fn claim_executions(
@@ -293,21 +512,10 @@ impl Store for SqliteStore {
         lease: Duration,
         limit: i64,
     ) -> Result<Vec<Execution>, StoreError> {
-        let now_text = time_text(now);
-        let lease_until = time_text(now + chrono::Duration::from_std(lease).unwrap_or_default());
-        let mut transaction = self.pool.begin().await?;
-        let sql = format!(
-            "UPDATE executions SET lease_until = ? WHERE id IN (SELECT id FROM executions WHERE status = 'pending' AND next_attempt_at <= ? AND (lease_until IS NULL OR lease_until < ?) ORDER BY next_attempt_at LIMIT ?) RETURNING {EXECUTION_COLUMNS}"
-        );
-        let rows = sqlx::query(AssertSqlSafe(sql))
-            .bind(&lease_until)
-            .bind(&now_text)
-            .bind(&now_text)
-            .bind(limit)
-            .fetch_all(&mut *transaction)
-            .await?;
-        transaction.commit().await?;
-        rows.iter().map(execution_from_row).collect()
+        match self.write(WriteOp::Claim { now, lease, limit }).await? {
+            WriteResult::Claimed(executions) => Ok(executions),
+            _ => Err(StoreError::Database("unexpected writer answer".into())),
+        }
     }
 
     async fn begin_step(
@@ -316,20 +524,19 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
         lease: Duration,
     ) -> Result<(), StoreError> {
-        let lease_until = time_text(now + chrono::Duration::from_std(lease).unwrap_or_default());
-        sqlx::query("UPDATE executions SET step_started_at = ?, lease_until = ?, updated_at = ? WHERE id = ?")
-            .bind(time_text(now))
-            .bind(lease_until)
-            .bind(time_text(now))
-            .bind(execution_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        self.write(WriteOp::BeginStep {
+            execution_id: execution_id.to_owned(),
+            now,
+            lease,
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn save_execution(&self, execution: &Execution) -> Result<(), StoreError> {
-        update_execution(&mut *self.pool.acquire().await?, execution).await?;
-        Ok(())
+        self.write(WriteOp::SaveExecution(Box::new(execution.clone())))
+            .await
+            .map(|_| ())
     }
 
     async fn finish_step(
@@ -338,24 +545,25 @@ impl Store for SqliteStore {
         execution: &Execution,
         followed: Option<&FollowedRun>,
     ) -> Result<(), StoreError> {
-        let mut transaction = self.pool.begin().await?;
-        insert_step(&mut transaction, record).await?;
-        update_execution(&mut transaction, execution).await?;
-        if let Some(followed) = followed {
-            insert_followed(&mut transaction, followed).await?;
-        }
-        transaction.commit().await?;
-        Ok(())
+        self.write(WriteOp::FinishStep(Box::new((
+            record.clone(),
+            execution.clone(),
+            followed.cloned(),
+        ))))
+        .await
+        .map(|_| ())
     }
 
     async fn record_step(&self, record: &StepRecord) -> Result<(), StoreError> {
-        insert_step(&mut *self.pool.acquire().await?, record).await?;
-        Ok(())
+        self.write(WriteOp::RecordStep(Box::new(record.clone())))
+            .await
+            .map(|_| ())
     }
 
     async fn follow(&self, followed: &FollowedRun) -> Result<(), StoreError> {
-        insert_followed(&mut *self.pool.acquire().await?, followed).await?;
-        Ok(())
+        self.write(WriteOp::Follow(Box::new(followed.clone())))
+            .await
+            .map(|_| ())
     }
 
     async fn followed(&self, resource_id: &str) -> Result<Option<FollowedRun>, StoreError> {
@@ -384,12 +592,12 @@ impl Store for SqliteStore {
         resource_id: &str,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE followed SET changed_at = ? WHERE resource_id = ?")
-            .bind(time_text(now))
-            .bind(resource_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        self.write(WriteOp::Touch {
+            resource_id: resource_id.to_owned(),
+            now,
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn add_dead_letter(
@@ -398,16 +606,13 @@ impl Store for SqliteStore {
         kind: &str,
         error: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO dead_letters (execution_id, step_index, rule, kind, error, created_at) VALUES (?, ?, ?, ?, ?, ?)")
-            .bind(&execution.id)
-            .bind(execution.next_step)
-            .bind(&execution.rule)
-            .bind(kind)
-            .bind(error)
-            .bind(time_text(Utc::now()))
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        self.write(WriteOp::DeadLetter {
+            execution: Box::new(execution.clone()),
+            kind: kind.to_owned(),
+            error: error.to_owned(),
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetter>, StoreError> {
