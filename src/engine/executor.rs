@@ -65,6 +65,8 @@ pub async fn run(engine: Engine, shutdown: CancellationToken, drain: Duration) {
                             }
                             leave(&in_flight, &rule);
                             drop(permit);
+                            // A free slot: claim more work now rather than at the next tick.
+                            engine.executions_waiting.notify_one();
                         });
                     }
                 }
