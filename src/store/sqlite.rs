@@ -13,7 +13,11 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, Connection, Row, SqlSafeStr, SqliteConnection, SqlitePool};
+use std::collections::HashMap;
+
+use sqlx::{
+    AssertSqlSafe, Connection, QueryBuilder, Row, SqlSafeStr, Sqlite, SqliteConnection, SqlitePool,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
@@ -321,25 +325,43 @@ async fn insert_events(
     events: &[NewEvent],
 ) -> Result<Vec<InsertOutcome>, StoreError> {
     let now = time_text(Utc::now());
-    let mut outcomes = Vec::with_capacity(events.len());
-    for event in events {
-        let result = sqlx::query(
-            "INSERT INTO events (source, event_type, dedup_key, payload, received_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (dedup_key) DO NOTHING",
-        )
-        .bind(event.source.as_str())
-        .bind(&event.event_type)
-        .bind(&event.dedup_key)
-        .bind(event.payload.to_string())
-        .bind(&now)
-        .execute(&mut *connection)
-        .await?;
-        outcomes.push(if result.rows_affected() == 0 {
-            InsertOutcome::Duplicate
-        } else {
-            InsertOutcome::Stored(result.last_insert_rowid())
+    // Every row gets a key (a random one when the event has none), so the rows RETURNING
+    // reports — the ones not absorbed as duplicates — can be matched back to the events.
+    let keys: Vec<String> = events
+        .iter()
+        .map(|event| {
+            event
+                .dedup_key
+                .clone()
+                .unwrap_or_else(|| format!("auto:{}", uuid::Uuid::new_v4()))
+        })
+        .collect();
+    let mut inserted: HashMap<String, i64> = HashMap::with_capacity(events.len());
+    // 5 parameters a row; SQLite allows 32,766 per statement.
+    for (chunk, chunk_keys) in events.chunks(500).zip(keys.chunks(500)) {
+        let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO events (source, event_type, dedup_key, payload, received_at) ",
+        );
+        builder.push_values(chunk.iter().zip(chunk_keys), |mut row, (event, key)| {
+            row.push_bind(event.source.as_str())
+                .push_bind(event.event_type.clone())
+                .push_bind(key.clone())
+                .push_bind(event.payload.to_string())
+                .push_bind(now.clone());
         });
+        builder.push(" ON CONFLICT (dedup_key) DO NOTHING RETURNING id, dedup_key");
+        let rows = builder.build().fetch_all(&mut *connection).await?;
+        for row in rows {
+            inserted.insert(row.try_get("dedup_key")?, row.try_get("id")?);
+        }
     }
-    Ok(outcomes)
+    Ok(keys
+        .iter()
+        .map(|key| match inserted.remove(key) {
+            Some(id) => InsertOutcome::Stored(id),
+            None => InsertOutcome::Duplicate,
+        })
+        .collect())
 }
 
 async fn claim(
@@ -410,12 +432,18 @@ async fn complete_events(
 ) -> Result<Vec<bool>, StoreError> {
     let now = time_text(Utc::now());
     let mut fired_now = Vec::with_capacity(batch.len());
-    for (event_id, outcome) in batch {
-        sqlx::query("UPDATE events SET processed_at = ? WHERE id = ?")
-            .bind(&now)
-            .bind(event_id)
-            .execute(&mut *connection)
-            .await?;
+    for chunk in batch.chunks(500) {
+        let mut builder: QueryBuilder<Sqlite> =
+            QueryBuilder::new("UPDATE events SET processed_at = ");
+        builder.push_bind(now.clone()).push(" WHERE id IN (");
+        let mut ids = builder.separated(", ");
+        for (event_id, _) in chunk {
+            ids.push_bind(*event_id);
+        }
+        builder.push(")");
+        builder.build().execute(&mut *connection).await?;
+    }
+    for (_, outcome) in batch {
         if let Some((resource_id, status)) = &outcome.fire {
             let inserted = sqlx::query(
                 "INSERT INTO fired (resource_id, status, fired_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
