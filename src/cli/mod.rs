@@ -5,6 +5,7 @@ pub mod check;
 pub mod daemon;
 pub mod schema;
 pub mod sim;
+pub mod test;
 pub mod webhooks;
 
 use std::path::PathBuf;
@@ -34,6 +35,8 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Print the JSON Schema of rule files.
     Schema,
+    /// Run the `tests:` of every rule offline; exit 1 on any failure.
+    Test(test::TestArgs),
     /// Run the daemon.
     Run(daemon::RunArgs),
     /// Run the Recrubo simulator.
@@ -57,6 +60,7 @@ pub enum OutputFormat {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check(args) => Ok(check::run(&args)),
+        Command::Test(args) => Ok(test::run(&args)),
         Command::Schema => {
             println!("{}", schema::rule_file_schema_json());
             Ok(ExitCode::SUCCESS)

@@ -3,6 +3,7 @@
 //! executions ([`processor`]), running them with durable retries ([`executor`]), and polling
 //! followed runs whose webhooks went missing ([`reconcile`]).
 
+pub mod dry_run;
 pub mod executor;
 pub mod matcher;
 pub mod processor;

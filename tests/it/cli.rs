@@ -117,3 +117,74 @@ fn check_on_a_missing_folder_says_so() {
     assert_eq!(code, 78);
     assert!(out.contains("cannot read `/definitely/not/here`"), "{out}");
 }
+
+#[test]
+fn every_shipped_rule_file_has_tests_and_they_pass() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let (code, out) = flowd(&[
+        "test",
+        &format!("{root}/rules"),
+        &format!("{root}/examples"),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("test result: ok."), "{out}");
+    for folder in ["rules", "examples"] {
+        let outcome = flowd::rules::load_rule_set(&[format!("{root}/{folder}").into()]);
+        let set = outcome.result.expect("valid");
+        for file in &set.files {
+            assert!(
+                set.rules()
+                    .iter()
+                    .any(|rule| rule.file == *file && !rule.tests.is_empty()),
+                "{} has no tests",
+                file.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_failing_rule_test_exits_1_with_expected_and_actual() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("a.yaml"),
+        r#"rules:
+  - name: greet
+    on: { event: hello }
+    do:
+      - id: run
+        start_flow_run: { flow: f, message_thread: "{{event.data.thread}}" }
+        on_status:
+          finished:
+            - notify: { url: "https://x.example/hook", body: { text: "hi {{event.data.name}}: {{run.state.answer}}" } }
+    tests:
+      - name: wrong name
+        event: { data: { thread: t, name: Ana } }
+        run_updates: [{ status: finished, state: { answer: "yes" } }]
+        expect:
+          steps:
+            - start_flow_run: { flow: f, message_thread: t }
+            - notify: { body: { text: "hi Bo: yes" } }
+      - name: the missing thread is an error
+        event: { data: { name: Ana } }
+        expect: { error: "event.data.thread" }
+"#,
+    )
+    .expect("write");
+    let (code, out) = flowd(&["test", dir.path().to_str().expect("utf-8")]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("test greet::wrong name ... FAILED"), "{out}");
+    assert!(
+        out.contains("test greet::the missing thread is an error ... ok"),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#"expected: notify: {"body":{"text":"hi Bo: yes"}}"#),
+        "{out}"
+    );
+    assert!(out.contains(r#""text":"hi Ana: yes""#), "{out}");
+    assert!(
+        out.contains("test result: FAILED. 1 passed; 1 failed"),
+        "{out}"
+    );
+}

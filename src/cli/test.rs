@@ -1,0 +1,131 @@
+//! `flowd test [PATHS]`: run the `tests:` blocks of every rule offline and report like
+//! `cargo test`: one line per test, the failures with expected against actual, a summary.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use serde_json::{Value, json};
+
+use super::{EXIT_INVALID_CONFIG, default_rule_paths};
+use crate::engine::dry_run::{check, run_test};
+use crate::engine::processor::base_context;
+use crate::rules::load_rule_set;
+use crate::rules::ruleset::{Expectation, Rule, RuleTest};
+use crate::rules::template::TemplateValue;
+
+/// Arguments of `flowd test`.
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Rule files or folders (default: rules/).
+    pub paths: Vec<PathBuf>,
+    /// Run only tests whose `rule::test` name contains this.
+    #[arg(long)]
+    pub filter: Option<String>,
+}
+
+/// Expected steps with their templates rendered against the test's context.
+fn expected_steps(rule: &Rule, test: &RuleTest) -> Result<Vec<(String, Value)>, String> {
+    let Expectation::Steps(steps) = &test.expect else {
+        return Ok(Vec::new());
+    };
+    let mut context = base_context(rule, test.event.clone());
+    let now = test
+        .now
+        .unwrap_or_else(chrono::Utc::now)
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    context.insert("now".into(), json!(now));
+    let context = Value::Object(context);
+    steps
+        .iter()
+        .map(|(kind, fields)| {
+            let template = TemplateValue::from_json(fields)
+                .map_err(|err| format!("expected {kind}: {err}"))?;
+            let rendered = template
+                .render(&context)
+                .map_err(|err| format!("expected {kind}: {err}"))?;
+            Ok((kind.clone(), rendered))
+        })
+        .collect()
+}
+
+/// Runs the tests; exit 0 when all pass, 1 when one fails, 78 when the rules are invalid.
+pub fn run(args: &TestArgs) -> ExitCode {
+    let paths = if args.paths.is_empty() {
+        default_rule_paths()
+    } else {
+        args.paths.clone()
+    };
+    let outcome = load_rule_set(&paths);
+    let set = match &outcome.result {
+        Ok(set) => set,
+        Err(diagnostics) => {
+            println!("{}", outcome.render_diagnostics(diagnostics));
+            println!("error: the rules are invalid; run `flowd check` for details");
+            return ExitCode::from(EXIT_INVALID_CONFIG);
+        }
+    };
+    let mut cases = Vec::new();
+    for rule in set.rules() {
+        for test in &rule.tests {
+            let name = format!("{}::{}", rule.name, test.name);
+            if args
+                .filter
+                .as_ref()
+                .is_none_or(|filter| name.contains(filter.as_str()))
+            {
+                cases.push((rule.clone(), test.clone(), name));
+            }
+        }
+    }
+    println!(
+        "\nrunning {} test{}",
+        cases.len(),
+        if cases.len() == 1 { "" } else { "s" }
+    );
+    let mut failures = Vec::new();
+    for (rule, test, name) in &cases {
+        let verdict = expected_steps(rule, test).and_then(|expected| {
+            let result = run_test(rule, test);
+            check(test, &result, &expected).map_err(|difference| {
+                let mut text = difference;
+                for note in &result.notes {
+                    text.push_str(&format!("  note: {note}\n"));
+                }
+                text
+            })
+        });
+        match verdict {
+            Ok(()) => println!("test {name} ... ok"),
+            Err(difference) => {
+                println!("test {name} ... FAILED");
+                failures.push((
+                    name.clone(),
+                    format!("{}:{}", rule.file.display(), test.at.line),
+                    difference,
+                ));
+            }
+        }
+    }
+    if !failures.is_empty() {
+        println!("\nfailures:\n");
+        for (name, place, difference) in &failures {
+            println!("---- {name} ({place}) ----\n{difference}");
+        }
+        println!("failures:");
+        for (name, _, _) in &failures {
+            println!("    {name}");
+        }
+    }
+    let passed = cases.len() - failures.len();
+    println!(
+        "\ntest result: {}. {passed} passed; {} failed\n",
+        if failures.is_empty() { "ok" } else { "FAILED" },
+        failures.len()
+    );
+    if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
