@@ -252,6 +252,12 @@ async fn serve(
         work_shutdown.clone(),
         Duration::from_secs(20),
     ));
+    let schedule_task = tokio::spawn(crate::triggers::schedule::run(
+        reloader.clone(),
+        store.clone(),
+        engine.events_waiting.clone(),
+        work_shutdown.clone(),
+    ));
     let reconcile_task = tokio::spawn(crate::engine::reconcile::run(
         engine.clone(),
         work_shutdown.clone(),
@@ -326,6 +332,7 @@ async fn serve(
     let _ = processor_task.await;
     let _ = executor_task.await;
     let _ = reconcile_task.await;
+    let _ = schedule_task.await;
     info!("flowd stopped");
     Ok(())
 }

@@ -22,7 +22,7 @@ use super::Engine;
 use super::matcher::{MatchIndex, Starter};
 use crate::recrubo::jsonapi::{Resource, WebhookPayload};
 use crate::recrubo::types::flattened;
-use crate::recrubo::{FlowGenerationStatus, FlowRunStatus};
+use crate::recrubo::{FilterOp, FlowGenerationStatus, FlowRunStatus, ListQuery};
 use crate::rules::ruleset::ForEach;
 use crate::rules::{Rule, RuleSet};
 use crate::store::{
@@ -173,38 +173,165 @@ fn executions_for(
                 }
             }
         }
-        Some(ForEach::List { .. }) => {
-            return vec![note_only(
-                rule,
-                event_id,
-                context,
-                "failed",
-                "for_each list queries run only under schedules (not available for this trigger yet)".to_owned(),
-            )];
-        }
+        Some(ForEach::List { .. }) => return Vec::new(),
     }
     contexts
         .into_iter()
-        .map(|context| {
-            let context = Value::Object(context);
-            match &rule.condition {
-                Some(condition) => {
-                    let outcome = condition.evaluate(&evaluation_context(engine, &context, now));
-                    match outcome {
-                        crate::rules::expr::ConditionOutcome::Value(true) => pending(rule, event_id, context),
-                        crate::rules::expr::ConditionOutcome::Value(false) => {
-                            skipped(rule, event_id, context, format!("condition `{}` is false", condition.source()))
-                        }
-                        crate::rules::expr::ConditionOutcome::Failed(reason) => {
-                            info!(rule = %rule.name, reason = %reason, "Rule condition failed to evaluate; counted as false");
-                            skipped(rule, event_id, context, format!("condition `{}` failed to evaluate: {reason}", condition.source()))
-                        }
-                    }
-                }
-                None => pending(rule, event_id, context),
-            }
-        })
+        .map(|context| execution_for(engine, rule, event_id, Value::Object(context), now))
         .collect()
+}
+
+/// One execution of `rule` for a context: pending, or skipped with the reason.
+fn execution_for(
+    engine: &Engine,
+    rule: &Rule,
+    event_id: i64,
+    context: Value,
+    now: DateTime<Utc>,
+) -> NewExecution {
+    match &rule.condition {
+        Some(condition) => match condition.evaluate(&evaluation_context(engine, &context, now)) {
+            crate::rules::expr::ConditionOutcome::Value(true) => pending(rule, event_id, context),
+            crate::rules::expr::ConditionOutcome::Value(false) => skipped(
+                rule,
+                event_id,
+                context,
+                format!("condition `{}` is false", condition.source()),
+            ),
+            crate::rules::expr::ConditionOutcome::Failed(reason) => {
+                info!(rule = %rule.name, reason = %reason, "Rule condition failed to evaluate; counted as false");
+                skipped(
+                    rule,
+                    event_id,
+                    context,
+                    format!(
+                        "condition `{}` failed to evaluate: {reason}",
+                        condition.source()
+                    ),
+                )
+            }
+        },
+        None => pending(rule, event_id, context),
+    }
+}
+
+/// Executions for a rule and context: swept when the rule has `for_each: { list }`.
+async fn executions_or_sweep(
+    engine: &Engine,
+    rule: &Rule,
+    event_id: i64,
+    context: Map<String, Value>,
+    now: DateTime<Utc>,
+) -> Result<Vec<NewExecution>, StoreError> {
+    if matches!(rule.for_each, Some(ForEach::List { .. })) {
+        sweep(engine, rule, event_id, context, now).await
+    } else {
+        Ok(executions_for(engine, rule, event_id, context, now))
+    }
+}
+
+/// A `for_each: { list: ... }` sweep: pages through the Recrubo list (one page in memory at a
+/// time, at the client's rate limit) and stores one execution per item, with an id made of the
+/// event and the item, so that a sweep run again after a crash creates no item twice.
+async fn sweep(
+    engine: &Engine,
+    rule: &Rule,
+    event_id: i64,
+    context: Map<String, Value>,
+    now: DateTime<Utc>,
+) -> Result<Vec<NewExecution>, StoreError> {
+    use futures_util::StreamExt;
+    let Some(ForEach::List {
+        resource,
+        filter,
+        sort,
+        page_size,
+    }) = &rule.for_each
+    else {
+        return Ok(Vec::new());
+    };
+    let Some(client) = engine.deps.recrubo.as_ref() else {
+        return Ok(vec![note_only(
+            rule,
+            event_id,
+            context,
+            "failed",
+            "for_each list needs a Recrubo token".to_owned(),
+        )]);
+    };
+    let evaluation = evaluation_context(engine, &Value::Object(context.clone()), now);
+    let mut query = ListQuery::new().page_size(*page_size);
+    for (field, value) in filter {
+        let rendered = match value.render(&evaluation) {
+            Ok(rendered) => rendered,
+            Err(err) => {
+                return Ok(vec![note_only(
+                    rule,
+                    event_id,
+                    context,
+                    "failed",
+                    format!("for_each filter `{field}`: {err}"),
+                )]);
+            }
+        };
+        let text = |value: &Value| match value {
+            Value::String(text) => text.clone(),
+            other => other.to_string(),
+        };
+        match rendered {
+            Value::Object(operators) => {
+                for (operator, operand) in operators {
+                    let Some(op) = FilterOp::parse(&operator) else {
+                        return Ok(vec![note_only(
+                            rule,
+                            event_id,
+                            context,
+                            "failed",
+                            format!("for_each filter `{field}`: unknown operator `{operator}`"),
+                        )]);
+                    };
+                    query = query.filter_op(field, op, text(&operand));
+                }
+            }
+            Value::Array(options) => {
+                query = query.filter(
+                    field,
+                    options.iter().map(text).collect::<Vec<_>>().join(","),
+                )
+            }
+            other => query = query.filter(field, text(&other)),
+        }
+    }
+    if let Some(sort) = sort {
+        query = query.sort(sort);
+    }
+    let mut items = Box::pin(client.list_all(resource, query));
+    let mut batch = Vec::new();
+    let mut count = 0usize;
+    while let Some(item) = items.next().await {
+        let item = match item {
+            Ok(item) => item,
+            Err(err) => {
+                warn!(rule = %rule.name, error = %err, swept = count, "Sweep stopped by a Recrubo error; it resumes when the event is processed again");
+                return Err(StoreError::Database(format!("sweep interrupted: {err}")));
+            }
+        };
+        let mut item_context = context.clone();
+        let item_id = item.id.clone();
+        item_context.insert("item".into(), item.to_json());
+        let mut execution = execution_for(engine, rule, event_id, Value::Object(item_context), now);
+        execution.id = format!("sweep-{event_id}-{}-{item_id}", rule.name);
+        batch.push(execution);
+        count += 1;
+        if batch.len() >= 200 {
+            engine.store.insert_executions(&batch).await?;
+            batch.clear();
+            engine.executions_waiting.notify_one();
+        }
+    }
+    engine.store.insert_executions(&batch).await?;
+    info!(rule = %rule.name, items = count, "Sweep done");
+    Ok(Vec::new())
 }
 
 fn pending(rule: &Rule, event_id: i64, context: Value) -> NewExecution {
@@ -252,6 +379,22 @@ async fn outcome_of(
 ) -> Result<Option<EventOutcome>, StoreError> {
     let now = Utc::now();
     match event.source {
+        EventSource::Schedule => {
+            let mut outcome = EventOutcome::default();
+            if let Some(rule) = event.payload["rule"]
+                .as_str()
+                .and_then(|name| set.get(name))
+            {
+                let tick = json!({
+                    "scheduled_at": event.payload["scheduled_at"],
+                    "fired_at": event.payload["fired_at"],
+                });
+                outcome.executions =
+                    executions_or_sweep(engine, rule, event.id, base_context(rule, tick), now)
+                        .await?;
+            }
+            Ok(Some(outcome))
+        }
         EventSource::Event | EventSource::Emit | EventSource::Manual => {
             let mut outcome = EventOutcome::default();
             let rules: Vec<&Arc<Rule>> = if event.source == EventSource::Manual {
@@ -269,13 +412,16 @@ async fn outcome_of(
                 "data": event.payload["data"],
             });
             for rule in rules {
-                outcome.executions.extend(executions_for(
-                    engine,
-                    rule,
-                    event.id,
-                    base_context(rule, event_context.clone()),
-                    now,
-                ));
+                outcome.executions.extend(
+                    executions_or_sweep(
+                        engine,
+                        rule,
+                        event.id,
+                        base_context(rule, event_context.clone()),
+                        now,
+                    )
+                    .await?,
+                );
             }
             debug!(
                 event = event.id,
@@ -304,13 +450,16 @@ async fn outcome_of(
                 }
                 for rule in index.recrubo(set, &resource.resource_type, &attributes.event, &fields)
                 {
-                    outcome.executions.extend(executions_for(
-                        engine,
-                        rule,
-                        event.id,
-                        base_context(rule, event_context.clone()),
-                        now,
-                    ));
+                    outcome.executions.extend(
+                        executions_or_sweep(
+                            engine,
+                            rule,
+                            event.id,
+                            base_context(rule, event_context.clone()),
+                            now,
+                        )
+                        .await?,
+                    );
                 }
             }
             let tracks_status = matches!(
@@ -397,7 +546,7 @@ async fn status_change(
     for rule in matching {
         let mut context = base_context(rule, resource.to_json());
         context.insert(key.into(), resource_context.clone());
-        executions.extend(executions_for(engine, rule, event.id, context, now));
+        executions.extend(executions_or_sweep(engine, rule, event.id, context, now).await?);
     }
     if let Some(followed) = &followed
         && let Some(handler) =

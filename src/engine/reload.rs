@@ -82,6 +82,8 @@ pub struct ReloadStatus {
 
 /// Holds the rule set in force and reloads it.
 pub struct Reloader {
+    /// Notified whenever a new rule set is swapped in (schedules re-plan then).
+    pub changed: tokio::sync::Notify,
     rules_dir: PathBuf,
     current: ArcSwap<RuleSet>,
     status: Mutex<ReloadStatus>,
@@ -102,6 +104,7 @@ impl Reloader {
         let now = Utc::now();
         record_metrics(initial.len(), true, now, "success");
         Arc::new(Reloader {
+            changed: tokio::sync::Notify::new(),
             rules_dir,
             current: ArcSwap::from_pointee(initial),
             status: Mutex::new(ReloadStatus {
@@ -156,6 +159,7 @@ impl Reloader {
                         ReloadOutcome::Unchanged { rules, hash }
                     } else {
                         self.current.store(Arc::new(set));
+                        self.changed.notify_waiters();
                         ReloadOutcome::Reloaded { rules, hash }
                     }
                 }

@@ -46,6 +46,8 @@ pub enum EventSource {
     Manual,
     /// A status change found by polling a followed run.
     Reconcile,
+    /// A schedule tick (`schedule` or `every`).
+    Schedule,
 }
 
 impl EventSource {
@@ -57,6 +59,7 @@ impl EventSource {
             EventSource::Emit => "emit",
             EventSource::Manual => "manual",
             EventSource::Reconcile => "reconcile",
+            EventSource::Schedule => "schedule",
         }
     }
 
@@ -67,6 +70,7 @@ impl EventSource {
             "emit" => EventSource::Emit,
             "manual" => EventSource::Manual,
             "reconcile" => EventSource::Reconcile,
+            "schedule" => EventSource::Schedule,
             _ => EventSource::Event,
         }
     }
@@ -330,6 +334,28 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn step_records(&self, execution_id: &str) -> Result<Vec<StepRecord>, StoreError>;
     /// Followed runs, most recently changed first.
     async fn followed_runs(&self, limit: i64) -> Result<Vec<FollowedRun>, StoreError>;
+    /// The schedule state of a rule: its fingerprint and last tick.
+    async fn schedule_state(
+        &self,
+        rule: &str,
+    ) -> Result<Option<(String, DateTime<Utc>)>, StoreError>;
+    /// Sets a rule's schedule state (a new or changed schedule starts from `last_tick_at`).
+    async fn set_schedule_state(
+        &self,
+        rule: &str,
+        fingerprint: &str,
+        last_tick_at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// Records ticks and their inbox events in one transaction, each tick at most once; moves
+    /// the state to the last tick. Returns, per tick, whether it was new.
+    async fn record_ticks(
+        &self,
+        rule: &str,
+        fingerprint: &str,
+        ticks: &[(DateTime<Utc>, &'static str, NewEvent)],
+    ) -> Result<Vec<bool>, StoreError>;
+    /// Stores executions, ignoring ids already stored (sweeps re-run after a crash).
+    async fn insert_executions(&self, executions: &[NewExecution]) -> Result<(), StoreError>;
     /// Whether the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     DeadLetter, EventOutcome, EventSource, Execution, FollowedRun, InsertOutcome, NewEvent,
-    StepRecord, Store, StoreError, StoredEvent,
+    NewExecution, StepRecord, Store, StoreError, StoredEvent,
 };
 
 /// The SQLite store.
@@ -53,13 +53,23 @@ fn parse_json(text: &str) -> Result<Value, StoreError> {
 }
 
 fn migrator() -> Migrator {
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        "init".into(),
-        MigrationType::Simple,
-        AssertSqlSafe(include_str!("../../migrations/sqlite/0001_init.sql")).into_sql_str(),
-        false,
-    )])
+    Migrator::with_migrations(vec![
+        Migration::new(
+            1,
+            "init".into(),
+            MigrationType::Simple,
+            AssertSqlSafe(include_str!("../../migrations/sqlite/0001_init.sql")).into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            2,
+            "schedules".into(),
+            MigrationType::Simple,
+            AssertSqlSafe(include_str!("../../migrations/sqlite/0002_schedules.sql"))
+                .into_sql_str(),
+            false,
+        ),
+    ])
 }
 
 impl SqliteStore {
@@ -233,6 +243,17 @@ enum WriteOp {
         kind: String,
         error: String,
     },
+    SetScheduleState {
+        rule: String,
+        fingerprint: String,
+        last_tick_at: DateTime<Utc>,
+    },
+    RecordTicks {
+        rule: String,
+        fingerprint: String,
+        ticks: Vec<(DateTime<Utc>, &'static str, NewEvent)>,
+    },
+    InsertExecutions(Vec<NewExecution>),
 }
 
 /// What a write returns.
@@ -241,6 +262,7 @@ enum WriteResult {
     Inserted(Vec<InsertOutcome>),
     Completed(Vec<bool>),
     Claimed(Vec<Execution>),
+    Ticks(Vec<bool>),
 }
 
 struct WriteJob {
@@ -299,6 +321,74 @@ async fn apply(connection: &mut SqliteConnection, op: &WriteOp) -> Result<WriteR
                 .bind(resource_id)
                 .execute(&mut *connection)
                 .await?;
+            Ok(WriteResult::Done)
+        }
+        WriteOp::SetScheduleState {
+            rule,
+            fingerprint,
+            last_tick_at,
+        } => {
+            sqlx::query("INSERT INTO schedule_state (rule, fingerprint, last_tick_at) VALUES (?, ?, ?) ON CONFLICT (rule) DO UPDATE SET fingerprint = excluded.fingerprint, last_tick_at = excluded.last_tick_at")
+                .bind(rule)
+                .bind(fingerprint)
+                .bind(time_text(*last_tick_at))
+                .execute(&mut *connection)
+                .await?;
+            Ok(WriteResult::Done)
+        }
+        WriteOp::RecordTicks {
+            rule,
+            fingerprint,
+            ticks,
+        } => {
+            let now = time_text(Utc::now());
+            let mut new = Vec::with_capacity(ticks.len());
+            let mut last = None;
+            for (scheduled_at, result, event) in ticks {
+                let inserted = sqlx::query("INSERT INTO schedule_ticks (rule, scheduled_at, fired_at, result) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING")
+                    .bind(rule)
+                    .bind(time_text(*scheduled_at))
+                    .bind(&now)
+                    .bind(*result)
+                    .execute(&mut *connection)
+                    .await?;
+                let is_new = inserted.rows_affected() > 0;
+                if is_new {
+                    insert_events(connection, std::slice::from_ref(event)).await?;
+                }
+                new.push(is_new);
+                last = Some(*scheduled_at);
+            }
+            if let Some(last) = last {
+                sqlx::query("INSERT INTO schedule_state (rule, fingerprint, last_tick_at) VALUES (?, ?, ?) ON CONFLICT (rule) DO UPDATE SET fingerprint = excluded.fingerprint, last_tick_at = MAX(schedule_state.last_tick_at, excluded.last_tick_at)")
+                    .bind(rule)
+                    .bind(fingerprint)
+                    .bind(time_text(last))
+                    .execute(&mut *connection)
+                    .await?;
+            }
+            Ok(WriteResult::Ticks(new))
+        }
+        WriteOp::InsertExecutions(executions) => {
+            let now = time_text(Utc::now());
+            for execution in executions {
+                sqlx::query(
+                    "INSERT INTO executions (id, rule, event_id, handler_step, handler_status, status, context, next_step, attempt, next_attempt_at, last_error, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(&execution.id)
+                .bind(&execution.rule)
+                .bind(execution.event_id)
+                .bind(&execution.handler_step)
+                .bind(&execution.handler_status)
+                .bind(&execution.status)
+                .bind(execution.context.to_string())
+                .bind(&now)
+                .bind(&execution.note)
+                .bind(&now)
+                .bind(&now)
+                .execute(&mut *connection)
+                .await?;
+            }
             Ok(WriteResult::Done)
         }
         WriteOp::DeadLetter {
@@ -720,6 +810,64 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(followed_from_row).collect()
+    }
+
+    async fn schedule_state(
+        &self,
+        rule: &str,
+    ) -> Result<Option<(String, DateTime<Utc>)>, StoreError> {
+        let row =
+            sqlx::query("SELECT fingerprint, last_tick_at FROM schedule_state WHERE rule = ?")
+                .bind(rule)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|row| {
+            Ok((
+                row.try_get("fingerprint")?,
+                parse_time(&row.try_get::<String, _>("last_tick_at")?)?,
+            ))
+        })
+        .transpose()
+    }
+
+    async fn set_schedule_state(
+        &self,
+        rule: &str,
+        fingerprint: &str,
+        last_tick_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.write(WriteOp::SetScheduleState {
+            rule: rule.to_owned(),
+            fingerprint: fingerprint.to_owned(),
+            last_tick_at,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn record_ticks(
+        &self,
+        rule: &str,
+        fingerprint: &str,
+        ticks: &[(DateTime<Utc>, &'static str, NewEvent)],
+    ) -> Result<Vec<bool>, StoreError> {
+        match self
+            .write(WriteOp::RecordTicks {
+                rule: rule.to_owned(),
+                fingerprint: fingerprint.to_owned(),
+                ticks: ticks.to_vec(),
+            })
+            .await?
+        {
+            WriteResult::Ticks(new) => Ok(new),
+            _ => Err(StoreError::Database("unexpected writer answer".into())),
+        }
+    }
+
+    async fn insert_executions(&self, executions: &[NewExecution]) -> Result<(), StoreError> {
+        self.write(WriteOp::InsertExecutions(executions.to_vec()))
+            .await
+            .map(|_| ())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

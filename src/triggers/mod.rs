@@ -2,3 +2,4 @@
 //! schedules issue.
 
 pub mod http;
+pub mod schedule;

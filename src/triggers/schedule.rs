@@ -1,0 +1,469 @@
+//! `schedule` and `every` triggers: a loop that sleeps until the next tick (no polling), records
+//! each tick in the store together with its inbox event — one transaction, keyed by
+//! (rule, scheduled time), so a tick fires at most once even across a crash — and applies
+//! `catch_up` to ticks missed while flowd was down.
+//!
+//! Daylight saving follows cron(8), as croner computes it in the rule's time zone: a time in a
+//! spring-forward gap fires once at the first valid instant after it; a time in a fall-back
+//! overlap fires once, while hourly and more frequent schedules fire in both hours.
+//!
+//! Reloads: a rule whose schedule (cron + time zone, or interval) is unchanged keeps its state;
+//! a changed one starts from the next tick of the new expression (nothing fires for the switch,
+//! nothing of today is lost); a renamed rule is a new schedule; a removed rule stops.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::engine::reload::Reloader;
+use crate::rules::ruleset::{CatchUp, EveryTrigger, ScheduleTrigger};
+use crate::rules::{Rule, Trigger};
+use crate::store::{EventSource, NewEvent, Store};
+
+/// Most ticks looked at when catching up (an every-second schedule down for a day).
+const MAX_MISSED: usize = 100_000;
+
+/// The timing of a scheduled rule.
+#[derive(Debug, Clone, Copy)]
+pub enum Timing<'a> {
+    /// A cron expression in a time zone.
+    Cron(&'a ScheduleTrigger),
+    /// A fixed interval, aligned to multiples of it since the Unix epoch.
+    Every(&'a EveryTrigger),
+}
+
+impl<'a> Timing<'a> {
+    /// The timing of a rule, if it is scheduled.
+    pub fn of(rule: &'a Rule) -> Option<Timing<'a>> {
+        match &rule.trigger {
+            Trigger::Schedule(schedule) => Some(Timing::Cron(schedule)),
+            Trigger::Every(every) => Some(Timing::Every(every)),
+            _ => None,
+        }
+    }
+
+    /// What identifies the schedule: a change of it starts the schedule afresh.
+    pub fn fingerprint(&self) -> String {
+        match self {
+            Timing::Cron(schedule) => {
+                format!("cron {} {}", schedule.cron_source, schedule.timezone)
+            }
+            Timing::Every(every) => format!("every {}ms", every.interval.as_millis()),
+        }
+    }
+
+    /// The first tick strictly after `after`.
+    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match self {
+            Timing::Cron(schedule) => schedule.next_after(after),
+            Timing::Every(every) => {
+                let step = every.interval.as_millis().max(1) as i64;
+                let millis = after.timestamp_millis();
+                let next = (millis.div_euclid(step) + 1) * step;
+                DateTime::from_timestamp_millis(next)
+            }
+        }
+    }
+
+    /// Missed-tick policy.
+    pub fn catch_up(&self) -> (CatchUp, Duration) {
+        match self {
+            Timing::Cron(schedule) => (schedule.catch_up, schedule.catch_up_window),
+            Timing::Every(every) => (every.catch_up, every.catch_up_window),
+        }
+    }
+
+    /// Every tick in `(after, until]`, oldest first (at most [`MAX_MISSED`], the newest kept).
+    pub fn ticks_between(&self, after: DateTime<Utc>, until: DateTime<Utc>) -> Vec<DateTime<Utc>> {
+        let mut ticks = std::collections::VecDeque::new();
+        let mut cursor = after;
+        while let Some(next) = self.next_after(cursor) {
+            if next > until {
+                break;
+            }
+            if ticks.len() == MAX_MISSED {
+                ticks.pop_front();
+            }
+            ticks.push_back(next);
+            cursor = next;
+        }
+        ticks.into()
+    }
+}
+
+/// Which missed ticks fire, by policy: `skip` none, `latest` the newest, `all` those inside the
+/// window (oldest first). Returns the ticks to fire and how many were missed without firing.
+pub fn plan_catch_up(
+    policy: CatchUp,
+    window: Duration,
+    missed: &[DateTime<Utc>],
+    now: DateTime<Utc>,
+) -> (Vec<DateTime<Utc>>, usize) {
+    let fire: Vec<DateTime<Utc>> = match policy {
+        CatchUp::Skip => Vec::new(),
+        CatchUp::Latest => missed.last().copied().into_iter().collect(),
+        CatchUp::All => {
+            let oldest = now - chrono::Duration::from_std(window).unwrap_or_default();
+            missed
+                .iter()
+                .copied()
+                .filter(|tick| *tick >= oldest)
+                .collect()
+        }
+    };
+    let skipped = missed.len() - fire.len();
+    (fire, skipped)
+}
+
+struct Entry {
+    fingerprint: String,
+    /// The last tick handled (fired, caught up or deliberately skipped).
+    last: DateTime<Utc>,
+    next: Option<DateTime<Utc>>,
+}
+
+fn tick_event(rule: &str, scheduled_at: DateTime<Utc>, fired_at: DateTime<Utc>) -> NewEvent {
+    let scheduled = scheduled_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    NewEvent {
+        source: EventSource::Schedule,
+        event_type: "schedule".to_owned(),
+        dedup_key: Some(format!("schedule:{rule}:{scheduled}")),
+        payload: json!({
+            "rule": rule,
+            "scheduled_at": scheduled,
+            "fired_at": fired_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        }),
+    }
+}
+
+/// Runs the schedules until `shutdown`.
+pub async fn run(
+    reloader: Arc<Reloader>,
+    store: Arc<dyn Store>,
+    events_waiting: Arc<tokio::sync::Notify>,
+    shutdown: CancellationToken,
+) {
+    let mut entries: HashMap<String, Entry> = HashMap::new();
+    let mut known_hash = String::new();
+    loop {
+        let set = reloader.current();
+        let now = Utc::now();
+        if set.hash != known_hash {
+            known_hash = set.hash.clone();
+            sync_entries(&set, &mut entries, store.as_ref(), now).await;
+        }
+        let mut fired_any = false;
+        for rule in set.rules() {
+            let Some(timing) = Timing::of(rule) else {
+                continue;
+            };
+            let Some(entry) = entries.get_mut(&rule.name) else {
+                continue;
+            };
+            if entry.next.is_none_or(|next| next > now) {
+                continue;
+            }
+            let due = timing.ticks_between(entry.last, now);
+            let (fire, result, skipped) = if due.len() <= 1 {
+                (due.clone(), "fired", 0)
+            } else {
+                let (policy, window) = timing.catch_up();
+                let (fire, skipped) = plan_catch_up(policy, window, &due, now);
+                (fire, "caught_up", skipped)
+            };
+            if record(
+                store.as_ref(),
+                &rule.name,
+                &entry.fingerprint,
+                &fire,
+                result,
+                now,
+            )
+            .await
+            {
+                fired_any |= !fire.is_empty();
+                if skipped > 0 {
+                    metrics::counter!("flowd_schedule_ticks_total", "rule" => rule.name.clone(), "result" => "missed").increment(skipped as u64);
+                }
+                if let Some(last) = due.last() {
+                    entry.last = *last;
+                }
+                entry.next = timing.next_after(entry.last.max(now));
+                if let Some(next) = entry.next {
+                    metrics::gauge!("flowd_schedule_next_fire_timestamp_seconds", "rule" => rule.name.clone()).set(next.timestamp() as f64);
+                }
+            }
+        }
+        if fired_any {
+            events_waiting.notify_one();
+        }
+        let next_wake = entries.values().filter_map(|entry| entry.next).min();
+        let sleep = next_wake
+            .map(|next| (next - Utc::now()).to_std().unwrap_or(Duration::ZERO))
+            .unwrap_or(Duration::from_secs(3600))
+            .min(Duration::from_secs(3600));
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = reloader.changed.notified() => {}
+            _ = tokio::time::sleep(sleep) => {}
+        }
+    }
+}
+
+/// Records ticks (each with its inbox event) and counts them; false when the store failed.
+async fn record(
+    store: &dyn Store,
+    rule: &str,
+    fingerprint: &str,
+    fire: &[DateTime<Utc>],
+    result: &'static str,
+    now: DateTime<Utc>,
+) -> bool {
+    let ticks: Vec<_> = fire
+        .iter()
+        .map(|tick| (*tick, result, tick_event(rule, *tick, now)))
+        .collect();
+    if ticks.is_empty() {
+        // Nothing fires (catch_up: skip); the state still moves on.
+        return store
+            .set_schedule_state(rule, fingerprint, now)
+            .await
+            .is_ok();
+    }
+    match store.record_ticks(rule, fingerprint, &ticks).await {
+        Ok(new) => {
+            for (tick, is_new) in fire.iter().zip(new) {
+                if is_new {
+                    metrics::counter!("flowd_schedule_ticks_total", "rule" => rule.to_owned(), "result" => result).increment(1);
+                    metrics::histogram!("flowd_schedule_lateness_seconds")
+                        .record((now - *tick).num_milliseconds().max(0) as f64 / 1000.0);
+                    info!(rule = %rule, scheduled_at = %tick, result, "Schedule tick");
+                }
+            }
+            true
+        }
+        Err(err) => {
+            warn!(rule = %rule, error = %err, "Cannot record a schedule tick; trying again");
+            false
+        }
+    }
+}
+
+/// Brings the in-memory schedules in line with the rule set in force.
+async fn sync_entries(
+    set: &crate::rules::RuleSet,
+    entries: &mut HashMap<String, Entry>,
+    store: &dyn Store,
+    now: DateTime<Utc>,
+) {
+    let mut live = Vec::new();
+    for rule in set.rules() {
+        let Some(timing) = Timing::of(rule) else {
+            continue;
+        };
+        live.push(rule.name.clone());
+        let fingerprint = timing.fingerprint();
+        if entries
+            .get(&rule.name)
+            .is_some_and(|entry| entry.fingerprint == fingerprint)
+        {
+            continue;
+        }
+        let last = match store.schedule_state(&rule.name).await {
+            // Same schedule as before the restart: pick up where it stopped (catch-up applies).
+            Ok(Some((stored, last))) if stored == fingerprint => last,
+            // New, renamed or changed: start from now, firing nothing for the change.
+            Ok(_) => {
+                if let Err(err) = store
+                    .set_schedule_state(&rule.name, &fingerprint, now)
+                    .await
+                {
+                    warn!(rule = %rule.name, error = %err, "Cannot store a schedule's state");
+                }
+                now
+            }
+            Err(err) => {
+                warn!(rule = %rule.name, error = %err, "Cannot read a schedule's state; starting from now");
+                now
+            }
+        };
+        let next = timing
+            .ticks_between(last, now)
+            .first()
+            .copied()
+            .or_else(|| timing.next_after(now));
+        if let Some(next) = next {
+            metrics::gauge!("flowd_schedule_next_fire_timestamp_seconds", "rule" => rule.name.clone()).set(next.timestamp() as f64);
+        }
+        entries.insert(
+            rule.name.clone(),
+            Entry {
+                fingerprint,
+                last,
+                next,
+            },
+        );
+    }
+    entries.retain(|name, _| live.contains(name));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn schedule(cron: &str, zone: &str) -> ScheduleTrigger {
+        ScheduleTrigger {
+            cron_source: cron.to_owned(),
+            cron: croner::parser::CronParser::builder()
+                .seconds(croner::parser::Seconds::Optional)
+                .build()
+                .parse(cron)
+                .expect("cron"),
+            timezone: zone.parse().expect("zone"),
+            catch_up: CatchUp::Latest,
+            catch_up_window: Duration::from_secs(86_400),
+        }
+    }
+
+    fn utc(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text)
+            .expect("time")
+            .with_timezone(&Utc)
+    }
+
+    fn ticks(cron: &str, zone: &str, from: &str, to: &str) -> Vec<String> {
+        let trigger = schedule(cron, zone);
+        Timing::Cron(&trigger)
+            .ticks_between(utc(from), utc(to))
+            .iter()
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .collect()
+    }
+
+    #[test]
+    fn spring_forward_gap_fires_once_at_the_first_valid_instant() {
+        // Amsterdam, 2026-03-29: 02:00 CET jumps to 03:00 CEST.
+        assert_eq!(
+            ticks(
+                "30 2 * * *",
+                "Europe/Amsterdam",
+                "2026-03-28T00:00:00Z",
+                "2026-03-31T00:00:00Z"
+            ),
+            [
+                "2026-03-28T01:30:00Z",
+                "2026-03-29T01:00:00Z",
+                "2026-03-30T00:30:00Z"
+            ]
+        );
+        // New York, 2026-03-08: 02:00 EST jumps to 03:00 EDT.
+        assert_eq!(
+            ticks(
+                "30 2 * * *",
+                "America/New_York",
+                "2026-03-07T00:00:00Z",
+                "2026-03-10T00:00:00Z"
+            ),
+            [
+                "2026-03-07T07:30:00Z",
+                "2026-03-08T07:00:00Z",
+                "2026-03-09T06:30:00Z"
+            ]
+        );
+    }
+
+    #[test]
+    fn fall_back_overlap_fires_daily_once_and_hourly_twice() {
+        // Amsterdam, 2026-10-25: 03:00 CEST falls back to 02:00 CET; 02:30 happens twice.
+        assert_eq!(
+            ticks(
+                "30 2 * * *",
+                "Europe/Amsterdam",
+                "2026-10-24T12:00:00Z",
+                "2026-10-26T12:00:00Z"
+            ),
+            ["2026-10-25T00:30:00Z", "2026-10-26T01:30:00Z"]
+        );
+        assert_eq!(
+            ticks(
+                "30 * * * *",
+                "Europe/Amsterdam",
+                "2026-10-24T23:45:00Z",
+                "2026-10-25T02:45:00Z"
+            ),
+            [
+                "2026-10-25T00:30:00Z",
+                "2026-10-25T01:30:00Z",
+                "2026-10-25T02:30:00Z"
+            ]
+        );
+        // Every 30 minutes stays continuous through the New York overlap (2026-11-01).
+        assert_eq!(
+            ticks(
+                "*/30 * * * *",
+                "America/New_York",
+                "2026-11-01T04:45:00Z",
+                "2026-11-01T07:15:00Z"
+            ),
+            [
+                "2026-11-01T05:00:00Z",
+                "2026-11-01T05:30:00Z",
+                "2026-11-01T06:00:00Z",
+                "2026-11-01T06:30:00Z",
+                "2026-11-01T07:00:00Z"
+            ]
+        );
+    }
+
+    #[test]
+    fn every_aligns_to_its_interval() {
+        let every = EveryTrigger {
+            interval: Duration::from_secs(900),
+            catch_up: CatchUp::Latest,
+            catch_up_window: Duration::from_secs(86_400),
+        };
+        let timing = Timing::Every(&every);
+        assert_eq!(
+            timing.next_after(utc("2026-01-01T10:07:00Z")),
+            Some(utc("2026-01-01T10:15:00Z"))
+        );
+        assert_eq!(
+            timing.next_after(utc("2026-01-01T10:15:00Z")),
+            Some(utc("2026-01-01T10:30:00Z"))
+        );
+    }
+
+    #[test]
+    fn catch_up_policies_after_three_days_down() {
+        let trigger = schedule("0 8 * * *", "UTC");
+        let timing = Timing::Cron(&trigger);
+        let down_since = utc("2026-01-01T09:00:00Z");
+        let now = Utc
+            .with_ymd_and_hms(2026, 1, 4, 12, 0, 0)
+            .single()
+            .expect("time");
+        let missed = timing.ticks_between(down_since, now);
+        assert_eq!(missed.len(), 3);
+        assert_eq!(
+            plan_catch_up(CatchUp::Skip, Duration::from_secs(86_400), &missed, now),
+            (vec![], 3)
+        );
+        assert_eq!(
+            plan_catch_up(CatchUp::Latest, Duration::from_secs(86_400), &missed, now),
+            (vec![utc("2026-01-04T08:00:00Z")], 2)
+        );
+        assert_eq!(
+            plan_catch_up(CatchUp::All, Duration::from_secs(2 * 86_400), &missed, now),
+            (
+                vec![utc("2026-01-03T08:00:00Z"), utc("2026-01-04T08:00:00Z")],
+                1
+            )
+        );
+    }
+}
