@@ -265,6 +265,17 @@ pub struct EventOutcome {
     pub fire: Option<(String, String)>,
 }
 
+/// Ticks of one schedule rule to record.
+#[derive(Debug, Clone)]
+pub struct TickBatch {
+    /// The rule.
+    pub rule: String,
+    /// Its schedule's fingerprint.
+    pub fingerprint: String,
+    /// (scheduled time, `fired` or `caught_up`, the inbox event).
+    pub ticks: Vec<(DateTime<Utc>, &'static str, NewEvent)>,
+}
+
 /// The state store.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
@@ -346,14 +357,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         fingerprint: &str,
         last_tick_at: DateTime<Utc>,
     ) -> Result<(), StoreError>;
-    /// Records ticks and their inbox events in one transaction, each tick at most once; moves
-    /// the state to the last tick. Returns, per tick, whether it was new.
-    async fn record_ticks(
-        &self,
-        rule: &str,
-        fingerprint: &str,
-        ticks: &[(DateTime<Utc>, &'static str, NewEvent)],
-    ) -> Result<Vec<bool>, StoreError>;
+    /// Records ticks of many rules and their inbox events in one transaction, each tick at most
+    /// once, and moves each rule's state to its last tick. Returns, per rule and tick, whether
+    /// the tick was new.
+    async fn record_ticks(&self, batches: &[TickBatch]) -> Result<Vec<Vec<bool>>, StoreError>;
     /// Stores executions, ignoring ids already stored (sweeps re-run after a crash).
     async fn insert_executions(&self, executions: &[NewExecution]) -> Result<(), StoreError>;
     /// Whether the store answers.

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     DeadLetter, EventOutcome, EventSource, Execution, FollowedRun, InsertOutcome, NewEvent,
-    NewExecution, StepRecord, Store, StoreError, StoredEvent,
+    NewExecution, StepRecord, Store, StoreError, StoredEvent, TickBatch,
 };
 
 /// The SQLite store.
@@ -248,11 +248,7 @@ enum WriteOp {
         fingerprint: String,
         last_tick_at: DateTime<Utc>,
     },
-    RecordTicks {
-        rule: String,
-        fingerprint: String,
-        ticks: Vec<(DateTime<Utc>, &'static str, NewEvent)>,
-    },
+    RecordTicks(Vec<TickBatch>),
     InsertExecutions(Vec<NewExecution>),
 }
 
@@ -262,7 +258,7 @@ enum WriteResult {
     Inserted(Vec<InsertOutcome>),
     Completed(Vec<bool>),
     Claimed(Vec<Execution>),
-    Ticks(Vec<bool>),
+    Ticks(Vec<Vec<bool>>),
 }
 
 struct WriteJob {
@@ -336,39 +332,9 @@ async fn apply(connection: &mut SqliteConnection, op: &WriteOp) -> Result<WriteR
                 .await?;
             Ok(WriteResult::Done)
         }
-        WriteOp::RecordTicks {
-            rule,
-            fingerprint,
-            ticks,
-        } => {
-            let now = time_text(Utc::now());
-            let mut new = Vec::with_capacity(ticks.len());
-            let mut last = None;
-            for (scheduled_at, result, event) in ticks {
-                let inserted = sqlx::query("INSERT INTO schedule_ticks (rule, scheduled_at, fired_at, result) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING")
-                    .bind(rule)
-                    .bind(time_text(*scheduled_at))
-                    .bind(&now)
-                    .bind(*result)
-                    .execute(&mut *connection)
-                    .await?;
-                let is_new = inserted.rows_affected() > 0;
-                if is_new {
-                    insert_events(connection, std::slice::from_ref(event)).await?;
-                }
-                new.push(is_new);
-                last = Some(*scheduled_at);
-            }
-            if let Some(last) = last {
-                sqlx::query("INSERT INTO schedule_state (rule, fingerprint, last_tick_at) VALUES (?, ?, ?) ON CONFLICT (rule) DO UPDATE SET fingerprint = excluded.fingerprint, last_tick_at = MAX(schedule_state.last_tick_at, excluded.last_tick_at)")
-                    .bind(rule)
-                    .bind(fingerprint)
-                    .bind(time_text(last))
-                    .execute(&mut *connection)
-                    .await?;
-            }
-            Ok(WriteResult::Ticks(new))
-        }
+        WriteOp::RecordTicks(batches) => record_ticks(connection, batches)
+            .await
+            .map(WriteResult::Ticks),
         WriteOp::InsertExecutions(executions) => {
             let now = time_text(Utc::now());
             for execution in executions {
@@ -452,6 +418,76 @@ async fn insert_events(
             None => InsertOutcome::Duplicate,
         })
         .collect())
+}
+
+/// Ticks with multi-row statements: 10,000 rules due at one minute are a handful of statements.
+async fn record_ticks(
+    connection: &mut SqliteConnection,
+    batches: &[TickBatch],
+) -> Result<Vec<Vec<bool>>, StoreError> {
+    let now = time_text(Utc::now());
+    let rows: Vec<(&str, String, &'static str)> = batches
+        .iter()
+        .flat_map(|batch| {
+            batch
+                .ticks
+                .iter()
+                .map(move |(at, result, _)| (batch.rule.as_str(), time_text(*at), *result))
+        })
+        .collect();
+    let mut new: std::collections::HashSet<(String, String)> = std::collections::HashSet::new();
+    for chunk in rows.chunks(2000) {
+        let mut builder: QueryBuilder<Sqlite> =
+            QueryBuilder::new("INSERT INTO schedule_ticks (rule, scheduled_at, fired_at, result) ");
+        builder.push_values(chunk, |mut row, (rule, at, result)| {
+            row.push_bind(rule.to_string())
+                .push_bind(at.clone())
+                .push_bind(now.clone())
+                .push_bind(*result);
+        });
+        builder.push(" ON CONFLICT DO NOTHING RETURNING rule, scheduled_at");
+        for row in builder.build().fetch_all(&mut *connection).await? {
+            new.insert((row.try_get("rule")?, row.try_get("scheduled_at")?));
+        }
+    }
+    let mut flags = Vec::with_capacity(batches.len());
+    let mut events = Vec::new();
+    for batch in batches {
+        let mut batch_flags = Vec::with_capacity(batch.ticks.len());
+        for (at, _, event) in &batch.ticks {
+            let is_new = new.contains(&(batch.rule.clone(), time_text(*at)));
+            if is_new {
+                events.push(event.clone());
+            }
+            batch_flags.push(is_new);
+        }
+        flags.push(batch_flags);
+    }
+    insert_events(connection, &events).await?;
+    let states: Vec<(&str, &str, String)> = batches
+        .iter()
+        .filter_map(|batch| {
+            batch.ticks.iter().map(|(at, _, _)| *at).max().map(|last| {
+                (
+                    batch.rule.as_str(),
+                    batch.fingerprint.as_str(),
+                    time_text(last),
+                )
+            })
+        })
+        .collect();
+    for chunk in states.chunks(2000) {
+        let mut builder: QueryBuilder<Sqlite> =
+            QueryBuilder::new("INSERT INTO schedule_state (rule, fingerprint, last_tick_at) ");
+        builder.push_values(chunk, |mut row, (rule, fingerprint, last)| {
+            row.push_bind(rule.to_string())
+                .push_bind(fingerprint.to_string())
+                .push_bind(last.clone());
+        });
+        builder.push(" ON CONFLICT (rule) DO UPDATE SET fingerprint = excluded.fingerprint, last_tick_at = MAX(schedule_state.last_tick_at, excluded.last_tick_at)");
+        builder.build().execute(&mut *connection).await?;
+    }
+    Ok(flags)
 }
 
 async fn claim(
@@ -630,6 +666,16 @@ impl Store for SqliteStore {
         lease: Duration,
         limit: i64,
     ) -> Result<Vec<Execution>, StoreError> {
+        // Most polls find nothing: ask a reader first, and spend a write (an fsync) only when
+        // there is something to claim.
+        let due = sqlx::query("SELECT 1 FROM executions WHERE status = 'pending' AND next_attempt_at <= ? AND (lease_until IS NULL OR lease_until < ?) LIMIT 1")
+            .bind(time_text(now))
+            .bind(time_text(now))
+            .fetch_optional(&self.pool)
+            .await?;
+        if due.is_none() {
+            return Ok(Vec::new());
+        }
         match self.write(WriteOp::Claim { now, lease, limit }).await? {
             WriteResult::Claimed(executions) => Ok(executions),
             _ => Err(StoreError::Database("unexpected writer answer".into())),
@@ -845,20 +891,8 @@ impl Store for SqliteStore {
         .map(|_| ())
     }
 
-    async fn record_ticks(
-        &self,
-        rule: &str,
-        fingerprint: &str,
-        ticks: &[(DateTime<Utc>, &'static str, NewEvent)],
-    ) -> Result<Vec<bool>, StoreError> {
-        match self
-            .write(WriteOp::RecordTicks {
-                rule: rule.to_owned(),
-                fingerprint: fingerprint.to_owned(),
-                ticks: ticks.to_vec(),
-            })
-            .await?
-        {
+    async fn record_ticks(&self, batches: &[TickBatch]) -> Result<Vec<Vec<bool>>, StoreError> {
+        match self.write(WriteOp::RecordTicks(batches.to_vec())).await? {
             WriteResult::Ticks(new) => Ok(new),
             _ => Err(StoreError::Database("unexpected writer answer".into())),
         }

@@ -18,12 +18,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, warn};
 
 use crate::engine::reload::Reloader;
 use crate::rules::ruleset::{CatchUp, EveryTrigger, ScheduleTrigger};
 use crate::rules::{Rule, Trigger};
-use crate::store::{EventSource, NewEvent, Store};
+use crate::store::{EventSource, NewEvent, Store, TickBatch};
 
 /// Most ticks looked at when catching up (an every-second schedule down for a day).
 const MAX_MISSED: usize = 100_000;
@@ -157,12 +157,15 @@ pub async fn run(
             known_hash = set.hash.clone();
             sync_entries(&set, &mut entries, store.as_ref(), now).await;
         }
-        let mut fired_any = false;
+        // Plan every due tick first, then record them all at once: the store's writer commits
+        // concurrent writes together, so 10,000 rules due at the same minute cost a few
+        // transactions, not 10,000.
+        let mut plans = Vec::new();
         for rule in set.rules() {
             let Some(timing) = Timing::of(rule) else {
                 continue;
             };
-            let Some(entry) = entries.get_mut(&rule.name) else {
+            let Some(entry) = entries.get(&rule.name) else {
                 continue;
             };
             if entry.next.is_none_or(|next| next > now) {
@@ -176,27 +179,39 @@ pub async fn run(
                 let (fire, skipped) = plan_catch_up(policy, window, &due, now);
                 (fire, "caught_up", skipped)
             };
-            if record(
-                store.as_ref(),
-                &rule.name,
-                &entry.fingerprint,
-                &fire,
+            plans.push((
+                rule.name.clone(),
+                entry.fingerprint.clone(),
+                due,
+                fire,
                 result,
-                now,
-            )
-            .await
-            {
-                fired_any |= !fire.is_empty();
-                if skipped > 0 {
-                    metrics::counter!("flowd_schedule_ticks_total", "rule" => rule.name.clone(), "result" => "missed").increment(skipped as u64);
-                }
-                if let Some(last) = due.last() {
-                    entry.last = *last;
-                }
-                entry.next = timing.next_after(entry.last.max(now));
-                if let Some(next) = entry.next {
-                    metrics::gauge!("flowd_schedule_next_fire_timestamp_seconds", "rule" => rule.name.clone()).set(next.timestamp() as f64);
-                }
+                skipped,
+            ));
+        }
+        let recorded = record_all(store.as_ref(), &plans, now).await;
+        let mut fired_any = false;
+        if !recorded {
+            // The store failed; the same ticks are due again on the next pass.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
+        for (name, _, due, fire, _, skipped) in plans {
+            let (Some(rule), Some(entry)) = (set.get(&name), entries.get_mut(&name)) else {
+                continue;
+            };
+            let Some(timing) = Timing::of(rule) else {
+                continue;
+            };
+            fired_any |= !fire.is_empty();
+            if skipped > 0 {
+                metrics::counter!("flowd_schedule_ticks_total", "rule" => name.clone(), "result" => "missed").increment(skipped as u64);
+            }
+            if let Some(last) = due.last() {
+                entry.last = *last;
+            }
+            entry.next = timing.next_after(entry.last.max(now));
+            if let Some(next) = entry.next {
+                metrics::gauge!("flowd_schedule_next_fire_timestamp_seconds", "rule" => name.clone()).set(next.timestamp() as f64);
             }
         }
         if fired_any {
@@ -215,40 +230,59 @@ pub async fn run(
     }
 }
 
-/// Records ticks (each with its inbox event) and counts them; false when the store failed.
-async fn record(
-    store: &dyn Store,
-    rule: &str,
-    fingerprint: &str,
-    fire: &[DateTime<Utc>],
-    result: &'static str,
-    now: DateTime<Utc>,
-) -> bool {
-    let ticks: Vec<_> = fire
-        .iter()
-        .map(|tick| (*tick, result, tick_event(rule, *tick, now)))
-        .collect();
-    if ticks.is_empty() {
-        // Nothing fires (catch_up: skip); the state still moves on.
-        return store
-            .set_schedule_state(rule, fingerprint, now)
-            .await
-            .is_ok();
+type Plan = (
+    String,
+    String,
+    Vec<DateTime<Utc>>,
+    Vec<DateTime<Utc>>,
+    &'static str,
+    usize,
+);
+
+/// Records every planned tick (each with its inbox event) in one store call and counts them;
+/// false when the store failed.
+async fn record_all(store: &dyn Store, plans: &[Plan], now: DateTime<Utc>) -> bool {
+    let mut batches = Vec::new();
+    for (rule, fingerprint, _, fire, result, _) in plans {
+        if fire.is_empty() {
+            // Nothing fires (catch_up: skip); the state still moves on.
+            if let Err(err) = store.set_schedule_state(rule, fingerprint, now).await {
+                warn!(rule = %rule, error = %err, "Cannot store a schedule's state");
+                return false;
+            }
+            continue;
+        }
+        batches.push(TickBatch {
+            rule: rule.clone(),
+            fingerprint: fingerprint.clone(),
+            ticks: fire
+                .iter()
+                .map(|tick| (*tick, *result, tick_event(rule, *tick, now)))
+                .collect(),
+        });
     }
-    match store.record_ticks(rule, fingerprint, &ticks).await {
-        Ok(new) => {
-            for (tick, is_new) in fire.iter().zip(new) {
-                if is_new {
-                    metrics::counter!("flowd_schedule_ticks_total", "rule" => rule.to_owned(), "result" => result).increment(1);
-                    metrics::histogram!("flowd_schedule_lateness_seconds")
-                        .record((now - *tick).num_milliseconds().max(0) as f64 / 1000.0);
-                    info!(rule = %rule, scheduled_at = %tick, result, "Schedule tick");
+    if batches.is_empty() {
+        return true;
+    }
+    match store.record_ticks(&batches).await {
+        Ok(flags) => {
+            // Lateness up to the moment the ticks are durably recorded.
+            let recorded_at = Utc::now();
+            for (batch, flags) in batches.iter().zip(flags) {
+                for ((tick, result, _), is_new) in batch.ticks.iter().zip(flags) {
+                    if is_new {
+                        metrics::counter!("flowd_schedule_ticks_total", "rule" => batch.rule.clone(), "result" => *result).increment(1);
+                        metrics::histogram!("flowd_schedule_lateness_seconds").record(
+                            (recorded_at - *tick).num_milliseconds().max(0) as f64 / 1000.0,
+                        );
+                        debug!(rule = %batch.rule, scheduled_at = %tick, result, "Schedule tick");
+                    }
                 }
             }
             true
         }
         Err(err) => {
-            warn!(rule = %rule, error = %err, "Cannot record a schedule tick; trying again");
+            warn!(error = %err, ticks = batches.len(), "Cannot record schedule ticks; trying again");
             false
         }
     }
