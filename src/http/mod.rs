@@ -108,22 +108,33 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
 async fn list_rules(State(state): State<AppState>) -> Json<serde_json::Value> {
     let set = state.reloader.current();
     let status = state.reloader.status();
-    let rules: Vec<_> = set
-        .rules()
-        .iter()
-        .map(|rule| {
-            json!({
-                "name": rule.name,
-                "description": rule.description,
-                "file": rule.file.display().to_string(),
-                "line": rule.at.line,
-                "trigger": rule.trigger.kind(),
-                "trigger_summary": rule.trigger.summary(),
-                "for_each": rule.for_each.is_some(),
-                "steps": rule.steps.len(),
-            })
-        })
-        .collect();
+    let now = chrono::Utc::now();
+    // Schedule state is read from the store per rule: skip it for very large sets.
+    let with_ticks = set.len() <= 1000;
+    let mut rules = Vec::with_capacity(set.len());
+    for rule in set.rules() {
+        let mut entry = json!({
+            "name": rule.name,
+            "description": rule.description,
+            "file": rule.file.display().to_string(),
+            "line": rule.at.line,
+            "trigger": rule.trigger.kind(),
+            "trigger_summary": rule.trigger.summary(),
+            "for_each": rule.for_each.is_some(),
+            "steps": rule.steps.len(),
+            "tests": rule.tests.len(),
+        });
+        if let Some(timing) = crate::triggers::schedule::Timing::of(rule) {
+            entry["next_fire_at"] = json!(timing.next_after(now));
+            if with_ticks
+                && let Some(store) = &state.store
+                && let Ok(Some((_, last))) = store.schedule_state(&rule.name).await
+            {
+                entry["last_tick_at"] = json!(last);
+            }
+        }
+        rules.push(entry);
+    }
     Json(json!({
         "hash": set.hash,
         "files": set.files.len(),

@@ -120,11 +120,12 @@ pub fn plan_catch_up(
     (fire, skipped)
 }
 
-struct Entry {
-    fingerprint: String,
+/// A schedule's in-memory state.
+pub(crate) struct Entry {
+    pub(crate) fingerprint: String,
     /// The last tick handled (fired, caught up or deliberately skipped).
-    last: DateTime<Utc>,
-    next: Option<DateTime<Utc>>,
+    pub(crate) last: DateTime<Utc>,
+    pub(crate) next: Option<DateTime<Utc>>,
 }
 
 fn tick_event(rule: &str, scheduled_at: DateTime<Utc>, fired_at: DateTime<Utc>) -> NewEvent {
@@ -289,7 +290,7 @@ async fn record_all(store: &dyn Store, plans: &[Plan], now: DateTime<Utc>) -> bo
 }
 
 /// Brings the in-memory schedules in line with the rule set in force.
-async fn sync_entries(
+pub(crate) async fn sync_entries(
     set: &crate::rules::RuleSet,
     entries: &mut HashMap<String, Entry>,
     store: &dyn Store,
@@ -470,6 +471,114 @@ mod tests {
         assert_eq!(
             timing.next_after(utc("2026-01-01T10:15:00Z")),
             Some(utc("2026-01-01T10:30:00Z"))
+        );
+    }
+
+    fn rule_set(dir: &std::path::Path, yaml: &str) -> crate::rules::RuleSet {
+        std::fs::write(dir.join("r.yaml"), yaml).expect("write");
+        crate::rules::load_rule_set(&[dir.to_path_buf()])
+            .result
+            .expect("valid")
+    }
+
+    #[tokio::test]
+    async fn reloads_keep_change_rename_and_remove_schedules() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = crate::store::sqlite::SqliteStore::open(&format!(
+            "sqlite://{}",
+            dir.path().join("s.db").display()
+        ))
+        .await
+        .expect("store");
+        let rules = dir.path().join("rules");
+        std::fs::create_dir(&rules).expect("mkdir");
+        let mut entries = HashMap::new();
+        let start = utc("2026-03-02T07:00:00Z");
+        let yaml = |name: &str, cron: &str, zone: &str| {
+            format!(
+                "rules:\n  - name: {name}\n    on: {{ schedule: {{ cron: \"{cron}\", timezone: {zone} }} }}\n    do: [ {{ log: x }} ]\n"
+            )
+        };
+        sync_entries(
+            &rule_set(&rules, &yaml("morning", "0 8 * * *", "UTC")),
+            &mut entries,
+            &store,
+            start,
+        )
+        .await;
+        assert_eq!(entries["morning"].next, Some(utc("2026-03-02T08:00:00Z")));
+
+        // Unchanged: the state is kept (a later pass does not reset `last`).
+        let later = utc("2026-03-02T07:30:00Z");
+        sync_entries(
+            &rule_set(&rules, &yaml("morning", "0 8 * * *", "UTC")),
+            &mut entries,
+            &store,
+            later,
+        )
+        .await;
+        assert_eq!(entries["morning"].last, start);
+
+        // A changed cron starts from the next tick of the new expression, firing nothing now.
+        sync_entries(
+            &rule_set(&rules, &yaml("morning", "0 9 * * *", "UTC")),
+            &mut entries,
+            &store,
+            later,
+        )
+        .await;
+        assert_eq!(entries["morning"].last, later);
+        assert_eq!(entries["morning"].next, Some(utc("2026-03-02T09:00:00Z")));
+
+        // A changed time zone likewise; today's 09:00 Amsterdam (08:00Z) is still ahead.
+        sync_entries(
+            &rule_set(&rules, &yaml("morning", "0 9 * * *", "Europe/Amsterdam")),
+            &mut entries,
+            &store,
+            later,
+        )
+        .await;
+        assert_eq!(entries["morning"].next, Some(utc("2026-03-02T08:00:00Z")));
+
+        // A rename is a new schedule; the old one is gone.
+        sync_entries(
+            &rule_set(&rules, &yaml("early", "0 9 * * *", "Europe/Amsterdam")),
+            &mut entries,
+            &store,
+            later,
+        )
+        .await;
+        assert!(entries.contains_key("early") && !entries.contains_key("morning"));
+
+        // Removed: no schedule left.
+        sync_entries(
+            &rule_set(
+                &rules,
+                "rules:\n  - name: other\n    on: { event: x }\n    do: [ { log: x } ]\n",
+            ),
+            &mut entries,
+            &store,
+            later,
+        )
+        .await;
+        assert!(entries.is_empty());
+
+        // After a restart (a fresh map) the stored state of an unchanged schedule is used: the
+        // ticks missed since then are due.
+        let mut restarted = HashMap::new();
+        let much_later = utc("2026-03-04T12:00:00Z");
+        sync_entries(
+            &rule_set(&rules, &yaml("early", "0 9 * * *", "Europe/Amsterdam")),
+            &mut restarted,
+            &store,
+            much_later,
+        )
+        .await;
+        assert_eq!(restarted["early"].last, later);
+        assert_eq!(
+            restarted["early"].next,
+            Some(utc("2026-03-02T08:00:00Z")),
+            "the first missed tick is due"
         );
     }
 
