@@ -193,6 +193,27 @@ async fn serve(
     secrets: BTreeMap<String, Secret<String>>,
     reconcile_after: Duration,
 ) -> anyhow::Result<()> {
+    serve_with(
+        settings,
+        rule_set,
+        secrets,
+        reconcile_after,
+        None,
+        CancellationToken::new(),
+    )
+    .await
+}
+
+/// Runs the daemon on listeners bound by the caller (or bound here from the settings) until
+/// SIGTERM/SIGINT or until `stop` is cancelled (the demo runs the daemon in-process this way).
+pub async fn serve_with(
+    settings: Settings,
+    rule_set: crate::rules::RuleSet,
+    secrets: BTreeMap<String, Secret<String>>,
+    reconcile_after: Duration,
+    listeners: Option<(tokio::net::TcpListener, tokio::net::TcpListener)>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
     let metrics = metrics_handle();
     let rule_count = rule_set.len();
     let reloader = Reloader::new(settings.rules.clone(), rule_set);
@@ -270,12 +291,17 @@ async fn serve(
         store: Some(store.clone()),
         intake: Some(intake),
     };
-    let public = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", settings.listen))?;
-    let admin = tokio::net::TcpListener::bind(settings.admin_listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", settings.admin_listen))?;
+    let (public, admin) = match listeners {
+        Some(bound) => bound,
+        None => (
+            tokio::net::TcpListener::bind(settings.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", settings.listen))?,
+            tokio::net::TcpListener::bind(settings.admin_listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", settings.admin_listen))?,
+        ),
+    };
     let public_addr = public.local_addr()?;
     let admin_addr = admin.local_addr()?;
     info!(
@@ -309,7 +335,10 @@ async fn serve(
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let signal_shutdown = shutdown.clone();
     tokio::spawn(async move {
-        wait_for_termination().await;
+        tokio::select! {
+            _ = wait_for_termination() => {}
+            _ = stop.cancelled() => {}
+        }
         info!("Shutting down: stopping intake");
         signal_shutdown.cancel();
     });

@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod daemon;
+pub mod demo;
 pub mod schema;
 pub mod sim;
 pub mod test;
@@ -39,6 +40,8 @@ pub enum Command {
     Test(test::TestArgs),
     /// Run the daemon.
     Run(daemon::RunArgs),
+    /// The simulator and the daemon together on examples/quickstart, showing what happens.
+    Demo(demo::DemoArgs),
     /// Run the Recrubo simulator.
     Sim(sim::SimArgs),
     /// Manage Recrubo webhook subscriptions and the organization's webhook destination.
@@ -66,6 +69,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => daemon::run(args),
+        Command::Demo(args) => demo::run(args),
         Command::Sim(args) => sim::run(args),
         Command::Webhooks(command) => webhooks::run(command),
     }

@@ -47,7 +47,7 @@ pub async fn run(engine: Engine, shutdown: CancellationToken, drain: Duration) {
                         if !try_enter(&in_flight, &execution.rule, limit) {
                             execution.next_attempt_at =
                                 Utc::now() + chrono::Duration::milliseconds(100);
-                            if let Err(err) = engine.store.save_execution(&execution).await {
+                            if let Err(err) = engine.store.save_execution(&execution, true).await {
                                 error!(execution = %execution.id, error = %err, "Cannot postpone an execution");
                             }
                             continue;
@@ -296,7 +296,7 @@ async fn fail_step(
         record.status = "retrying".to_owned();
         warn!(rule = %execution.rule, execution = %execution.id, step = step.kind.name(), attempt = execution.attempt, ?delay, error = %message, "Step failed; retrying");
         engine.store.record_step(record).await?;
-        engine.store.save_execution(execution).await?;
+        engine.store.save_execution(execution, true).await?;
         return Ok(Next::Stop);
     }
     record.status = "failed".to_owned();
@@ -311,11 +311,12 @@ async fn fail_step(
         execution.next_step += 1;
         execution.attempt = 0;
         execution.step_started_at = None;
-        engine.store.save_execution(execution).await?;
+        // The execution goes on: keep the lease.
+        engine.store.save_execution(execution, false).await?;
         Ok(Next::Continue)
     } else {
         execution.status = "failed".to_owned();
-        engine.store.save_execution(execution).await?;
+        engine.store.save_execution(execution, true).await?;
         Ok(Next::Stop)
     }
 }
@@ -335,7 +336,7 @@ async fn finish(
         execution.last_error = note;
     }
     execution.step_started_at = None;
-    engine.store.save_execution(&execution).await
+    engine.store.save_execution(&execution, true).await
 }
 
 /// One attempt of a step.

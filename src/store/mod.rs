@@ -301,8 +301,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         now: DateTime<Utc>,
         lease: Duration,
     ) -> Result<(), StoreError>;
-    /// Saves progress: context, next step, attempt, status, due time, error; releases the lease.
-    async fn save_execution(&self, execution: &Execution) -> Result<(), StoreError>;
+    /// Saves progress: context, next step, attempt, status, due time, error. `release` gives the
+    /// lease up (the execution stops here: done, failed, or waiting for a retry).
+    async fn save_execution(&self, execution: &Execution, release: bool) -> Result<(), StoreError>;
     /// Records a step attempt, saves the execution's progress and (for a create) starts
     /// following what it created — one transaction, one fsync.
     async fn finish_step(

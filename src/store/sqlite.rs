@@ -156,12 +156,16 @@ fn followed_from_row(row: &SqliteRow) -> Result<FollowedRun, StoreError> {
     })
 }
 
+/// Saves an execution's progress. `release` gives its lease up (it stops: done, failed, or
+/// waiting for a retry); progress saved between two steps keeps the lease, or another worker
+/// could claim the execution while this one runs its next step.
 async fn update_execution(
     connection: &mut SqliteConnection,
     execution: &Execution,
+    release: bool,
 ) -> Result<(), StoreError> {
     sqlx::query(
-            "UPDATE executions SET status = ?, context = ?, next_step = ?, attempt = ?, next_attempt_at = ?, step_started_at = ?, last_error = ?, lease_until = NULL, updated_at = ? WHERE id = ?",
+            "UPDATE executions SET status = ?, context = ?, next_step = ?, attempt = ?, next_attempt_at = ?, step_started_at = ?, last_error = ?, lease_until = CASE WHEN ? THEN NULL ELSE lease_until END, updated_at = ? WHERE id = ?",
         )
         .bind(&execution.status)
         .bind(execution.context.to_string())
@@ -170,6 +174,7 @@ async fn update_execution(
         .bind(time_text(execution.next_attempt_at))
         .bind(execution.step_started_at.map(time_text))
         .bind(&execution.last_error)
+        .bind(release)
         .bind(time_text(Utc::now()))
         .bind(&execution.id).execute(&mut *connection).await?;
     Ok(())
@@ -230,7 +235,7 @@ enum WriteOp {
         now: DateTime<Utc>,
         lease: Duration,
     },
-    SaveExecution(Box<Execution>),
+    SaveExecution(Box<Execution>, bool),
     FinishStep(Box<(StepRecord, Execution, Option<FollowedRun>)>),
     RecordStep(Box<StepRecord>),
     Follow(Box<FollowedRun>),
@@ -293,13 +298,15 @@ async fn apply(connection: &mut SqliteConnection, op: &WriteOp) -> Result<WriteR
                 .await?;
             Ok(WriteResult::Done)
         }
-        WriteOp::SaveExecution(execution) => update_execution(connection, execution)
-            .await
-            .map(|_| WriteResult::Done),
+        WriteOp::SaveExecution(execution, release) => {
+            update_execution(connection, execution, *release)
+                .await
+                .map(|_| WriteResult::Done)
+        }
         WriteOp::FinishStep(parts) => {
             let (record, execution, followed) = parts.as_ref();
             insert_step(connection, record).await?;
-            update_execution(connection, execution).await?;
+            update_execution(connection, execution, false).await?;
             if let Some(followed) = followed {
                 insert_followed(connection, followed).await?;
             }
@@ -697,8 +704,8 @@ impl Store for SqliteStore {
         .map(|_| ())
     }
 
-    async fn save_execution(&self, execution: &Execution) -> Result<(), StoreError> {
-        self.write(WriteOp::SaveExecution(Box::new(execution.clone())))
+    async fn save_execution(&self, execution: &Execution, release: bool) -> Result<(), StoreError> {
+        self.write(WriteOp::SaveExecution(Box::new(execution.clone()), release))
             .await
             .map(|_| ())
     }

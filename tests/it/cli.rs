@@ -188,3 +188,29 @@ fn a_failing_rule_test_exits_1_with_expected_and_actual() {
         "{out}"
     );
 }
+
+#[test]
+fn the_demo_runs_the_quickstart_scenario_to_its_end() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_flowd"))
+        .args(["demo", "--exit-when-done"])
+        .output()
+        .expect("run the demo");
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{out}");
+    assert!(
+        out.contains("notification received: Ana finished screening"),
+        "{out}"
+    );
+    assert!(
+        out.contains("notification received: Bo did not answer; data scrubbed"),
+        "{out}"
+    );
+    assert!(
+        out.contains("started by quickstart-interview"),
+        "Ana's interview is chained: {out}"
+    );
+    assert!(
+        out.contains("done: 8 executions, 4 runs followed, 3 notifications."),
+        "{out}"
+    );
+}

@@ -835,3 +835,40 @@ rules:
     );
     assert_eq!(runs.len(), 400);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_execution_is_never_run_twice_at_once() {
+    // Regression: saving progress between steps released the lease, so a second worker could
+    // claim the execution and run its remaining steps again.
+    let rules = r#"
+rules:
+  - name: many
+    on: { event: go }
+    do:
+      - notify: { url: SINK_URL, body: { n: "{{event.data.n}}", step: 1 } }
+      - notify: { url: SINK_URL, body: { n: "{{event.data.n}}", step: 2 } }
+      - notify: { url: SINK_URL, body: { n: "{{event.data.n}}", step: 3 } }
+      - notify: { url: SINK_URL, body: { n: "{{event.data.n}}", step: 4 } }
+      - notify: { url: SINK_URL, body: { n: "{{event.data.n}}", step: 5 } }
+      - notify: { url: SINK_URL, body: { n: "{{event.data.n}}", step: 6 } }
+"#;
+    let world = world(rules, &[]).await;
+    for n in 0..30 {
+        post_event(&world.daemon, "go", json!({"id": format!("g{n}"), "n": n})).await;
+    }
+    eventually(WAIT, "180 notifications", || async {
+        (world.sink.received().len() >= 180).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut seen: Vec<String> = world
+        .sink
+        .received()
+        .iter()
+        .map(|r| r.body.to_string())
+        .collect();
+    let total = seen.len();
+    seen.sort();
+    seen.dedup();
+    assert_eq!((total, seen.len()), (180, 180), "a step ran twice");
+}
