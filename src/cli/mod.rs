@@ -1,6 +1,7 @@
 //! The command line: one module per subcommand. [`run`] parses nothing; `main.rs` hands it the
 //! parsed [`Cli`] and maps the returned exit code.
 
+pub mod admin;
 pub mod check;
 pub mod daemon;
 pub mod demo;
@@ -44,6 +45,16 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Run the Recrubo simulator.
     Sim(sim::SimArgs),
+    /// Run a rule by hand (manual triggers) with inputs.
+    Trigger(admin::TriggerArgs),
+    /// List executions, or show one with its steps.
+    Executions(admin::ExecutionsArgs),
+    /// List the runs and generations flowd follows.
+    Runs(admin::AdminConnection),
+    /// List dead letters, or retry one.
+    DeadLetters(admin::DeadLettersArgs),
+    /// Ask the daemon to reload its rules now.
+    Reload(admin::AdminConnection),
     /// Manage Recrubo webhook subscriptions and the organization's webhook destination.
     #[command(subcommand)]
     Webhooks(webhooks::WebhooksCommand),
@@ -70,6 +81,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Run(args) => daemon::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Trigger(args) => admin::run(admin::AdminCommand::Trigger(args)),
+        Command::Executions(args) => admin::run(admin::AdminCommand::Executions(args)),
+        Command::Runs(args) => admin::run(admin::AdminCommand::Runs(args)),
+        Command::DeadLetters(args) => admin::run(admin::AdminCommand::DeadLetters(args)),
+        Command::Reload(args) => admin::run(admin::AdminCommand::Reload(args)),
         Command::Sim(args) => sim::run(args),
         Command::Webhooks(command) => webhooks::run(command),
     }

@@ -64,6 +64,8 @@ pub fn admin_router(state: AppState) -> Router {
         .route("/api/v1/executions/{id}", get(show_execution))
         .route("/api/v1/runs", get(list_runs))
         .route("/api/v1/dead-letters", get(list_dead_letters))
+        .route("/api/v1/dead-letters/{id}/retry", post(retry_dead_letter))
+        .route("/api/v1/rules/{name}/trigger", post(trigger_rule))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             require_admin_token,
@@ -249,6 +251,152 @@ async fn list_dead_letters(
     {
         Ok(dead_letters) => Json(json!({ "dead_letters": dead_letters })).into_response(),
         Err(err) => store_error(err),
+    }
+}
+
+async fn retry_dead_letter(
+    State(state): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<i64>,
+) -> Response {
+    let store = match store_of(&state) {
+        Ok(store) => store,
+        Err(response) => return response,
+    };
+    match store.retry_dead_letter(id).await {
+        Ok(crate::store::RetryOutcome::Retried) => {
+            (StatusCode::ACCEPTED, Json(json!({"status": "retried", "id": id}))).into_response()
+        }
+        Ok(crate::store::RetryOutcome::NotFound) => {
+            (StatusCode::NOT_FOUND, Json(json!({"error": format!("no dead letter {id}")}))).into_response()
+        }
+        Ok(crate::store::RetryOutcome::AlreadyRetried) => {
+            (StatusCode::CONFLICT, Json(json!({"error": format!("dead letter {id} was retried already")}))).into_response()
+        }
+        Ok(crate::store::RetryOutcome::ExecutionWentOn) => (
+            StatusCode::CONFLICT,
+            Json(json!({"error": "the execution went on past this step (continue_on_error) or runs again already"})),
+        )
+            .into_response(),
+        Err(err) => store_error(err),
+    }
+}
+
+/// Checks and completes the inputs of a manual run against the rule's declared inputs.
+fn manual_inputs(
+    rule: &crate::rules::Rule,
+    given: serde_json::Map<String, serde_json::Value>,
+) -> Result<serde_json::Value, String> {
+    let crate::rules::Trigger::Manual(trigger) = &rule.trigger else {
+        return Ok(serde_json::Value::Object(given));
+    };
+    let mut inputs = given;
+    for input in &trigger.inputs {
+        match inputs.get(&input.name) {
+            None => match &input.default {
+                Some(default) => {
+                    inputs.insert(input.name.clone(), default.clone());
+                }
+                None if input.required => {
+                    return Err(format!("input `{}` is required", input.name));
+                }
+                None => {}
+            },
+            Some(value) => {
+                let fits = match input.input_type.as_str() {
+                    "number" => value.is_number(),
+                    "boolean" => value.is_boolean(),
+                    "object" => value.is_object(),
+                    _ => value.is_string(),
+                };
+                if !fits {
+                    return Err(format!(
+                        "input `{}` must be a {}",
+                        input.name, input.input_type
+                    ));
+                }
+            }
+        }
+    }
+    for name in inputs.keys() {
+        if !trigger.inputs.iter().any(|input| &input.name == name) {
+            return Err(format!("rule `{}` has no input `{name}`", rule.name));
+        }
+    }
+    Ok(serde_json::Value::Object(inputs))
+}
+
+async fn trigger_rule(
+    State(state): State<AppState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let set = state.reloader.current();
+    let Some(rule) = set.get(&name) else {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": format!("no rule `{name}`")})),
+        )
+            .into_response();
+    };
+    let body: serde_json::Value = if body.is_empty() {
+        json!({})
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(value) => value,
+            Err(err) => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    Json(json!({"error": format!("the body is not valid JSON: {err}")})),
+                )
+                    .into_response();
+            }
+        }
+    };
+    let given = match body.get("inputs").cloned().unwrap_or(body) {
+        serde_json::Value::Object(map) => map,
+        _ => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": "inputs must be a JSON object"})),
+            )
+                .into_response();
+        }
+    };
+    let inputs = match manual_inputs(rule, given) {
+        Ok(inputs) => inputs,
+        Err(reason) => {
+            return (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(json!({"error": reason})),
+            )
+                .into_response();
+        }
+    };
+    let Some(intake) = &state.intake else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": "no intake"})),
+        )
+            .into_response();
+    };
+    let id = uuid::Uuid::new_v4().to_string();
+    let event = crate::store::NewEvent {
+        source: crate::store::EventSource::Manual,
+        event_type: "manual".to_owned(),
+        dedup_key: Some(format!("manual:{id}")),
+        payload: json!({ "rule": name, "type": "manual", "id": id, "data": inputs }),
+    };
+    match intake.store(event).await {
+        Ok(_) => (
+            StatusCode::ACCEPTED,
+            Json(json!({"status": "triggered", "rule": name, "event_id": id})),
+        )
+            .into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": reason})),
+        )
+            .into_response(),
     }
 }
 

@@ -265,6 +265,20 @@ pub struct EventOutcome {
     pub fire: Option<(String, String)>,
 }
 
+/// What retrying a dead letter did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryOutcome {
+    /// The execution is pending again at the failed step.
+    Retried,
+    /// No such dead letter.
+    NotFound,
+    /// It was retried before.
+    AlreadyRetried,
+    /// The execution went on past the step (`continue_on_error`) or runs again already.
+    ExecutionWentOn,
+}
+
 /// Ticks of one schedule rule to record.
 #[derive(Debug, Clone)]
 pub struct TickBatch {
@@ -334,6 +348,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         kind: &str,
         error: &str,
     ) -> Result<(), StoreError>;
+    /// Puts a dead letter's execution back to pending at the failed step.
+    async fn retry_dead_letter(&self, id: i64) -> Result<RetryOutcome, StoreError>;
     /// Dead letters, newest first.
     async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetter>, StoreError>;
     /// Executions, newest first (optionally of one rule).

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     DeadLetter, EventOutcome, EventSource, Execution, FollowedRun, InsertOutcome, NewEvent,
-    NewExecution, StepRecord, Store, StoreError, StoredEvent, TickBatch,
+    NewExecution, RetryOutcome, StepRecord, Store, StoreError, StoredEvent, TickBatch,
 };
 
 /// The SQLite store.
@@ -255,6 +255,7 @@ enum WriteOp {
     },
     RecordTicks(Vec<TickBatch>),
     InsertExecutions(Vec<NewExecution>),
+    RetryDeadLetter(i64),
 }
 
 /// What a write returns.
@@ -264,6 +265,7 @@ enum WriteResult {
     Completed(Vec<bool>),
     Claimed(Vec<Execution>),
     Ticks(Vec<Vec<bool>>),
+    Retry(RetryOutcome),
 }
 
 struct WriteJob {
@@ -342,6 +344,9 @@ async fn apply(connection: &mut SqliteConnection, op: &WriteOp) -> Result<WriteR
         WriteOp::RecordTicks(batches) => record_ticks(connection, batches)
             .await
             .map(WriteResult::Ticks),
+        WriteOp::RetryDeadLetter(id) => retry_dead_letter(connection, *id)
+            .await
+            .map(WriteResult::Retry),
         WriteOp::InsertExecutions(executions) => {
             let now = time_text(Utc::now());
             for execution in executions {
@@ -495,6 +500,42 @@ async fn record_ticks(
         builder.build().execute(&mut *connection).await?;
     }
     Ok(flags)
+}
+
+async fn retry_dead_letter(
+    connection: &mut SqliteConnection,
+    id: i64,
+) -> Result<RetryOutcome, StoreError> {
+    let Some(letter) =
+        sqlx::query("SELECT execution_id, step_index, retried_at FROM dead_letters WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut *connection)
+            .await?
+    else {
+        return Ok(RetryOutcome::NotFound);
+    };
+    if letter.try_get::<Option<String>, _>("retried_at")?.is_some() {
+        return Ok(RetryOutcome::AlreadyRetried);
+    }
+    let execution_id: String = letter.try_get("execution_id")?;
+    let step_index: i64 = letter.try_get("step_index")?;
+    let now = time_text(Utc::now());
+    let updated = sqlx::query("UPDATE executions SET status = 'pending', attempt = 0, next_attempt_at = ?, last_error = NULL, lease_until = NULL, step_started_at = NULL, updated_at = ? WHERE id = ? AND status = 'failed' AND next_step = ?")
+        .bind(&now)
+        .bind(&now)
+        .bind(&execution_id)
+        .bind(step_index)
+        .execute(&mut *connection)
+        .await?;
+    if updated.rows_affected() == 0 {
+        return Ok(RetryOutcome::ExecutionWentOn);
+    }
+    sqlx::query("UPDATE dead_letters SET retried_at = ? WHERE id = ?")
+        .bind(&now)
+        .bind(id)
+        .execute(&mut *connection)
+        .await?;
+    Ok(RetryOutcome::Retried)
 }
 
 async fn claim(
@@ -784,6 +825,13 @@ impl Store for SqliteStore {
         })
         .await
         .map(|_| ())
+    }
+
+    async fn retry_dead_letter(&self, id: i64) -> Result<RetryOutcome, StoreError> {
+        match self.write(WriteOp::RetryDeadLetter(id)).await? {
+            WriteResult::Retry(outcome) => Ok(outcome),
+            _ => Err(StoreError::Database("unexpected writer answer".into())),
+        }
     }
 
     async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetter>, StoreError> {

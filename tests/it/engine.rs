@@ -872,3 +872,89 @@ rules:
     seen.dedup();
     assert_eq!((total, seen.len()), (180, 180), "a step ran twice");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_clients_trigger_list_and_retry() {
+    let rules = r#"
+rules:
+  - name: resend
+    on:
+      manual:
+        inputs:
+          thread: { type: string, required: true }
+          priority: { type: number, default: 1 }
+    do:
+      - start_flow_run: { flow: f, message_thread: "{{event.data.thread}}", state: { priority: "{{event.data.priority}}" } }
+  - name: broken
+    on: { event: break }
+    do:
+      - http: { url: "http://127.0.0.1:9/nothing" }
+        retry: { attempts: 1 }
+"#;
+    let world = world(rules, &[]).await;
+    let admin = format!("http://{}", world.daemon.admin);
+    let flowd = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_flowd"))
+            .args(args)
+            .args(["--admin-url", &admin])
+            .output()
+            .expect("run flowd");
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned()
+                + &String::from_utf8_lossy(&output.stderr),
+        )
+    };
+    let (code, out) =
+        tokio::task::block_in_place(|| flowd(&["trigger", "resend", "--input", "thread=t-7"]));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("triggered resend"), "{out}");
+    let run = eventually(WAIT, "the manual run starts its flow run", || async {
+        runs_on_thread(&world.client, "t-7")
+            .await
+            .into_iter()
+            .next()
+    })
+    .await;
+    assert_eq!(
+        run.attributes["state"],
+        json!({"priority": 1}),
+        "the default input applies"
+    );
+    let (code, out) = tokio::task::block_in_place(|| flowd(&["trigger", "resend"]));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("input `thread` is required"), "{out}");
+
+    post_event(&world.daemon, "break", json!({})).await;
+    let listing = eventually(WAIT, "a dead letter is listed", || async {
+        let (code, out) = tokio::task::block_in_place(|| flowd(&["dead-letters", "--json"]));
+        let body: Value = serde_json::from_str(&out).ok()?;
+        (code == 0 && body["dead_letters"].as_array()?.len() == 1).then_some(body)
+    })
+    .await;
+    let id = listing["dead_letters"][0]["id"]
+        .as_i64()
+        .expect("id")
+        .to_string();
+    let (code, out) = tokio::task::block_in_place(|| flowd(&["dead-letters"]));
+    assert_eq!(code, 0);
+    assert!(out.contains("broken") && out.contains("http"), "{out}");
+    let (code, out) = tokio::task::block_in_place(|| flowd(&["dead-letters", "retry", &id]));
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = tokio::task::block_in_place(|| flowd(&["dead-letters", "retry", &id]));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("retried already"), "{out}");
+
+    let (code, out) = tokio::task::block_in_place(|| flowd(&["executions", "--rule", "resend"]));
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with("ID") && out.contains("resend") && out.contains("succeeded"),
+        "{out}"
+    );
+    let (code, out) = tokio::task::block_in_place(|| flowd(&["runs"]));
+    assert_eq!(code, 0);
+    assert!(out.contains(&run.id), "{out}");
+    let (code, out) = tokio::task::block_in_place(|| flowd(&["reload"]));
+    assert_eq!(code, 0);
+    assert!(out.starts_with("unchanged: 2 rules"), "{out}");
+}
