@@ -11,7 +11,12 @@ use serde_json::Value;
 #[derive(Debug, Args)]
 pub struct AdminConnection {
     /// The admin listener's URL.
-    #[arg(long, global = true, env = "FLOWD_ADMIN_URL", default_value = "http://127.0.0.1:8081")]
+    #[arg(
+        long,
+        global = true,
+        env = "FLOWD_ADMIN_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
     pub admin_url: String,
     /// The admin bearer token, when one is set.
     #[arg(long, global = true, env = "FLOWD_ADMIN_TOKEN", hide_env_values = true)]

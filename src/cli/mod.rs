@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod demo;
 pub mod schema;
 pub mod sim;
+pub mod simulate;
 pub mod test;
 pub mod webhooks;
 
@@ -37,6 +38,8 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Print the JSON Schema of rule files.
     Schema,
+    /// Show which rules an event matches and the steps they would run, calling nothing.
+    Simulate(simulate::SimulateArgs),
     /// Run the `tests:` of every rule offline; exit 1 on any failure.
     Test(test::TestArgs),
     /// Run the daemon.
@@ -75,6 +78,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check(args) => Ok(check::run(&args)),
         Command::Test(args) => Ok(test::run(&args)),
+        Command::Simulate(args) => simulate::run(&args),
         Command::Schema => {
             println!("{}", schema::rule_file_schema_json());
             Ok(ExitCode::SUCCESS)

@@ -214,3 +214,46 @@ fn the_demo_runs_the_quickstart_scenario_to_its_end() {
         "{out}"
     );
 }
+
+#[test]
+fn simulate_shows_matches_reasons_and_rendered_steps() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let event = dir.path().join("event.json");
+    std::fs::write(
+        &event,
+        r#"{"type": "application.created", "data": {"name": "Ana", "phone": "316", "candidate_id": "c-1", "message_thread_id": "t-1", "vacancy": {"open": false, "title": "Barista"}}}"#,
+    )
+    .expect("write");
+    let (code, out) = flowd(&[
+        "simulate",
+        "--event",
+        event.to_str().expect("utf-8"),
+        "--rules",
+        &format!("{root}/rules"),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("✗ screen-new-applications — matched, but its `if` is not true"),
+        "{out}"
+    );
+    assert!(out.contains("✗ generate-vacancy-flow — no match: it listens to `vacancy.published`, not `application.created`"), "{out}");
+    assert!(out.contains("0 rules would run."), "{out}");
+
+    std::fs::write(
+        &event,
+        r#"{"data":{"type":"webhookPayload","id":"w-1","attributes":{"event":"update","fields":["status"],"resource":{"id":"r-1","type":"flowRuns","attributes":{"status":"exception","flowId":"f-1","messageThreadId":"t-1"}}}}}"#,
+    )
+    .expect("write");
+    let (code, out) = flowd(&[
+        "simulate",
+        "--event",
+        event.to_str().expect("utf-8"),
+        "--rules",
+        &format!("{root}/rules"),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("✓ alert-on-run-exception — matches"), "{out}");
+    assert!(out.contains(r#""subject":"Flow run r-1 failed""#), "{out}");
+    assert!(out.contains("✗ chain-interview-scheduling — no match: the status `exception` is not one it reacts to"), "{out}");
+}
