@@ -41,7 +41,7 @@ pub struct EngineSettings {
 impl Default for EngineSettings {
     fn default() -> Self {
         EngineSettings {
-            max_steps_in_flight: 64,
+            max_steps_in_flight: 256,
             lease: Duration::from_secs(120),
             reconcile_after: Duration::from_secs(600),
             reconcile_every: Duration::from_secs(30),
