@@ -350,22 +350,7 @@ async fn apply(connection: &mut SqliteConnection, op: &WriteOp) -> Result<WriteR
         WriteOp::InsertExecutions(executions) => {
             let now = time_text(Utc::now());
             for execution in executions {
-                sqlx::query(
-                    "INSERT INTO executions (id, rule, event_id, handler_step, handler_status, status, context, next_step, attempt, next_attempt_at, last_error, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-                )
-                .bind(&execution.id)
-                .bind(&execution.rule)
-                .bind(execution.event_id)
-                .bind(&execution.handler_step)
-                .bind(&execution.handler_status)
-                .bind(&execution.status)
-                .bind(execution.context.to_string())
-                .bind(&now)
-                .bind(&execution.note)
-                .bind(&now)
-                .bind(&now)
-                .execute(&mut *connection)
-                .await?;
+                insert_execution(connection, execution, &now).await?;
             }
             Ok(WriteResult::Done)
         }
@@ -645,22 +630,7 @@ async fn complete_events(
             .await?;
         }
         for execution in &outcome.executions {
-            sqlx::query(
-                "INSERT INTO executions (id, rule, event_id, handler_step, handler_status, status, context, next_step, attempt, next_attempt_at, last_error, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?, ?)",
-            )
-            .bind(&execution.id)
-            .bind(&execution.rule)
-            .bind(execution.event_id)
-            .bind(&execution.handler_step)
-            .bind(&execution.handler_status)
-            .bind(&execution.status)
-            .bind(execution.context.to_string())
-            .bind(&now)
-            .bind(&execution.note)
-            .bind(&now)
-            .bind(&now)
-            .execute(&mut *connection)
-            .await?;
+            insert_execution(connection, execution, &now).await?;
         }
         fired_now.push(true);
     }
