@@ -221,6 +221,31 @@ async fn insert_followed(
     Ok(())
 }
 
+/// Stores a new execution, due at once; an id stored before is left alone (sweeps re-run).
+async fn insert_execution(
+    connection: &mut SqliteConnection,
+    execution: &NewExecution,
+    now: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO executions (id, rule, event_id, handler_step, handler_status, status, context, next_step, attempt, next_attempt_at, last_error, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&execution.id)
+    .bind(&execution.rule)
+    .bind(execution.event_id)
+    .bind(&execution.handler_step)
+    .bind(&execution.handler_status)
+    .bind(&execution.status)
+    .bind(execution.context.to_string())
+    .bind(now)
+    .bind(&execution.note)
+    .bind(now)
+    .bind(now)
+    .execute(&mut *connection)
+    .await?;
+    Ok(())
+}
+
 /// A write, applied by the writer task inside a shared transaction.
 enum WriteOp {
     InsertEvents(Vec<NewEvent>),
