@@ -5,6 +5,8 @@
 //! - admin ([`admin_router`]): `GET /metrics`, `GET /api/v1/rules`, `POST /api/v1/reload`,
 //!   behind a bearer token when one is configured.
 
+pub mod page;
+
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
@@ -57,6 +59,7 @@ pub fn public_router(state: AppState) -> Router {
 /// The admin listener's routes.
 pub fn admin_router(state: AppState) -> Router {
     Router::new()
+        .route("/", get(page::status_page))
         .route("/metrics", get(metrics_text))
         .route("/api/v1/rules", get(list_rules))
         .route("/api/v1/reload", post(reload))

@@ -344,6 +344,35 @@ rules:
     assert_eq!(detail["steps"][0]["status"], "failed");
     assert_eq!(detail["steps"][0]["attempts"], 3);
     assert_eq!(detail["steps"][1]["status"], "succeeded");
+
+    // The status page shows the rule, the execution's step timeline and the dead letter.
+    let page = reqwest::get(world.daemon.admin_url("/"))
+        .await
+        .expect("page");
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap_or_default()
+            .starts_with("text/html")
+    );
+    let html = page.text().await.expect("html");
+    assert!(
+        html.contains("<h2>Rules</h2>") && html.contains("failing"),
+        "{html}"
+    );
+    assert!(
+        html.contains("step s-failed") && html.contains("step s-succeeded"),
+        "{html}"
+    );
+    assert!(
+        html.contains("<h2>Dead letters</h2>") && html.contains("onclick=\"retry("),
+        "{html}"
+    );
+    assert!(
+        html.contains("http-equiv=refresh"),
+        "the page refreshes itself"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
