@@ -274,6 +274,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|p| p.into_inner())
             .len()
     ));
+    say(format!("  status page http://{admin_addr}/"));
     say(format!(
         "  executions  http://{admin_addr}/api/v1/executions"
     ));

@@ -50,7 +50,7 @@ pub async fn status_page(State(state): State<AppState>) -> Response {
     let reload_class = if reload.last_success { "ok" } else { "bad" };
     let _ = write!(
         html,
-        "<p>{} rules from {} files · hash <code>{}</code> · last reload <span class={reload_class}>{}</span> at {} ({:?})</p>",
+        "<p>{} rule(s) from {} file(s) · hash <code>{}</code> · last reload <span class={reload_class}>{}</span> at {} ({:?})</p>",
         set.len(),
         set.files.len(),
         escape(&set.hash.chars().take(12).collect::<String>()),
