@@ -96,6 +96,28 @@ pub struct Settings {
     pub secrets_file: Option<PathBuf>,
     /// Seconds between full rescans of the rules folder (a safety net for lost file events).
     pub rescan_interval_seconds: u64,
+    /// How much execution history is kept.
+    pub history: HistorySettings,
+}
+
+/// `history:` settings: finished executions older than `max_age`, or beyond the newest
+/// `max_count`, are pruned in the background (pending ones and followed runs never are).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistorySettings {
+    /// A duration like `30d`.
+    pub max_age: String,
+    /// Executions kept at most.
+    pub max_count: i64,
+}
+
+impl Default for HistorySettings {
+    fn default() -> Self {
+        HistorySettings {
+            max_age: "30d".to_owned(),
+            max_count: 100_000,
+        }
+    }
 }
 
 impl Default for Settings {
@@ -112,6 +134,7 @@ impl Default for Settings {
             log: LogSettings::default(),
             secrets_file: None,
             rescan_interval_seconds: 30,
+            history: HistorySettings::default(),
         }
     }
 }
@@ -252,6 +275,8 @@ pub const SETTING_PATHS: &[&str] = &[
     "log.level",
     "secrets_file",
     "rescan_interval_seconds",
+    "history.max_age",
+    "history.max_count",
 ];
 
 /// The environment variable of a settings path.

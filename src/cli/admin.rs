@@ -241,6 +241,13 @@ pub fn run(command: AdminCommand) -> anyhow::Result<ExitCode> {
                     }
                     None => {
                         let mut path = "/api/v1/executions?limit=200".to_owned();
+                        if let Some(status) = &args.status {
+                            path.push_str(&format!(
+                                "&status={}",
+                                url::form_urlencoded::byte_serialize(status.as_bytes())
+                                    .collect::<String>()
+                            ));
+                        }
                         if let Some(rule) = &args.rule {
                             path.push_str(&format!(
                                 "&rule={}",

@@ -273,6 +273,27 @@ pub async fn serve_with(
         work_shutdown.clone(),
         Duration::from_secs(20),
     ));
+    let history_age = crate::rules::duration::parse_duration(&settings.history.max_age)
+        .map_err(|err| anyhow::anyhow!("history.max_age: {err}"))?;
+    let history_count = settings.history.max_count.max(1);
+    let prune_store = store.clone();
+    let prune_shutdown = work_shutdown.clone();
+    let prune_task = tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(600));
+        loop {
+            tokio::select! {
+                _ = prune_shutdown.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            let before =
+                chrono::Utc::now() - chrono::Duration::from_std(history_age).unwrap_or_default();
+            match prune_store.prune_history(before, history_count).await {
+                Ok(0) => {}
+                Ok(count) => info!(executions = count, "History pruned"),
+                Err(err) => warn!(error = %err, "Cannot prune the history"),
+            }
+        }
+    });
     let schedule_task = tokio::spawn(crate::triggers::schedule::run(
         reloader.clone(),
         store.clone(),
@@ -362,6 +383,7 @@ pub async fn serve_with(
     let _ = executor_task.await;
     let _ = reconcile_task.await;
     let _ = schedule_task.await;
+    let _ = prune_task.await;
     info!("flowd stopped");
     Ok(())
 }

@@ -162,7 +162,11 @@ async fn reload(State(state): State<AppState>) -> Response {
 #[derive(Debug, serde::Deserialize)]
 struct HistoryQuery {
     rule: Option<String>,
+    status: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
     limit: Option<i64>,
+    page: Option<i64>,
 }
 
 fn store_of(state: &AppState) -> Result<&Arc<dyn Store>, Response> {
@@ -191,9 +195,39 @@ async fn list_executions(
         Ok(store) => store,
         Err(response) => return response,
     };
+    let parse_time = |text: &Option<String>,
+                      name: &str|
+     -> Result<Option<chrono::DateTime<chrono::Utc>>, Response> {
+        text.as_deref()
+            .map(|t| {
+                chrono::DateTime::parse_from_rfc3339(t)
+                    .map(|t| t.with_timezone(&chrono::Utc))
+                    .map_err(|err| (StatusCode::BAD_REQUEST, Json(json!({"error": format!("`{name}` is not an RFC 3339 time: {err}")}))).into_response())
+            })
+            .transpose()
+    };
+    let since = match parse_time(&query.since, "since") {
+        Ok(since) => since,
+        Err(response) => return response,
+    };
+    let until = match parse_time(&query.until, "until") {
+        Ok(until) => until,
+        Err(response) => return response,
+    };
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
-    match store.executions(query.rule.as_deref(), limit).await {
-        Ok(executions) => Json(json!({ "executions": executions })).into_response(),
+    let page = query.page.unwrap_or(1).max(1);
+    let filter = crate::store::ExecutionFilter {
+        rule: query.rule.clone(),
+        status: query.status.clone(),
+        since,
+        until,
+        limit,
+        offset: (page - 1) * limit,
+    };
+    match store.executions(&filter).await {
+        Ok(executions) => {
+            Json(json!({ "executions": executions, "page": page, "limit": limit })).into_response()
+        }
         Err(err) => store_error(err),
     }
 }
@@ -206,11 +240,11 @@ async fn show_execution(
         Ok(store) => store,
         Err(response) => return response,
     };
-    let executions = match store.executions(None, 100_000).await {
-        Ok(executions) => executions,
+    let execution = match store.execution(&id).await {
+        Ok(execution) => execution,
         Err(err) => return store_error(err),
     };
-    let Some(execution) = executions.into_iter().find(|e| e.id == id) else {
+    let Some(execution) = execution else {
         return (
             StatusCode::NOT_FOUND,
             Json(json!({"error": format!("no execution `{id}`")})),

@@ -94,7 +94,11 @@ pub async fn status_page(State(state): State<AppState>) -> Response {
 
     if let Some(store) = &state.store {
         html.push_str("<h2>Recent executions</h2><table><tr><th>when</th><th>rule</th><th>status</th><th>steps</th></tr>");
-        let executions = store.executions(None, 25).await.unwrap_or_default();
+        let recent = crate::store::ExecutionFilter {
+            limit: 25,
+            ..Default::default()
+        };
+        let executions = store.executions(&recent).await.unwrap_or_default();
         for execution in &executions {
             let steps = store.step_records(&execution.id).await.unwrap_or_default();
             let mut timeline = String::new();

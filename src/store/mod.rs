@@ -265,6 +265,23 @@ pub struct EventOutcome {
     pub fire: Option<(String, String)>,
 }
 
+/// A query of the execution history.
+#[derive(Debug, Clone, Default)]
+pub struct ExecutionFilter {
+    /// Only this rule.
+    pub rule: Option<String>,
+    /// Only this status.
+    pub status: Option<String>,
+    /// Created at or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Created before.
+    pub until: Option<DateTime<Utc>>,
+    /// Page size.
+    pub limit: i64,
+    /// Rows to skip.
+    pub offset: i64,
+}
+
 /// What retrying a dead letter did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -352,12 +369,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn retry_dead_letter(&self, id: i64) -> Result<RetryOutcome, StoreError>;
     /// Dead letters, newest first.
     async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetter>, StoreError>;
-    /// Executions, newest first (optionally of one rule).
-    async fn executions(
-        &self,
-        rule: Option<&str>,
-        limit: i64,
-    ) -> Result<Vec<Execution>, StoreError>;
+    /// Executions, newest first, filtered and paged.
+    async fn executions(&self, filter: &ExecutionFilter) -> Result<Vec<Execution>, StoreError>;
+    /// One execution.
+    async fn execution(&self, id: &str) -> Result<Option<Execution>, StoreError>;
+    /// Deletes finished history older than `before` and beyond the newest `keep` executions
+    /// (with their steps and processed events); returns how many executions went.
+    async fn prune_history(&self, before: DateTime<Utc>, keep: i64) -> Result<u64, StoreError>;
     /// The step records of an execution.
     async fn step_records(&self, execution_id: &str) -> Result<Vec<StepRecord>, StoreError>;
     /// Followed runs, most recently changed first.

@@ -21,8 +21,8 @@ use sqlx::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    DeadLetter, EventOutcome, EventSource, Execution, FollowedRun, InsertOutcome, NewEvent,
-    NewExecution, RetryOutcome, StepRecord, Store, StoreError, StoredEvent, TickBatch,
+    DeadLetter, EventOutcome, EventSource, Execution, ExecutionFilter, FollowedRun, InsertOutcome,
+    NewEvent, NewExecution, RetryOutcome, StepRecord, Store, StoreError, StoredEvent, TickBatch,
 };
 
 /// The SQLite store.
@@ -246,6 +246,36 @@ async fn insert_execution(
     Ok(())
 }
 
+/// Deletes finished executions older than `before` or beyond the newest `keep`, their steps, and
+/// processed events nothing refers to any more. Pending executions and followed runs stay.
+async fn prune(
+    connection: &mut SqliteConnection,
+    before: DateTime<Utc>,
+    keep: i64,
+) -> Result<u64, StoreError> {
+    let doomed = "SELECT id FROM executions WHERE status != 'pending' AND (created_at < ?1 OR id NOT IN (SELECT id FROM executions ORDER BY created_at DESC LIMIT ?2))";
+    sqlx::query(AssertSqlSafe(format!(
+        "DELETE FROM step_runs WHERE execution_id IN ({doomed})"
+    )))
+    .bind(time_text(before))
+    .bind(keep)
+    .execute(&mut *connection)
+    .await?;
+    let deleted = sqlx::query(AssertSqlSafe(format!(
+        "DELETE FROM executions WHERE id IN ({doomed})"
+    )))
+    .bind(time_text(before))
+    .bind(keep)
+    .execute(&mut *connection)
+    .await?
+    .rows_affected();
+    sqlx::query("DELETE FROM events WHERE processed_at IS NOT NULL AND processed_at < ? AND id NOT IN (SELECT event_id FROM executions WHERE event_id IS NOT NULL)")
+        .bind(time_text(before))
+        .execute(&mut *connection)
+        .await?;
+    Ok(deleted)
+}
+
 /// A write, applied by the writer task inside a shared transaction.
 enum WriteOp {
     InsertEvents(Vec<NewEvent>),
@@ -281,6 +311,10 @@ enum WriteOp {
     RecordTicks(Vec<TickBatch>),
     InsertExecutions(Vec<NewExecution>),
     RetryDeadLetter(i64),
+    Prune {
+        before: DateTime<Utc>,
+        keep: i64,
+    },
 }
 
 /// What a write returns.
@@ -291,6 +325,7 @@ enum WriteResult {
     Claimed(Vec<Execution>),
     Ticks(Vec<Vec<bool>>),
     Retry(RetryOutcome),
+    Pruned(u64),
 }
 
 struct WriteJob {
@@ -369,6 +404,9 @@ async fn apply(connection: &mut SqliteConnection, op: &WriteOp) -> Result<WriteR
         WriteOp::RecordTicks(batches) => record_ticks(connection, batches)
             .await
             .map(WriteResult::Ticks),
+        WriteOp::Prune { before, keep } => prune(connection, *before, *keep)
+            .await
+            .map(WriteResult::Pruned),
         WriteOp::RetryDeadLetter(id) => retry_dead_letter(connection, *id)
             .await
             .map(WriteResult::Retry),
@@ -850,21 +888,36 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn executions(
-        &self,
-        rule: Option<&str>,
-        limit: i64,
-    ) -> Result<Vec<Execution>, StoreError> {
+    async fn executions(&self, filter: &ExecutionFilter) -> Result<Vec<Execution>, StoreError> {
         let sql = format!(
-            "SELECT {EXECUTION_COLUMNS} FROM executions WHERE (? IS NULL OR rule = ?) ORDER BY created_at DESC, id LIMIT ?"
+            "SELECT {EXECUTION_COLUMNS} FROM executions WHERE (?1 IS NULL OR rule = ?1) AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR created_at >= ?3) AND (?4 IS NULL OR created_at < ?4) ORDER BY created_at DESC, id LIMIT ?5 OFFSET ?6"
         );
         let rows = sqlx::query(AssertSqlSafe(sql))
-            .bind(rule)
-            .bind(rule)
-            .bind(limit)
+            .bind(&filter.rule)
+            .bind(&filter.status)
+            .bind(filter.since.map(time_text))
+            .bind(filter.until.map(time_text))
+            .bind(filter.limit)
+            .bind(filter.offset)
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(execution_from_row).collect()
+    }
+
+    async fn execution(&self, id: &str) -> Result<Option<Execution>, StoreError> {
+        let sql = format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE id = ?");
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(execution_from_row).transpose()
+    }
+
+    async fn prune_history(&self, before: DateTime<Utc>, keep: i64) -> Result<u64, StoreError> {
+        match self.write(WriteOp::Prune { before, keep }).await? {
+            WriteResult::Pruned(count) => Ok(count),
+            _ => Err(StoreError::Database("unexpected writer answer".into())),
+        }
     }
 
     async fn step_records(&self, execution_id: &str) -> Result<Vec<StepRecord>, StoreError> {

@@ -10,4 +10,5 @@ mod recrubo_client;
 mod reload;
 mod shipped;
 mod simulator;
+mod store;
 mod support;

@@ -1,0 +1,139 @@
+//! The SQLite store on its own: history filters, paging and pruning.
+
+use chrono::{Duration as ChronoDuration, Utc};
+use serde_json::json;
+
+use flowd::store::sqlite::SqliteStore;
+use flowd::store::{
+    EventOutcome, EventSource, ExecutionFilter, InsertOutcome, NewEvent, NewExecution, Store,
+};
+
+fn execution(id: &str, rule: &str, status: &str) -> NewExecution {
+    NewExecution {
+        id: id.to_owned(),
+        rule: rule.to_owned(),
+        event_id: None,
+        handler_step: None,
+        handler_status: None,
+        status: status.to_owned(),
+        context: json!({}),
+        note: None,
+    }
+}
+
+#[tokio::test]
+async fn history_filters_pages_and_prunes() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = SqliteStore::open(&format!("sqlite://{}", dir.path().join("s.db").display()))
+        .await
+        .expect("store");
+    let stored = store
+        .insert_events(&[NewEvent {
+            source: EventSource::Event,
+            event_type: "x".into(),
+            dedup_key: Some("k".into()),
+            payload: json!({}),
+        }])
+        .await
+        .expect("insert");
+    let InsertOutcome::Stored(event_id) = stored[0] else {
+        panic!("stored")
+    };
+    let again = store
+        .insert_events(&[NewEvent {
+            source: EventSource::Event,
+            event_type: "x".into(),
+            dedup_key: Some("k".into()),
+            payload: json!({}),
+        }])
+        .await
+        .expect("insert");
+    assert_eq!(again, [InsertOutcome::Duplicate]);
+    let outcome = EventOutcome {
+        executions: vec![
+            execution("a", "r1", "skipped"),
+            execution("b", "r1", "pending"),
+            execution("c", "r2", "skipped"),
+        ],
+        ..EventOutcome::default()
+    };
+    store
+        .complete_events(&[(event_id, outcome)])
+        .await
+        .expect("complete");
+
+    let all = store
+        .executions(&ExecutionFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(all.len(), 3);
+    let r1 = store
+        .executions(&ExecutionFilter {
+            rule: Some("r1".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(r1.len(), 2);
+    let skipped = store
+        .executions(&ExecutionFilter {
+            status: Some("skipped".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(skipped.len(), 2);
+    let page2 = store
+        .executions(&ExecutionFilter {
+            limit: 2,
+            offset: 2,
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(page2.len(), 1);
+    let future = store
+        .executions(&ExecutionFilter {
+            since: Some(Utc::now() + ChronoDuration::hours(1)),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    assert!(future.is_empty());
+    assert_eq!(
+        store.execution("b").await.expect("get").map(|e| e.status),
+        Some("pending".to_owned())
+    );
+
+    // Nothing is old enough yet; keeping 1 prunes the finished beyond the newest one.
+    let pruned = store
+        .prune_history(Utc::now() - ChronoDuration::days(1), 100)
+        .await
+        .expect("prune");
+    assert_eq!(pruned, 0);
+    let pruned = store
+        .prune_history(Utc::now() + ChronoDuration::seconds(1), 100)
+        .await
+        .expect("prune");
+    assert_eq!(
+        pruned, 2,
+        "the two finished executions go; the pending one stays"
+    );
+    let left = store
+        .executions(&ExecutionFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(
+        left.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        ["b"]
+    );
+}
