@@ -172,7 +172,11 @@ pub async fn run(
             if entry.next.is_none_or(|next| next > now) {
                 continue;
             }
-            let due = timing.ticks_between(entry.last, now);
+            // The usual case, one tick due, costs one cron computation: the tick after it.
+            let (due, following) = match entry.next.map(|next| (next, timing.next_after(next))) {
+                Some((next, Some(following))) if following > now => (vec![next], Some(following)),
+                _ => (timing.ticks_between(entry.last, now), None),
+            };
             let (fire, result, skipped) = if due.len() <= 1 {
                 (due.clone(), "fired", 0)
             } else {
@@ -183,6 +187,7 @@ pub async fn run(
             plans.push((
                 rule.name.clone(),
                 entry.fingerprint.clone(),
+                following,
                 due,
                 fire,
                 result,
@@ -196,7 +201,7 @@ pub async fn run(
             tokio::time::sleep(Duration::from_millis(500)).await;
             continue;
         }
-        for (name, _, due, fire, _, skipped) in plans {
+        for (name, _, following, due, fire, _, skipped) in plans {
             let (Some(rule), Some(entry)) = (set.get(&name), entries.get_mut(&name)) else {
                 continue;
             };
@@ -210,7 +215,7 @@ pub async fn run(
             if let Some(last) = due.last() {
                 entry.last = *last;
             }
-            entry.next = timing.next_after(entry.last.max(now));
+            entry.next = following.or_else(|| timing.next_after(entry.last.max(now)));
             if let Some(next) = entry.next {
                 metrics::gauge!("flowd_schedule_next_fire_timestamp_seconds", "rule" => name.clone()).set(next.timestamp() as f64);
             }
@@ -234,6 +239,7 @@ pub async fn run(
 type Plan = (
     String,
     String,
+    Option<DateTime<Utc>>,
     Vec<DateTime<Utc>>,
     Vec<DateTime<Utc>>,
     &'static str,
@@ -244,7 +250,7 @@ type Plan = (
 /// false when the store failed.
 async fn record_all(store: &dyn Store, plans: &[Plan], now: DateTime<Utc>) -> bool {
     let mut batches = Vec::new();
-    for (rule, fingerprint, _, fire, result, _) in plans {
+    for (rule, fingerprint, _, _, fire, result, _) in plans {
         if fire.is_empty() {
             // Nothing fires (catch_up: skip); the state still moves on.
             if let Err(err) = store.set_schedule_state(rule, fingerprint, now).await {
