@@ -987,3 +987,100 @@ rules:
     assert_eq!(code, 0);
     assert!(out.starts_with("unchanged: 2 rules"), "{out}");
 }
+
+/// A minimal SMTP server: accepts one session after another and keeps each message's DATA.
+async fn smtp_sink() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let messages = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let store = messages.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = socket.into_split();
+                let mut lines = BufReader::new(read).lines();
+                let _ = write.write_all(b"220 sink ESMTP\r\n").await;
+                let mut in_data = false;
+                let mut data = String::new();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if in_data {
+                        if line == "." {
+                            in_data = false;
+                            store.lock().expect("lock").push(std::mem::take(&mut data));
+                            let _ = write.write_all(b"250 queued\r\n").await;
+                        } else {
+                            data.push_str(&line);
+                            data.push('\n');
+                        }
+                        continue;
+                    }
+                    let command = line.to_ascii_uppercase();
+                    let answer: &[u8] =
+                        if command.starts_with("EHLO") || command.starts_with("HELO") {
+                            b"250 sink\r\n"
+                        } else if command.starts_with("DATA") {
+                            in_data = true;
+                            b"354 go on\r\n"
+                        } else if command.starts_with("QUIT") {
+                            let _ = write.write_all(b"221 bye\r\n").await;
+                            return;
+                        } else {
+                            b"250 ok\r\n"
+                        };
+                    let _ = write.write_all(answer).await;
+                }
+            });
+        }
+    });
+    (addr, messages)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn email_steps_go_out_by_smtp() {
+    let (smtp, messages) = smtp_sink().await;
+    let rules = r#"
+rules:
+  - name: mail
+    on: { event: mail }
+    do:
+      - email:
+          to: [recruiter@example.com]
+          subject: "Candidate {{event.data.name}}"
+          body: "Please call {{event.data.name}}."
+          html: "<p>Please call <b>{{event.data.name}}</b>.</p>"
+"#;
+    let port = smtp.port().to_string();
+    let world = world(
+        rules,
+        &[
+            ("FLOWD_SMTP_HOST", "127.0.0.1"),
+            ("FLOWD_SMTP_PORT", port.as_str()),
+            ("FLOWD_SMTP_FROM", "flowd@example.com"),
+            ("FLOWD_SMTP_TLS", "none"),
+        ],
+    )
+    .await;
+    post_event(&world.daemon, "mail", json!({"name": "Ana"})).await;
+    let message = eventually(WAIT, "the mail reaches the SMTP sink", || async {
+        messages.lock().expect("lock").first().cloned()
+    })
+    .await;
+    assert!(message.contains("Subject: Candidate Ana"), "{message}");
+    assert!(message.contains("To: recruiter@example.com"), "{message}");
+    assert!(message.contains("Please call Ana."), "{message}");
+    assert!(message.contains("text/html"), "{message}");
+    let executions: Value = reqwest::get(world.daemon.admin_url("/api/v1/executions?rule=mail"))
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(executions["executions"][0]["status"], "succeeded");
+}
