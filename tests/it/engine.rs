@@ -1084,3 +1084,77 @@ rules:
         .expect("json");
     assert_eq!(executions["executions"][0]["status"], "succeeded");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sweep_killed_halfway_resumes_without_doubles_or_gaps() {
+    let rules = r#"
+rules:
+  - name: sweep
+    on:
+      event: kick
+      for_each: { list: flow-runs, filter: { status: timeout }, page_size: 50 }
+    do:
+      - log: "swept {{item.id}}"
+"#;
+    let mut world = world(rules, &[]).await;
+    for _ in 0..2000 {
+        let mut attributes = serde_json::Map::new();
+        attributes.insert("status".into(), json!("timeout"));
+        world.sim.state.insert("flow-runs", attributes);
+    }
+    // Slow pages (40 of them) so that the kill lands in the middle of the sweep.
+    crate::recrubo_client::set_faults(&world.sim, json!({"latency_ms": 40})).await;
+    post_event(&world.daemon, "kick", json!({})).await;
+    eventually(WAIT, "the sweep is under way", || async {
+        let pages = crate::recrubo_client::sim_requests(&world.sim)
+            .await
+            .iter()
+            .filter(|r| r["path"] == "/public/v2/flow-runs")
+            .count();
+        (pages >= 8).then_some(())
+    })
+    .await;
+    let state = std::mem::replace(&mut world.daemon, placeholder_daemon()).kill();
+    crate::recrubo_client::set_faults(&world.sim, json!({})).await;
+    let database = format!("sqlite://{}", state.path().join("flowd.db").display());
+    let base_url = world.sim.base_url();
+    let env = [
+        ("FLOWD_RECRUBO_BASE_URL", base_url.as_str()),
+        ("RECRUBO_API_TOKEN", "t"),
+        ("FLOWD_EVENTS_TOKENS", EVENT_TOKEN),
+        ("FLOWD_RECRUBO_RATE_LIMIT", "0"),
+    ];
+    world.daemon = Daemon::start_with_database(world._rules.path(), &env, &database, state);
+    let executions = eventually(
+        Duration::from_secs(60),
+        "one execution per item",
+        || async {
+            let mut all = Vec::new();
+            for page in 1..=3 {
+                let body: Value = reqwest::get(world.daemon.admin_url(&format!(
+                    "/api/v1/executions?rule=sweep&limit=1000&page={page}"
+                )))
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+                all.extend(body["executions"].as_array()?.iter().cloned());
+            }
+            (all.len() >= 2000 && all.iter().all(|e| e["status"] == "succeeded")).then_some(all)
+        },
+    )
+    .await;
+    let mut items: Vec<String> = executions
+        .iter()
+        .filter_map(|e| e["context"]["item"]["id"].as_str().map(str::to_owned))
+        .collect();
+    let total = items.len();
+    items.sort();
+    items.dedup();
+    assert_eq!(
+        (total, items.len()),
+        (2000, 2000),
+        "every item exactly once"
+    );
+}
