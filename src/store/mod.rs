@@ -345,8 +345,6 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<(), StoreError>;
     /// Records a step attempt.
     async fn record_step(&self, record: &StepRecord) -> Result<(), StoreError>;
-    /// Starts following a run or generation.
-    async fn follow(&self, followed: &FollowedRun) -> Result<(), StoreError>;
     /// A followed run.
     async fn followed(&self, resource_id: &str) -> Result<Option<FollowedRun>, StoreError>;
     /// Followed runs that are not terminal and unchanged since `before`.

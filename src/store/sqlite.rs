@@ -293,7 +293,6 @@ enum WriteOp {
     SaveExecution(Box<Execution>, bool),
     FinishStep(Box<(StepRecord, Execution, Option<FollowedRun>)>),
     RecordStep(Box<StepRecord>),
-    Follow(Box<FollowedRun>),
     Touch {
         resource_id: String,
         now: DateTime<Utc>,
@@ -375,9 +374,6 @@ async fn apply(connection: &mut SqliteConnection, op: &WriteOp) -> Result<WriteR
             Ok(WriteResult::Done)
         }
         WriteOp::RecordStep(record) => insert_step(connection, record)
-            .await
-            .map(|_| WriteResult::Done),
-        WriteOp::Follow(followed) => insert_followed(connection, followed)
             .await
             .map(|_| WriteResult::Done),
         WriteOp::Touch { resource_id, now } => {
@@ -801,12 +797,6 @@ impl Store for SqliteStore {
 
     async fn record_step(&self, record: &StepRecord) -> Result<(), StoreError> {
         self.write(WriteOp::RecordStep(Box::new(record.clone())))
-            .await
-            .map(|_| ())
-    }
-
-    async fn follow(&self, followed: &FollowedRun) -> Result<(), StoreError> {
-        self.write(WriteOp::Follow(Box::new(followed.clone())))
             .await
             .map(|_| ())
     }
