@@ -142,6 +142,15 @@ impl Diagnostic {
     }
 }
 
+/// Names as a readable list: `` `a`, `b`, `c` ``.
+pub fn backticked<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
+    names
+        .into_iter()
+        .map(|name| format!("`{name}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The closest candidate to `wrong` by edit distance, when it is close enough to be a typo.
 pub fn did_you_mean<'a, I>(wrong: &str, candidates: I) -> Option<String>
 where

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use super::diagnostic::{Diagnostic, did_you_mean};
+use super::diagnostic::{Diagnostic, backticked, did_you_mean};
 use super::located::Pos;
 use super::model::RuleFileModel;
 
@@ -390,7 +390,7 @@ fn yaml_diagnostic(path: &Path, err: &serde_saphyr::Error) -> Diagnostic {
                 if expected.is_empty() {
                     "no keys are allowed here".to_owned()
                 } else {
-                    format!("expected one of {}", list_names(expected))
+                    format!("expected one of {}", backticked(expected.iter().copied()))
                 }
             });
             Diagnostic::new(path, at, "unknown-field", format!("unknown key `{field}`"))
@@ -400,7 +400,7 @@ fn yaml_diagnostic(path: &Path, err: &serde_saphyr::Error) -> Diagnostic {
             variant, expected, ..
         } => {
             let hint = did_you_mean(variant, expected.iter().copied())
-                .unwrap_or_else(|| format!("expected one of {}", list_names(expected)));
+                .unwrap_or_else(|| format!("expected one of {}", backticked(expected.iter().copied())));
             Diagnostic::new(
                 path,
                 at,
@@ -467,14 +467,6 @@ fn friendlier(message: String) -> String {
         "expected sequence start" => "expected a list here (`- item` lines or `[a, b]`)".to_owned(),
         _ => message,
     }
-}
-
-fn list_names(names: &[&str]) -> String {
-    names
-        .iter()
-        .map(|name| format!("`{name}`"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// serde-saphyr puts `line N column M` into its messages; the diagnostic has its own position.

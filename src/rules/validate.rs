@@ -14,7 +14,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-use super::diagnostic::{Diagnostic, did_you_mean};
+use super::diagnostic::{Diagnostic, backticked, did_you_mean};
 use super::duration::parse_duration;
 use super::expr::Condition;
 use super::load::LoadedFiles;
@@ -983,11 +983,7 @@ impl Validator {
                                 } else {
                                     format!(
                                         "this file's vars are {}",
-                                        ctx.vars
-                                            .keys()
-                                            .map(|k| format!("`{k}`"))
-                                            .collect::<Vec<_>>()
-                                            .join(", ")
+                                        backticked(ctx.vars.keys().map(String::as_str))
                                     )
                                 }
                             });
@@ -1025,12 +1021,7 @@ impl Validator {
                                 } else {
                                     format!(
                                         "earlier steps here: {}",
-                                        scope
-                                            .visible_steps
-                                            .iter()
-                                            .map(|s| format!("`{s}`"))
-                                            .collect::<Vec<_>>()
-                                            .join(", ")
+                                        backticked(scope.visible_steps.iter().map(String::as_str))
                                     )
                                 }
                             });
@@ -2036,11 +2027,7 @@ impl Validator {
                                 } else {
                                     format!(
                                         "its `{expected_kind}` steps are {}",
-                                        candidates
-                                            .iter()
-                                            .map(|c| format!("`{c}`"))
-                                            .collect::<Vec<_>>()
-                                            .join(", ")
+                                        backticked(candidates.iter().copied())
                                     )
                                 }
                             });
