@@ -837,13 +837,9 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// `POST /_sim/flow-runs/{id}/status {"status": ..., "state": {...}}`.
-async fn control_run_status(
-    State(state): State<Arc<SimState>>,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> ApiResult {
-    let body: Value = serde_json::from_slice(&body).map_err(|err| {
+/// The JSON body of a control call and its required `status`.
+fn control_body(body: &Bytes) -> Result<(Value, String), Response> {
+    let body: Value = serde_json::from_slice(body).map_err(|err| {
         api_error(
             StatusCode::BAD_REQUEST,
             format!("the body is not JSON: {err}"),
@@ -852,7 +848,19 @@ async fn control_run_status(
     let status = body
         .get("status")
         .and_then(Value::as_str)
-        .ok_or_else(|| api_error(StatusCode::BAD_REQUEST, "`status` is required"))?;
+        .ok_or_else(|| api_error(StatusCode::BAD_REQUEST, "`status` is required"))?
+        .to_owned();
+    Ok((body, status))
+}
+
+/// `POST /_sim/flow-runs/{id}/status {"status": ..., "state": {...}}`.
+async fn control_run_status(
+    State(state): State<Arc<SimState>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let (body, status) = control_body(&body)?;
+    let status = status.as_str();
     let new_state = body.get("state").cloned();
     if new_state.as_ref().is_some_and(|s| !s.is_object()) {
         return Err(api_error(
@@ -872,16 +880,8 @@ async fn control_generation_status(
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult {
-    let body: Value = serde_json::from_slice(&body).map_err(|err| {
-        api_error(
-            StatusCode::BAD_REQUEST,
-            format!("the body is not JSON: {err}"),
-        )
-    })?;
-    let status = body
-        .get("status")
-        .and_then(Value::as_str)
-        .ok_or_else(|| api_error(StatusCode::BAD_REQUEST, "`status` is required"))?;
+    let (_, status) = control_body(&body)?;
+    let status = status.as_str();
     let generation = state
         .advance_generation(&id, &[], status)
         .ok_or_else(|| not_found("flow-generations"))?;
