@@ -236,7 +236,7 @@ pub async fn serve_with(
         store: store.clone(),
         reloader: reloader.clone(),
         deps: action_deps(&settings)?,
-        secrets: Arc::new(secrets),
+        secrets: Arc::new(crate::engine::SecretValues::new(&secrets)),
         settings: EngineSettings {
             reconcile_after,
             // Look for stale runs often enough that one is polled soon after it goes stale.

@@ -199,7 +199,7 @@ async fn run_execution(engine: &Engine, mut execution: Execution) -> Result<(), 
                 }
             }
         };
-        record.input = Some(redact(&input, &engine.secret_values()));
+        record.input = Some(redact(&input, engine.secret_values()));
         let in_doubt = execution.step_started_at;
         // Creates leave a trace before they are sent: after a crash, the next attempt checks
         // whether the create went through. Other steps are simply run again (at least once).
@@ -236,7 +236,7 @@ async fn run_execution(engine: &Engine, mut execution: Execution) -> Result<(), 
                 }
                 let followed = followed_run(&execution, step, &key, &output);
                 record.status = "succeeded".to_owned();
-                record.output = Some(redact(&output, &engine.secret_values()));
+                record.output = Some(redact(&output, engine.secret_values()));
                 record.finished_at = Some(Utc::now());
                 execution.next_step += 1;
                 execution.attempt = 0;
@@ -277,7 +277,7 @@ async fn fail_step(
     let policy = step.retry.unwrap_or_default();
     let message = redact(
         &Value::String(failure.message.clone()),
-        &engine.secret_values(),
+        engine.secret_values(),
     )
     .as_str()
     .unwrap_or_default()

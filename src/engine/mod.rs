@@ -60,7 +60,7 @@ pub struct Engine {
     /// What steps need.
     pub deps: ActionDeps,
     /// Secret values for `{{secrets.NAME}}`; never stored.
-    pub secrets: Arc<BTreeMap<String, Secret<String>>>,
+    pub secrets: Arc<SecretValues>,
     /// Tunables.
     pub settings: EngineSettings,
     /// Wakes the processor (new events).
@@ -71,17 +71,34 @@ pub struct Engine {
 
 impl Engine {
     /// The secret values, for redaction.
-    pub fn secret_values(&self) -> Vec<String> {
-        self.secrets.values().map(|s| s.expose().clone()).collect()
+    pub fn secret_values(&self) -> &[String] {
+        &self.secrets.values
     }
 
     /// `{"NAME": value}` for templates.
-    pub fn secrets_json(&self) -> serde_json::Value {
-        serde_json::Value::Object(
-            self.secrets
-                .iter()
-                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.expose().clone())))
-                .collect(),
-        )
+    pub fn secrets_json(&self) -> &serde_json::Value {
+        &self.secrets.json
+    }
+}
+
+/// The resolved secrets, in the two forms the engine uses on every step — built once, at start.
+#[derive(Debug, Default)]
+pub struct SecretValues {
+    values: Vec<String>,
+    json: serde_json::Value,
+}
+
+impl SecretValues {
+    /// From the resolved secrets.
+    pub fn new(secrets: &BTreeMap<String, Secret<String>>) -> Self {
+        SecretValues {
+            values: secrets.values().map(|s| s.expose().clone()).collect(),
+            json: serde_json::Value::Object(
+                secrets
+                    .iter()
+                    .map(|(k, v)| (k.clone(), serde_json::Value::String(v.expose().clone())))
+                    .collect(),
+            ),
+        }
     }
 }

@@ -127,7 +127,7 @@ pub fn evaluation_context(engine: &Engine, stored: &Value, now: DateTime<Utc>) -
         "now".into(),
         Value::String(now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
     );
-    context.insert("secrets".into(), engine.secrets_json());
+    context.insert("secrets".into(), engine.secrets_json().clone());
     Value::Object(context)
 }
 
