@@ -169,6 +169,21 @@ struct HistoryQuery {
     page: Option<i64>,
 }
 
+impl HistoryQuery {
+    /// `limit`, 100 by default, at most 1,000.
+    fn page_size(&self) -> i64 {
+        self.limit.unwrap_or(100).clamp(1, 1000)
+    }
+}
+
+/// `{"<key>": [...]}`, or the store's error.
+fn listed<T: serde::Serialize>(key: &str, result: Result<T, crate::store::StoreError>) -> Response {
+    match result {
+        Ok(items) => Json(json!({ key: items })).into_response(),
+        Err(err) => store_error(err),
+    }
+}
+
 fn store_of(state: &AppState) -> Result<&Arc<dyn Store>, Response> {
     state.store.as_ref().ok_or_else(|| {
         (
@@ -214,7 +229,7 @@ async fn list_executions(
         Ok(until) => until,
         Err(response) => return response,
     };
-    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = query.page_size();
     let page = query.page.unwrap_or(1).max(1);
     let filter = crate::store::ExecutionFilter {
         rule: query.rule.clone(),
@@ -265,13 +280,7 @@ async fn list_runs(
         Ok(store) => store,
         Err(response) => return response,
     };
-    match store
-        .followed_runs(query.limit.unwrap_or(100).clamp(1, 1000))
-        .await
-    {
-        Ok(runs) => Json(json!({ "runs": runs })).into_response(),
-        Err(err) => store_error(err),
-    }
+    listed("runs", store.followed_runs(query.page_size()).await)
 }
 
 async fn list_dead_letters(
@@ -282,13 +291,7 @@ async fn list_dead_letters(
         Ok(store) => store,
         Err(response) => return response,
     };
-    match store
-        .dead_letters(query.limit.unwrap_or(100).clamp(1, 1000))
-        .await
-    {
-        Ok(dead_letters) => Json(json!({ "dead_letters": dead_letters })).into_response(),
-        Err(err) => store_error(err),
-    }
+    listed("dead_letters", store.dead_letters(query.page_size()).await)
 }
 
 async fn retry_dead_letter(
