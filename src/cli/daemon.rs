@@ -299,6 +299,7 @@ pub async fn serve_with(
         store.clone(),
         engine.events_waiting.clone(),
         work_shutdown.clone(),
+        crate::triggers::schedule::Clock::Wall,
     ));
     let reconcile_task = tokio::spawn(crate::engine::reconcile::run(
         engine.clone(),

@@ -120,6 +120,75 @@ pub fn plan_catch_up(
     (fire, skipped)
 }
 
+/// Where the scheduler reads the time and waits for it: the wall clock, or (in tests) a manual
+/// clock that a test moves forward, so that days of schedules pass in milliseconds.
+#[derive(Debug, Clone, Default)]
+pub enum Clock {
+    /// `Utc::now()` and tokio timers.
+    #[default]
+    Wall,
+    /// Time stands still until the test moves it.
+    Manual(Arc<ManualClock>),
+}
+
+impl Clock {
+    /// The time now.
+    pub fn now(&self) -> DateTime<Utc> {
+        match self {
+            Clock::Wall => Utc::now(),
+            Clock::Manual(clock) => *clock.now.borrow(),
+        }
+    }
+
+    /// Waits until `at`.
+    async fn sleep_until(&self, at: DateTime<Utc>) {
+        match self {
+            Clock::Wall => {
+                tokio::time::sleep((at - Utc::now()).to_std().unwrap_or(Duration::ZERO)).await;
+            }
+            Clock::Manual(clock) => {
+                let mut now = clock.now.subscribe();
+                if *now.borrow() >= at {
+                    return;
+                }
+                clock.parked.send_replace(Some(at));
+                let _ = now.wait_for(|now| *now >= at).await;
+            }
+        }
+    }
+}
+
+/// A clock moved by hand. The scheduler tells where it waits to ([`ManualClock::parked`]), so a
+/// test can move the time exactly to the next wake-up and know when the loop has handled it.
+#[derive(Debug)]
+pub struct ManualClock {
+    now: tokio::sync::watch::Sender<DateTime<Utc>>,
+    parked: tokio::sync::watch::Sender<Option<DateTime<Utc>>>,
+}
+
+impl ManualClock {
+    /// A clock standing at `start`.
+    pub fn new(start: DateTime<Utc>) -> Arc<ManualClock> {
+        Arc::new(ManualClock {
+            now: tokio::sync::watch::Sender::new(start),
+            parked: tokio::sync::watch::Sender::new(None),
+        })
+    }
+
+    /// Moves the time to `to`.
+    pub fn set(&self, to: DateTime<Utc>) {
+        self.parked.send_replace(None);
+        self.now.send_replace(to);
+    }
+
+    /// Waits until the scheduler has handled everything due and waits for the time it returns.
+    pub async fn parked(&self) -> DateTime<Utc> {
+        let mut parked = self.parked.subscribe();
+        let at = parked.wait_for(Option::is_some).await.map(|at| *at);
+        at.ok().flatten().unwrap_or_default()
+    }
+}
+
 /// A schedule's in-memory state.
 pub(crate) struct Entry {
     pub(crate) fingerprint: String,
@@ -148,12 +217,13 @@ pub async fn run(
     store: Arc<dyn Store>,
     events_waiting: Arc<tokio::sync::Notify>,
     shutdown: CancellationToken,
+    clock: Clock,
 ) {
     let mut entries: HashMap<String, Entry> = HashMap::new();
     let mut known_hash = String::new();
     loop {
         let set = reloader.current();
-        let now = Utc::now();
+        let now = clock.now();
         if set.hash != known_hash {
             known_hash = set.hash.clone();
             sync_entries(&set, &mut entries, store.as_ref(), now).await;
@@ -194,7 +264,7 @@ pub async fn run(
                 skipped,
             ));
         }
-        let recorded = record_all(store.as_ref(), &plans, now).await;
+        let recorded = record_all(store.as_ref(), &plans, now, &clock).await;
         let mut fired_any = false;
         if !recorded {
             // The store failed; the same ticks are due again on the next pass.
@@ -223,15 +293,18 @@ pub async fn run(
         if fired_any {
             events_waiting.notify_one();
         }
-        let next_wake = entries.values().filter_map(|entry| entry.next).min();
-        let sleep = next_wake
-            .map(|next| (next - Utc::now()).to_std().unwrap_or(Duration::ZERO))
-            .unwrap_or(Duration::from_secs(3600))
-            .min(Duration::from_secs(3600));
+        // At least once an hour, so that a wall clock set forward is noticed.
+        let an_hour = clock.now() + chrono::Duration::hours(1);
+        let wake = entries
+            .values()
+            .filter_map(|entry| entry.next)
+            .min()
+            .unwrap_or(an_hour)
+            .min(an_hour);
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = reloader.changed.notified() => {}
-            _ = tokio::time::sleep(sleep) => {}
+            _ = clock.sleep_until(wake) => {}
         }
     }
 }
@@ -248,7 +321,7 @@ type Plan = (
 
 /// Records every planned tick (each with its inbox event) in one store call and counts them;
 /// false when the store failed.
-async fn record_all(store: &dyn Store, plans: &[Plan], now: DateTime<Utc>) -> bool {
+async fn record_all(store: &dyn Store, plans: &[Plan], now: DateTime<Utc>, clock: &Clock) -> bool {
     let mut batches = Vec::new();
     for (rule, fingerprint, _, _, fire, result, _) in plans {
         if fire.is_empty() {
@@ -274,7 +347,7 @@ async fn record_all(store: &dyn Store, plans: &[Plan], now: DateTime<Utc>) -> bo
     match store.record_ticks(&batches).await {
         Ok(flags) => {
             // Lateness up to the moment the ticks are durably recorded.
-            let recorded_at = Utc::now();
+            let recorded_at = clock.now();
             for (batch, flags) in batches.iter().zip(flags) {
                 for ((tick, result, _), is_new) in batch.ticks.iter().zip(flags) {
                     if is_new {
@@ -585,6 +658,219 @@ mod tests {
             restarted["early"].next,
             Some(utc("2026-03-02T08:00:00Z")),
             "the first missed tick is due"
+        );
+    }
+
+    /// The scheduler loop on a manual clock over the rules in `yaml`, from `start` until its next
+    /// wake-up is after `end`: the clock jumps to each wake-up the loop asks for.
+    async fn run_loop(
+        store: &Arc<crate::store::sqlite::SqliteStore>,
+        rules_dir: &std::path::Path,
+        yaml: &str,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) {
+        let reloader = crate::engine::reload::Reloader::new(
+            rules_dir.to_path_buf(),
+            rule_set(rules_dir, yaml),
+        );
+        let clock = ManualClock::new(start);
+        let shutdown = CancellationToken::new();
+        let store: Arc<dyn Store> = store.clone();
+        let scheduler = tokio::spawn(run(
+            reloader,
+            store,
+            Arc::new(tokio::sync::Notify::new()),
+            shutdown.clone(),
+            Clock::Manual(clock.clone()),
+        ));
+        loop {
+            let wake = clock.parked().await;
+            if wake > end {
+                break;
+            }
+            clock.set(wake);
+        }
+        shutdown.cancel();
+        scheduler.await.expect("scheduler");
+    }
+
+    /// The ticks recorded so far, per rule: scheduled times (RFC 3339, seconds). A tick fired on
+    /// the manual clock fires exactly on time: its `fired_at` is checked to equal the schedule.
+    async fn recorded_ticks(
+        store: &crate::store::sqlite::SqliteStore,
+    ) -> std::collections::BTreeMap<String, Vec<String>> {
+        let mut ticks = std::collections::BTreeMap::<String, Vec<String>>::new();
+        for event in store.unprocessed_events(100_000).await.expect("events") {
+            let rule = event.payload["rule"].as_str().expect("rule").to_owned();
+            let scheduled = utc(event.payload["scheduled_at"].as_str().expect("scheduled"));
+            let fired = utc(event.payload["fired_at"].as_str().expect("fired"));
+            ticks
+                .entry(rule)
+                .or_default()
+                .push(scheduled.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+            assert!(fired >= scheduled, "fired before its time");
+        }
+        ticks
+    }
+
+    async fn temp_store(dir: &std::path::Path) -> Arc<crate::store::sqlite::SqliteStore> {
+        Arc::new(
+            crate::store::sqlite::SqliteStore::open(&format!(
+                "sqlite://{}",
+                dir.join("s.db").display()
+            ))
+            .await
+            .expect("store"),
+        )
+    }
+
+    #[tokio::test]
+    async fn the_loop_fires_through_daylight_saving_changes_as_cron_does() {
+        let dir = tempfile::tempdir().expect("dir");
+        let rules = dir.path().join("rules");
+        std::fs::create_dir(&rules).expect("mkdir");
+        let store = temp_store(dir.path()).await;
+        // Amsterdam springs forward on 2026-03-29 (02:00 CET -> 03:00 CEST) and New York falls
+        // back on 2026-11-01 (02:00 EDT -> 01:00 EST): two windows on one store.
+        let spring = r#"
+rules:
+  - name: daily-ams
+    on: { schedule: { cron: "30 2 * * *", timezone: Europe/Amsterdam } }
+    do: [ { log: x } ]
+  - name: hourly-ams
+    on: { schedule: { cron: "30 * * * *", timezone: Europe/Amsterdam } }
+    do: [ { log: x } ]
+  - name: half-hourly
+    on: { every: 30m }
+    do: [ { log: x } ]
+"#;
+        run_loop(
+            &store,
+            &rules,
+            spring,
+            utc("2026-03-28T00:00:00Z"),
+            utc("2026-03-30T23:59:59Z"),
+        )
+        .await;
+        let ticks = recorded_ticks(&store).await;
+        assert_eq!(
+            ticks["daily-ams"],
+            [
+                "2026-03-28T01:30:00Z",
+                "2026-03-29T01:00:00Z",
+                "2026-03-30T00:30:00Z"
+            ],
+            "02:30 does not exist on the 29th: it fires once, at 03:00 CEST"
+        );
+        // An hourly schedule runs on the new time after the jump, as cron(8) runs wildcard-hour
+        // jobs: 01:30 CET (00:30Z), then 03:30 CEST (01:30Z); 02:30 never happens and nothing
+        // is fired in its place. Every UTC hour of the 72 has its tick.
+        assert_eq!(ticks["hourly-ams"].len(), 72);
+        assert!(ticks["hourly-ams"].contains(&"2026-03-29T00:30:00Z".to_owned()));
+        assert!(ticks["hourly-ams"].contains(&"2026-03-29T01:30:00Z".to_owned()));
+        assert!(!ticks["hourly-ams"].contains(&"2026-03-29T01:00:00Z".to_owned()));
+        // The start itself (00:00Z) is not a tick: a new schedule fires nothing for "now".
+        assert_eq!(
+            ticks["half-hourly"].len(),
+            72 * 2 - 1,
+            "UTC intervals ignore DST"
+        );
+
+        let fall = r#"
+rules:
+  - name: daily-ny
+    on: { schedule: { cron: "30 1 * * *", timezone: America/New_York } }
+    do: [ { log: x } ]
+  - name: hourly-ny
+    on: { schedule: { cron: "30 * * * *", timezone: America/New_York } }
+    do: [ { log: x } ]
+  - name: half-hourly-ny
+    on: { schedule: { cron: "*/30 * * * *", timezone: America/New_York } }
+    do: [ { log: x } ]
+"#;
+        run_loop(
+            &store,
+            &rules,
+            fall,
+            utc("2026-10-31T00:00:00Z"),
+            utc("2026-11-02T23:59:59Z"),
+        )
+        .await;
+        let ticks = recorded_ticks(&store).await;
+        assert_eq!(
+            ticks["daily-ny"],
+            [
+                "2026-10-31T05:30:00Z",
+                "2026-11-01T05:30:00Z",
+                "2026-11-02T06:30:00Z"
+            ],
+            "01:30 happens twice on 1 November: a daily schedule fires in the first one only"
+        );
+        // 72 hours and one local hour (01:xx on 1 November) twice: both fire.
+        assert_eq!(ticks["hourly-ny"].len(), 72);
+        assert!(ticks["hourly-ny"].contains(&"2026-11-01T05:30:00Z".to_owned()));
+        assert!(ticks["hourly-ny"].contains(&"2026-11-01T06:30:00Z".to_owned()));
+        assert_eq!(ticks["half-hourly-ny"].len(), 72 * 2 - 1);
+    }
+
+    #[tokio::test]
+    async fn the_loop_catches_up_after_three_days_down_by_policy() {
+        let dir = tempfile::tempdir().expect("dir");
+        let rules = dir.path().join("rules");
+        std::fs::create_dir(&rules).expect("mkdir");
+        let store = temp_store(dir.path()).await;
+        let yaml = r#"
+rules:
+  - name: skip
+    on: { schedule: { cron: "0 8 * * *", catch_up: skip } }
+    do: [ { log: x } ]
+  - name: latest
+    on: { schedule: { cron: "0 8 * * *", catch_up: latest } }
+    do: [ { log: x } ]
+  - name: all
+    on: { schedule: { cron: "0 8 * * *", catch_up: all, catch_up_window: 2d } }
+    do: [ { log: x } ]
+"#;
+        // Up on the 1st until 09:00, down until the 4th at 12:00, then up for a day.
+        run_loop(
+            &store,
+            &rules,
+            yaml,
+            utc("2026-01-01T00:00:00Z"),
+            utc("2026-01-01T09:00:00Z"),
+        )
+        .await;
+        run_loop(
+            &store,
+            &rules,
+            yaml,
+            utc("2026-01-04T12:00:00Z"),
+            utc("2026-01-05T12:00:00Z"),
+        )
+        .await;
+        let ticks = recorded_ticks(&store).await;
+        assert_eq!(
+            ticks["skip"],
+            ["2026-01-01T08:00:00Z", "2026-01-05T08:00:00Z"]
+        );
+        assert_eq!(
+            ticks["latest"],
+            [
+                "2026-01-01T08:00:00Z",
+                "2026-01-04T08:00:00Z",
+                "2026-01-05T08:00:00Z"
+            ]
+        );
+        assert_eq!(
+            ticks["all"],
+            [
+                "2026-01-01T08:00:00Z",
+                "2026-01-03T08:00:00Z",
+                "2026-01-04T08:00:00Z",
+                "2026-01-05T08:00:00Z"
+            ],
+            "the 2nd is outside the two-day window"
         );
     }
 
