@@ -816,18 +816,20 @@ rules:
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sweep_pages_through_every_item_once_despite_faults() {
+    // 10,000 timed-out runs among 15,000, listed 100 a page through 10% 5xx answers at a rate
+    // limit of 40 requests a second: every item once, and never over the limit.
     let rules = r#"
 rules:
   - name: sweep
     on:
       event: kick
-      for_each: { list: flow-runs, filter: { status: timeout }, page_size: 50 }
+      for_each: { list: flow-runs, filter: { status: timeout }, page_size: 100 }
     do:
       - notify: { url: SINK_URL, body: { run: "{{item.id}}" } }
         retry: { attempts: 20, backoff: 10ms, max_backoff: 100ms }
 "#;
-    let world = world(rules, &[]).await;
-    for index in 0..600 {
+    let world = world(rules, &[("FLOWD_RECRUBO_RATE_LIMIT", "40")]).await;
+    for index in 0..15_000 {
         let mut attributes = serde_json::Map::new();
         attributes.insert(
             "status".into(),
@@ -841,9 +843,8 @@ rules:
     }
     crate::recrubo_client::set_faults(&world.sim, json!({"error_rate": 0.1})).await;
     post_event(&world.daemon, "kick", json!({})).await;
-    let received = eventually(Duration::from_secs(60), "400 notifications", || async {
-        let received = world.sink.received();
-        (received.len() >= 400).then_some(received)
+    eventually(Duration::from_secs(120), "10,000 notifications", || async {
+        (world.sink.received().len() >= 10_000).then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -857,12 +858,36 @@ rules:
     runs.sort();
     runs.dedup();
     assert_eq!(
-        total,
-        400,
-        "every timed-out run once ({} received)",
-        received.len()
+        (total, runs.len()),
+        (10_000, 10_000),
+        "every timed-out run once"
     );
-    assert_eq!(runs.len(), 400);
+
+    // The limiter allows a burst of one second's worth, then 40 a second: no second-long
+    // window holds more than 80 list requests.
+    let mut pages: Vec<i64> = crate::recrubo_client::sim_requests(&world.sim)
+        .await
+        .iter()
+        .filter(|r| r["path"] == "/public/v2/flow-runs")
+        .filter_map(|r| r["at_ms"].as_i64())
+        .collect();
+    pages.sort_unstable();
+    assert!(pages.len() >= 100, "at least one request a page");
+    let busiest = pages
+        .iter()
+        .enumerate()
+        .map(|(index, start)| {
+            pages[index..]
+                .iter()
+                .take_while(|at| **at < start + 1000)
+                .count()
+        })
+        .max()
+        .unwrap_or_default();
+    assert!(
+        busiest <= 80,
+        "{busiest} list requests in one second at a limit of 40/s"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
