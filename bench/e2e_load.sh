@@ -38,7 +38,7 @@ request = function()
   return wrk.format("POST", nil, {["Content-Type"] = "application/json"}, body)
 end
 LUA
-wrk -t2 -c32 -d"${seconds}s" -s "$work/post.lua" "http://$public/events/application.created" | grep -E "Requests/sec|requests in"
+wrk -t2 -c64 -d"${seconds}s" -s "$work/post.lua" "http://$public/events/application.created" | grep -E "Requests/sec|requests in"
 previous=-1
 while true; do
   total=$(curl -s -H 'Authorization: Bearer bench' "$base/flow-runs?page%5Bsize%5D=1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["meta"]["page"]["total"])')
