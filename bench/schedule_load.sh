@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # 10,000 schedule rules firing every minute: lateness of the ticks (fired_at - scheduled_at,
-# from flowd_schedule_lateness_seconds) and flowd's CPU between ticks. Runs MINUTES minute
+# from flowd_schedule_lateness_seconds), the time to record them durably
+# (flowd_schedule_record_seconds) and flowd's CPU between ticks. Runs MINUTES minute
 # boundaries (default 2). Loopback only; stops by itself.
 #
 #   bench/schedule_load.sh [MINUTES]
@@ -35,5 +36,18 @@ for m in $(seq "$minutes"); do
   before=$(ticks); sleep 30; after=$(ticks)
   echo "minute $m: idle CPU between ticks: $(python3 -c "print(f'{($after - $before) / $hz / 30 * 100:.2f}%')")"
 done
-curl -s "http://$admin/metrics" | grep -E '^flowd_schedule_lateness_seconds|^flowd_schedule_ticks_total\{rule="every-minute-0"' | head -12
+curl -s "http://$admin/metrics" > "$work/metrics"
+grep -E '^flowd_schedule_ticks_total\{rule="every-minute-0"' "$work/metrics"
+# p99 from the cumulative buckets: the smallest bound holding 99% of the observations.
+python3 - "$work/metrics" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+for name in ("flowd_schedule_lateness_seconds", "flowd_schedule_record_seconds"):
+    buckets = [(float(le), float(n)) for le, n in re.findall(name + r'_bucket\{le="([0-9.e+-]+)"\} (\S+)', text)]
+    count = float(re.search(name + r"_count (\S+)", text).group(1))
+    total = float(re.search(name + r"_sum (\S+)", text).group(1))
+    p99 = next((le for le, n in sorted(buckets) if n >= 0.99 * count), float("inf"))
+    p50 = next((le for le, n in sorted(buckets) if n >= 0.5 * count), float("inf"))
+    print(f"{name}: {count:.0f} observations, mean {total / count * 1000:.1f} ms, p50 <= {p50 * 1000:.0f} ms, p99 <= {p99 * 1000:.0f} ms")
+PY
 echo "ticks fired: $(curl -s "http://$admin/metrics" | grep -c 'flowd_schedule_ticks_total{rule="every-minute-[0-9]*",result="fired"}') rules"

@@ -96,7 +96,22 @@ impl RunArgs {
 fn metrics_handle() -> Option<PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
-        .get_or_init(|| PrometheusBuilder::new().install_recorder().ok())
+        .get_or_init(|| {
+            // Schedule lateness and tick recording are histograms with fixed buckets (rather
+            // than the exporter's default summaries over a rolling minute), so a scrape after
+            // the minute still tells the p99 of every tick since the start.
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Prefix("flowd_schedule_".into()),
+                    &[
+                        0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5,
+                        5.0, 10.0, 30.0, 60.0,
+                    ],
+                )
+                .ok()?
+                .install_recorder()
+                .ok()
+        })
         .clone()
 }
 

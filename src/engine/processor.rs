@@ -29,6 +29,9 @@ use crate::store::{
     EventOutcome, EventSource, FollowedRun, NewExecution, StatusChange, StoreError, StoredEvent,
 };
 
+/// Events read from the inbox at a time.
+const PAGE: i64 = 500;
+
 /// Runs until `shutdown`.
 pub async fn run(engine: Engine, shutdown: CancellationToken) {
     let mut index = MatchIndex::default();
@@ -38,8 +41,15 @@ pub async fn run(engine: Engine, shutdown: CancellationToken) {
         if index.hash != set.hash {
             index = MatchIndex::new(&set);
         }
-        match engine.store.unprocessed_events(500).await {
+        // A full page processed means more may be waiting (a backlog, or 10,000 schedule ticks
+        // recorded at once): go on at once instead of waiting for the next wake-up.
+        let mut more = false;
+        match engine.store.unprocessed_events(PAGE).await {
             Ok(events) => {
+                let full = events.len() as i64 >= PAGE;
+                // Only when something was done: a page of held-back events must not spin.
+                let mut progressed = false;
+                let mut failed = false;
                 let mut created = false;
                 let mut batch: Vec<(i64, EventOutcome)> = Vec::new();
                 for event in events {
@@ -51,6 +61,7 @@ pub async fn run(engine: Engine, shutdown: CancellationToken) {
                     }
                     match outcome_of(&engine, &set, &index, &event).await {
                         Ok(Some(outcome)) => {
+                            progressed = true;
                             held_back.remove(&event.id);
                             created |= !outcome.executions.is_empty();
                             batch.push((event.id, outcome));
@@ -63,6 +74,7 @@ pub async fn run(engine: Engine, shutdown: CancellationToken) {
                             if (closes_batch || batch.len() >= 500)
                                 && !flush(&engine, &mut batch).await
                             {
+                                failed = true;
                                 break;
                             }
                         }
@@ -74,16 +86,21 @@ pub async fn run(engine: Engine, shutdown: CancellationToken) {
                         }
                         Err(err) => {
                             error!(event = event.id, error = %err, "Cannot process an event; it will be processed again");
+                            failed = true;
                             break;
                         }
                     }
                 }
-                flush(&engine, &mut batch).await;
+                let flushed = flush(&engine, &mut batch).await;
+                more = full && progressed && flushed && !failed;
                 if created {
                     engine.executions_waiting.notify_one();
                 }
             }
             Err(err) => error!(error = %err, "Cannot read the inbox"),
+        }
+        if more {
+            continue;
         }
         let idle = if held_back.is_empty() { 1000 } else { 100 };
         tokio::select! {

@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::rules::load::folder_digest;
 use crate::rules::{Diagnostic, RuleSet, load_rule_set};
 
 /// What started a reload.
@@ -88,6 +89,9 @@ pub struct Reloader {
     current: ArcSwap<RuleSet>,
     status: Mutex<ReloadStatus>,
     serialize: tokio::sync::Mutex<()>,
+    /// [`folder_digest`] of the files the set in force was loaded from; `None` until a reload
+    /// has loaded it, and after a failed one.
+    disk_digest: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Reloader {
@@ -115,6 +119,7 @@ impl Reloader {
                 diagnostics: Vec::new(),
             }),
             serialize: tokio::sync::Mutex::new(()),
+            disk_digest: Mutex::new(None),
         })
     }
 
@@ -139,6 +144,24 @@ impl Reloader {
     /// Loads and validates the whole folder; swaps the set in when valid.
     pub async fn reload(&self, trigger: ReloadTrigger) -> ReloadOutcome {
         let _serialized = self.serialize.lock().await;
+        let dir = self.rules_dir.clone();
+        let digest = tokio::task::spawn_blocking(move || folder_digest(&[dir]))
+            .await
+            .ok();
+        let last_digest = self.disk_digest.lock().ok().and_then(|d| d.clone());
+        // The periodic rescan finds the files as they were loaded: nothing to parse.
+        if trigger == ReloadTrigger::Rescan && digest.is_some() && digest == last_digest {
+            let current = self.current.load();
+            let outcome = ReloadOutcome::Unchanged {
+                rules: current.len(),
+                hash: current.hash.clone(),
+            };
+            if let Ok(mut status) = self.status.lock() {
+                status.last_attempt_at = Utc::now();
+                status.last_trigger = trigger;
+            }
+            return outcome;
+        }
         let dir = self.rules_dir.clone();
         let loaded = tokio::task::spawn_blocking(move || load_rule_set(&[dir])).await;
         let now = Utc::now();
@@ -166,6 +189,12 @@ impl Reloader {
                 Err(diagnostics) => ReloadOutcome::Invalid { diagnostics },
             },
         };
+        if let Ok(mut loaded_from) = self.disk_digest.lock() {
+            *loaded_from = match outcome {
+                ReloadOutcome::Invalid { .. } => None,
+                _ => digest,
+            };
+        }
         let mut status = self
             .status
             .lock()
@@ -309,3 +338,49 @@ fn spawn_signal_listener(tx: mpsc::Sender<ReloadTrigger>, shutdown: Cancellation
 
 #[cfg(not(unix))]
 fn spawn_signal_listener(_tx: mpsc::Sender<ReloadTrigger>, _shutdown: CancellationToken) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(name: &str) -> String {
+        format!("rules:\n  - name: {name}\n    on: {{ event: x }}\n    do: [ {{ log: x }} ]\n")
+    }
+
+    #[tokio::test]
+    async fn the_rescan_skips_an_unchanged_folder_and_sees_any_edit() {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("r.yaml");
+        std::fs::write(&file, rule("aaaa")).expect("write");
+        let initial = load_rule_set(&[dir.path().to_path_buf()])
+            .result
+            .expect("valid");
+        let reloader = Reloader::new(dir.path().to_path_buf(), initial);
+        assert!(matches!(
+            reloader.reload(ReloadTrigger::Rescan).await,
+            ReloadOutcome::Unchanged { .. }
+        ));
+        assert!(reloader.disk_digest.lock().expect("lock").is_some());
+        // Same size, same second: only the bytes tell.
+        std::fs::write(&file, rule("bbbb")).expect("write");
+        assert!(matches!(
+            reloader.reload(ReloadTrigger::Rescan).await,
+            ReloadOutcome::Reloaded { .. }
+        ));
+        assert!(reloader.current().get("bbbb").is_some());
+        // A broken file forgets the digest, so the next rescan reports it again, and putting
+        // the file back repairs the state.
+        std::fs::write(&file, "rules: [").expect("write");
+        assert!(matches!(
+            reloader.reload(ReloadTrigger::Rescan).await,
+            ReloadOutcome::Invalid { .. }
+        ));
+        assert!(reloader.disk_digest.lock().expect("lock").is_none());
+        std::fs::write(&file, rule("bbbb")).expect("write");
+        assert!(matches!(
+            reloader.reload(ReloadTrigger::Rescan).await,
+            ReloadOutcome::Unchanged { .. }
+        ));
+        assert!(reloader.status().last_success);
+    }
+}

@@ -114,8 +114,10 @@ async fn list_rules(State(state): State<AppState>) -> Json<serde_json::Value> {
     let set = state.reloader.current();
     let status = state.reloader.status();
     let now = chrono::Utc::now();
-    // Schedule state is read from the store per rule: skip it for very large sets.
-    let with_ticks = set.len() <= 1000;
+    let states = match &state.store {
+        Some(store) => store.schedule_states().await.unwrap_or_default(),
+        None => Default::default(),
+    };
     let mut rules = Vec::with_capacity(set.len());
     for rule in set.rules() {
         let mut entry = json!({
@@ -131,10 +133,7 @@ async fn list_rules(State(state): State<AppState>) -> Json<serde_json::Value> {
         });
         if let Some(timing) = crate::triggers::schedule::Timing::of(rule) {
             entry["next_fire_at"] = json!(timing.next_after(now));
-            if with_ticks
-                && let Some(store) = &state.store
-                && let Ok(Some((_, last))) = store.schedule_state(&rule.name).await
-            {
+            if let Some((_, last)) = states.get(&rule.name) {
                 entry["last_tick_at"] = json!(last);
             }
         }

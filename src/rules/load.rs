@@ -183,6 +183,27 @@ where
     })
 }
 
+/// A digest of the rule files below `paths` — their names and bytes, without parsing — so that
+/// the periodic rescan can tell in milliseconds that nothing changed since the last load
+/// (parsing and validating 10,000 rules takes over a second of CPU).
+pub fn folder_digest(paths: &[PathBuf]) -> String {
+    let (found, diagnostics) = find_rule_files(paths);
+    let mut hasher = Sha256::new();
+    for path in &found {
+        hasher.update(path.to_string_lossy().as_bytes());
+        hasher.update([0]);
+        match std::fs::read(path) {
+            Ok(bytes) => hasher.update(&bytes),
+            Err(err) => hasher.update(err.to_string().as_bytes()),
+        }
+        hasher.update([0]);
+    }
+    for diagnostic in &diagnostics {
+        hasher.update(diagnostic.one_line().as_bytes());
+    }
+    hex::encode(hasher.finalize())
+}
+
 /// Reads and parses every rule file below `paths`, in parallel.
 pub fn load_paths(paths: &[PathBuf]) -> LoadedFiles {
     let (found, mut diagnostics) = find_rule_files(paths);

@@ -486,6 +486,12 @@ fn prune(
         "DELETE FROM events WHERE processed_at IS NOT NULL AND processed_at < ? AND id NOT IN (SELECT event_id FROM executions WHERE event_id IS NOT NULL)",
         params![before],
     )?;
+    // A tick older than its rule's last tick can never fire again (the scheduler only fires
+    // after `schedule_state.last_tick_at`), so old tick rows only keep history.
+    transaction.execute(
+        "DELETE FROM schedule_ticks WHERE fired_at < ?1 AND scheduled_at < COALESCE((SELECT last_tick_at FROM schedule_state WHERE schedule_state.rule = schedule_ticks.rule), '9999')",
+        params![before],
+    )?;
     Ok(deleted as u64)
 }
 
@@ -515,11 +521,7 @@ enum WriteOp {
         kind: String,
         error: String,
     },
-    SetScheduleState {
-        rule: String,
-        fingerprint: String,
-        last_tick_at: DateTime<Utc>,
-    },
+    SetScheduleStates(Vec<(String, String, DateTime<Utc>)>),
     RecordTicks(Vec<TickBatch>),
     InsertExecutions(Vec<NewExecution>),
     RetryDeadLetter(i64),
@@ -587,14 +589,11 @@ fn apply(transaction: &Transaction<'_>, op: &WriteOp) -> Result<WriteResult, Sto
                 .execute(params![time_text(*now), resource_id])?;
             Ok(WriteResult::Done)
         }
-        WriteOp::SetScheduleState {
-            rule,
-            fingerprint,
-            last_tick_at,
-        } => {
-            transaction
-                .prepare_cached("INSERT INTO schedule_state (rule, fingerprint, last_tick_at) VALUES (?, ?, ?) ON CONFLICT (rule) DO UPDATE SET fingerprint = excluded.fingerprint, last_tick_at = excluded.last_tick_at")?
-                .execute(params![rule, fingerprint, time_text(*last_tick_at)])?;
+        WriteOp::SetScheduleStates(states) => {
+            let mut statement = transaction.prepare_cached("INSERT INTO schedule_state (rule, fingerprint, last_tick_at) VALUES (?, ?, ?) ON CONFLICT (rule) DO UPDATE SET fingerprint = excluded.fingerprint, last_tick_at = excluded.last_tick_at")?;
+            for (rule, fingerprint, last_tick_at) in states {
+                statement.execute(params![rule, fingerprint, time_text(*last_tick_at)])?;
+            }
             Ok(WriteResult::Done)
         }
         WriteOp::RecordTicks(batches) => record_ticks(transaction, batches).map(WriteResult::Ticks),
@@ -1080,40 +1079,36 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn schedule_state(
+    async fn schedule_states(
         &self,
-        rule: &str,
-    ) -> Result<Option<(String, DateTime<Utc>)>, StoreError> {
-        let rule = rule.to_owned();
-        self.read(move |connection| {
-            row(
+    ) -> Result<std::collections::HashMap<String, (String, DateTime<Utc>)>, StoreError> {
+        self.read(|connection| {
+            let states = rows(
                 connection,
-                "SELECT fingerprint, last_tick_at FROM schedule_state WHERE rule = ?",
-                [rule],
+                "SELECT rule, fingerprint, last_tick_at FROM schedule_state",
+                [],
                 |row| {
                     Ok((
-                        row.get("fingerprint")?,
-                        parse_time(&row.get::<_, String>("last_tick_at")?)?,
+                        row.get::<_, String>("rule")?,
+                        (
+                            row.get::<_, String>("fingerprint")?,
+                            parse_time(&row.get::<_, String>("last_tick_at")?)?,
+                        ),
                     ))
                 },
-            )
+            )?;
+            Ok(states.into_iter().collect())
         })
         .await
     }
 
-    async fn set_schedule_state(
+    async fn set_schedule_states(
         &self,
-        rule: &str,
-        fingerprint: &str,
-        last_tick_at: DateTime<Utc>,
+        states: &[(String, String, DateTime<Utc>)],
     ) -> Result<(), StoreError> {
-        self.write(WriteOp::SetScheduleState {
-            rule: rule.to_owned(),
-            fingerprint: fingerprint.to_owned(),
-            last_tick_at,
-        })
-        .await
-        .map(|_| ())
+        self.write(WriteOp::SetScheduleStates(states.to_vec()))
+            .await
+            .map(|_| ())
     }
 
     async fn record_ticks(&self, batches: &[TickBatch]) -> Result<Vec<Vec<bool>>, StoreError> {

@@ -137,3 +137,46 @@ async fn history_filters_pages_and_prunes() {
         ["b"]
     );
 }
+
+#[tokio::test]
+async fn pruning_keeps_the_tick_rows_that_guard_against_a_second_fire() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = SqliteStore::open(&format!("sqlite://{}", dir.path().join("s.db").display()))
+        .await
+        .expect("store");
+    let first = Utc::now() - ChronoDuration::minutes(2);
+    let last = Utc::now() - ChronoDuration::minutes(1);
+    let batch = |at: chrono::DateTime<Utc>| flowd::store::TickBatch {
+        rule: "nightly".to_owned(),
+        fingerprint: "cron 0 2 * * * UTC".to_owned(),
+        ticks: vec![(
+            at,
+            "fired",
+            NewEvent {
+                source: EventSource::Schedule,
+                event_type: "schedule".to_owned(),
+                dedup_key: Some(format!("schedule:nightly:{at}")),
+                payload: json!({}),
+            },
+        )],
+    };
+    let recorded = store
+        .record_ticks(&[batch(first), batch(last)])
+        .await
+        .expect("record");
+    assert_eq!(recorded, [vec![true], vec![true]]);
+    store
+        .prune_history(Utc::now() + ChronoDuration::seconds(1), 100)
+        .await
+        .expect("prune");
+    // The rule's last tick is kept, so it still cannot fire twice; the older row is history
+    // only (the scheduler never fires before the last tick) and is gone.
+    assert_eq!(
+        store.record_ticks(&[batch(last)]).await.expect("again"),
+        [vec![false]]
+    );
+    assert_eq!(
+        store.record_ticks(&[batch(first)]).await.expect("again"),
+        [vec![true]]
+    );
+}
