@@ -148,6 +148,9 @@ async fn run_execution(engine: &Engine, mut execution: Execution) -> Result<(), 
         )
         .await;
     };
+    if execution.handler_step.as_deref() == Some(super::processor::SWEEP) {
+        return run_sweep(engine, &rule, execution).await;
+    }
     let (steps, prefix) = match steps_of(&rule, &execution) {
         Ok(found) => found,
         Err(reason) => return finish(engine, execution, "orphaned", Some(reason)).await,
@@ -264,6 +267,45 @@ async fn run_execution(engine: &Engine, mut execution: Execution) -> Result<(), 
 enum Next {
     Continue,
     Stop,
+}
+
+/// Runs a `for_each: { list }` sweep execution. A Recrubo error is retried like a step's (the
+/// default retry policy, durably); the sweep then starts again from the first page, and the
+/// items already stored are not stored twice.
+async fn run_sweep(
+    engine: &Engine,
+    rule: &Rule,
+    mut execution: Execution,
+) -> Result<(), StoreError> {
+    use super::processor::{SweepError, sweep};
+    let context = execution.context.as_object().cloned().unwrap_or_default();
+    let event_id = execution.event_id.unwrap_or_default();
+    match sweep(engine, rule, event_id, context, &execution.id).await {
+        Ok(_) => finish(engine, execution, "succeeded", None).await,
+        Err(SweepError::Store(err)) => Err(err),
+        Err(SweepError::Failed(reason)) => finish(engine, execution, "failed", Some(reason)).await,
+        Err(SweepError::Recrubo(err)) => {
+            let policy = RetryPolicy::default();
+            let message = err.to_string();
+            execution.attempt += 1;
+            execution.last_error = Some(message.clone());
+            if err.is_retryable() && (execution.attempt as u32) < policy.attempts {
+                let delay = backoff(&policy, execution.attempt as u32, err.retry_after());
+                execution.next_attempt_at =
+                    Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+                warn!(rule = %execution.rule, execution = %execution.id, attempt = execution.attempt, ?delay, error = %message, "Sweep failed; retrying");
+                engine.store.save_execution(&execution, true).await
+            } else {
+                engine
+                    .store
+                    .add_dead_letter(&execution, "for_each", &message)
+                    .await?;
+                metrics::counter!("flowd_dead_letters_total", "rule" => execution.rule.clone())
+                    .increment(1);
+                finish(engine, execution, "failed", Some(message)).await
+            }
+        }
+    }
 }
 
 /// Handles a failed attempt: schedule a retry, or dead-letter and stop (or go on).

@@ -232,7 +232,12 @@ fn execution_for(
     }
 }
 
-/// Executions for a rule and context: swept when the rule has `for_each: { list }`.
+/// Marks an execution that runs a `for_each: { list }` sweep rather than the rule's steps.
+pub const SWEEP: &str = "@for_each";
+
+/// Executions for a rule and context. A rule with `for_each: { list }` gets one execution that
+/// runs the sweep (see [`sweep`]): the executor pages through the list while the processor goes
+/// on with the inbox.
 async fn executions_or_sweep(
     engine: &Engine,
     rule: &Rule,
@@ -241,22 +246,46 @@ async fn executions_or_sweep(
     now: DateTime<Utc>,
 ) -> Result<Vec<NewExecution>, StoreError> {
     if matches!(rule.for_each, Some(ForEach::List { .. })) {
-        sweep(engine, rule, event_id, context, now).await
+        Ok(vec![NewExecution {
+            id: format!("sweep-{event_id}-{}", rule.name),
+            handler_step: Some(SWEEP.to_owned()),
+            ..pending(rule, event_id, Value::Object(context))
+        }])
     } else {
         Ok(executions_for(engine, rule, event_id, context, now))
     }
 }
 
-/// A `for_each: { list: ... }` sweep: pages through the Recrubo list (one page in memory at a
-/// time, at the client's rate limit) and stores one execution per item, with an id made of the
-/// event and the item, so that a sweep run again after a crash creates no item twice.
-async fn sweep(
+/// Why a sweep stopped.
+#[derive(Debug)]
+pub enum SweepError {
+    /// Recrubo failed (retryable or not, as the error says).
+    Recrubo(crate::recrubo::RecruboError),
+    /// The sweep cannot run as written (no token, a filter that does not render).
+    Failed(String),
+    /// The store failed.
+    Store(StoreError),
+}
+
+impl From<StoreError> for SweepError {
+    fn from(err: StoreError) -> Self {
+        SweepError::Store(err)
+    }
+}
+
+/// A `for_each: { list: ... }` sweep, run by the executor for the execution `sweep_id`: pages
+/// through the Recrubo list (one page in memory at a time, at the client's rate limit) and
+/// stores one execution per item, with an id made of the event and the item, so that a sweep
+/// run again after a crash or an error creates no item twice. The lease of the sweep's
+/// execution is renewed with every page stored. Returns how many items it found.
+pub async fn sweep(
     engine: &Engine,
     rule: &Rule,
     event_id: i64,
     context: Map<String, Value>,
-    now: DateTime<Utc>,
-) -> Result<Vec<NewExecution>, StoreError> {
+    sweep_id: &str,
+) -> Result<usize, SweepError> {
+    let now = Utc::now();
     use futures_util::StreamExt;
     let Some(ForEach::List {
         resource,
@@ -265,16 +294,12 @@ async fn sweep(
         page_size,
     }) = &rule.for_each
     else {
-        return Ok(Vec::new());
+        return Ok(0);
     };
     let Some(client) = engine.deps.recrubo.as_ref() else {
-        return Ok(vec![note_only(
-            rule,
-            event_id,
-            context,
-            "failed",
+        return Err(SweepError::Failed(
             "for_each list needs a Recrubo token".to_owned(),
-        )]);
+        ));
     };
     let evaluation = evaluation_context(engine, &Value::Object(context.clone()), now);
     let mut query = ListQuery::new().page_size(*page_size);
@@ -282,13 +307,9 @@ async fn sweep(
         let rendered = match value.render(&evaluation) {
             Ok(rendered) => rendered,
             Err(err) => {
-                return Ok(vec![note_only(
-                    rule,
-                    event_id,
-                    context,
-                    "failed",
-                    format!("for_each filter `{field}`: {err}"),
-                )]);
+                return Err(SweepError::Failed(format!(
+                    "for_each filter `{field}`: {err}"
+                )));
             }
         };
         let text = |value: &Value| match value {
@@ -299,13 +320,9 @@ async fn sweep(
             Value::Object(operators) => {
                 for (operator, operand) in operators {
                     let Some(op) = FilterOp::parse(&operator) else {
-                        return Ok(vec![note_only(
-                            rule,
-                            event_id,
-                            context,
-                            "failed",
-                            format!("for_each filter `{field}`: unknown operator `{operator}`"),
-                        )]);
+                        return Err(SweepError::Failed(format!(
+                            "for_each filter `{field}`: unknown operator `{operator}`"
+                        )));
                     };
                     query = query.filter_op(field, op, text(&operand));
                 }
@@ -329,8 +346,9 @@ async fn sweep(
         let item = match item {
             Ok(item) => item,
             Err(err) => {
-                warn!(rule = %rule.name, error = %err, swept = count, "Sweep stopped by a Recrubo error; it resumes when the event is processed again");
-                return Err(StoreError::Database(format!("sweep interrupted: {err}")));
+                warn!(rule = %rule.name, error = %err, swept = count, "Sweep stopped by a Recrubo error");
+                engine.store.insert_executions(&batch).await?;
+                return Err(SweepError::Recrubo(err));
             }
         };
         let mut item_context = context.clone();
@@ -343,12 +361,17 @@ async fn sweep(
         if batch.len() >= 200 {
             engine.store.insert_executions(&batch).await?;
             batch.clear();
+            engine
+                .store
+                .begin_step(sweep_id, Utc::now(), engine.settings.lease)
+                .await?;
             engine.executions_waiting.notify_one();
         }
     }
     engine.store.insert_executions(&batch).await?;
+    engine.executions_waiting.notify_one();
     info!(rule = %rule.name, items = count, "Sweep done");
-    Ok(Vec::new())
+    Ok(count)
 }
 
 fn pending(rule: &Rule, event_id: i64, context: Value) -> NewExecution {

@@ -814,6 +814,33 @@ rules:
     assert_eq!(all.len(), total, "no tick fired twice across the restart");
 }
 
+/// A rule that sweeps the timed-out flow runs, 50 a page, logging each.
+const SWEEP_LOG_RULE: &str = r#"  - name: sweep
+    on:
+      event: kick
+      for_each: { list: flow-runs, filter: { status: timeout }, page_size: 50 }
+    do:
+      - log: "swept {{item.id}}"
+"#;
+
+/// Adds `count` flow runs to the simulator, the n-th with `status(n)`.
+fn seed_flow_runs(sim: &SimHandle, count: usize, status: impl Fn(usize) -> &'static str) {
+    for index in 0..count {
+        let mut attributes = serde_json::Map::new();
+        attributes.insert("status".into(), json!(status(index)));
+        sim.state.insert("flow-runs", attributes);
+    }
+}
+
+/// How many flow-run list requests the simulator has answered.
+async fn flow_run_pages(sim: &SimHandle) -> usize {
+    crate::recrubo_client::sim_requests(sim)
+        .await
+        .iter()
+        .filter(|r| r["path"] == "/public/v2/flow-runs")
+        .count()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sweep_pages_through_every_item_once_despite_faults() {
     // 10,000 timed-out runs among 15,000, listed 100 a page through 10% 5xx answers at a rate
@@ -829,18 +856,13 @@ rules:
         retry: { attempts: 20, backoff: 10ms, max_backoff: 100ms }
 "#;
     let world = world(rules, &[("FLOWD_RECRUBO_RATE_LIMIT", "40")]).await;
-    for index in 0..15_000 {
-        let mut attributes = serde_json::Map::new();
-        attributes.insert(
-            "status".into(),
-            json!(if index % 3 == 0 {
-                "finished"
-            } else {
-                "timeout"
-            }),
-        );
-        world.sim.state.insert("flow-runs", attributes);
-    }
+    seed_flow_runs(&world.sim, 15_000, |index| {
+        if index % 3 == 0 {
+            "finished"
+        } else {
+            "timeout"
+        }
+    });
     crate::recrubo_client::set_faults(&world.sim, json!({"error_rate": 0.1})).await;
     post_event(&world.daemon, "kick", json!({})).await;
     eventually(Duration::from_secs(120), "10,000 notifications", || async {
@@ -1112,31 +1134,14 @@ rules:
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sweep_killed_halfway_resumes_without_doubles_or_gaps() {
-    let rules = r#"
-rules:
-  - name: sweep
-    on:
-      event: kick
-      for_each: { list: flow-runs, filter: { status: timeout }, page_size: 50 }
-    do:
-      - log: "swept {{item.id}}"
-"#;
-    let mut world = world(rules, &[]).await;
-    for _ in 0..2000 {
-        let mut attributes = serde_json::Map::new();
-        attributes.insert("status".into(), json!("timeout"));
-        world.sim.state.insert("flow-runs", attributes);
-    }
+    let rules = format!("rules:\n{SWEEP_LOG_RULE}");
+    let mut world = world(&rules, &[]).await;
+    seed_flow_runs(&world.sim, 2000, |_| "timeout");
     // Slow pages (40 of them) so that the kill lands in the middle of the sweep.
     crate::recrubo_client::set_faults(&world.sim, json!({"latency_ms": 40})).await;
     post_event(&world.daemon, "kick", json!({})).await;
     eventually(WAIT, "the sweep is under way", || async {
-        let pages = crate::recrubo_client::sim_requests(&world.sim)
-            .await
-            .iter()
-            .filter(|r| r["path"] == "/public/v2/flow-runs")
-            .count();
-        (pages >= 8).then_some(())
+        (flow_run_pages(&world.sim).await >= 8).then_some(())
     })
     .await;
     let state = std::mem::replace(&mut world.daemon, placeholder_daemon()).kill();
@@ -1166,7 +1171,9 @@ rules:
                 .ok()?;
                 all.extend(body["executions"].as_array()?.iter().cloned());
             }
-            (all.len() >= 2000 && all.iter().all(|e| e["status"] == "succeeded")).then_some(all)
+            // One execution per item, and the sweep's own execution (no item) done too.
+            let done = all.len() >= 2001 && all.iter().all(|e| e["status"] == "succeeded");
+            done.then_some(all)
         },
     )
     .await;
@@ -1181,5 +1188,35 @@ rules:
         (total, items.len()),
         (2000, 2000),
         "every item exactly once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn other_events_are_handled_while_a_long_sweep_pages() {
+    let rules = SWEEP_LOG_RULE.to_owned()
+        + r#"
+  - name: ping
+    on: { event: ping }
+    do:
+      - notify: { url: SINK_URL, body: { pong: true } }
+"#;
+    let world = world(&format!("rules:\n{rules}"), &[]).await;
+    seed_flow_runs(&world.sim, 2000, |_| "timeout");
+    // 40 pages at 100 ms each: the sweep takes at least 4 s.
+    crate::recrubo_client::set_faults(&world.sim, json!({"latency_ms": 100})).await;
+    post_event(&world.daemon, "kick", json!({})).await;
+    eventually(WAIT, "the sweep is under way", || async {
+        (flow_run_pages(&world.sim).await >= 2).then_some(())
+    })
+    .await;
+    post_event(&world.daemon, "ping", json!({})).await;
+    eventually(WAIT, "the ping's notification", || async {
+        (!world.sink.received().is_empty()).then_some(())
+    })
+    .await;
+    let paged = flow_run_pages(&world.sim).await;
+    assert!(
+        paged < 40,
+        "the ping was handled only after the sweep's {paged} pages"
     );
 }
