@@ -285,23 +285,16 @@ async fn run_sweep(
         Err(SweepError::Store(err)) => Err(err),
         Err(SweepError::Failed(reason)) => finish(engine, execution, "failed", Some(reason)).await,
         Err(SweepError::Recrubo(err)) => {
-            let policy = RetryPolicy::default();
-            let message = err.to_string();
+            let failure = ActionError::from(err);
+            let message = redacted_message(engine, &failure.message);
             execution.attempt += 1;
             execution.last_error = Some(message.clone());
-            if err.is_retryable() && (execution.attempt as u32) < policy.attempts {
-                let delay = backoff(&policy, execution.attempt as u32, err.retry_after());
-                execution.next_attempt_at =
-                    Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+            if let Some((at, delay)) = retry_at(&RetryPolicy::default(), &execution, &failure) {
+                execution.next_attempt_at = at;
                 warn!(rule = %execution.rule, execution = %execution.id, attempt = execution.attempt, ?delay, error = %message, "Sweep failed; retrying");
                 engine.store.save_execution(&execution, true).await
             } else {
-                engine
-                    .store
-                    .add_dead_letter(&execution, "for_each", &message)
-                    .await?;
-                metrics::counter!("flowd_dead_letters_total", "rule" => execution.rule.clone())
-                    .increment(1);
+                dead_letter(engine, &execution, "for_each", &message).await?;
                 finish(engine, execution, "failed", Some(message)).await
             }
         }
@@ -316,14 +309,7 @@ async fn fail_step(
     record: &mut StepRecord,
     failure: ActionError,
 ) -> Result<Next, StoreError> {
-    let policy = step.retry.unwrap_or_default();
-    let message = redact(
-        &Value::String(failure.message.clone()),
-        engine.secret_values(),
-    )
-    .as_str()
-    .unwrap_or_default()
-    .to_owned();
+    let message = redacted_message(engine, &failure.message);
     record.error = Some(message.clone());
     record.finished_at = Some(Utc::now());
     execution.last_error = Some(message.clone());
@@ -331,10 +317,8 @@ async fn fail_step(
     if !failure.outcome_unknown {
         execution.step_started_at = None;
     }
-    if failure.retryable && (execution.attempt as u32) < policy.attempts {
-        let delay = backoff(&policy, execution.attempt as u32, failure.retry_after);
-        execution.next_attempt_at =
-            Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+    if let Some((at, delay)) = retry_at(&step.retry.unwrap_or_default(), execution, &failure) {
+        execution.next_attempt_at = at;
         record.status = "retrying".to_owned();
         warn!(rule = %execution.rule, execution = %execution.id, step = step.kind.name(), attempt = execution.attempt, ?delay, error = %message, "Step failed; retrying");
         engine.store.record_step(record).await?;
@@ -344,11 +328,7 @@ async fn fail_step(
     record.status = "failed".to_owned();
     warn!(rule = %execution.rule, execution = %execution.id, step = step.kind.name(), attempts = execution.attempt, error = %message, "Step failed; dead letter");
     engine.store.record_step(record).await?;
-    engine
-        .store
-        .add_dead_letter(execution, step.kind.name(), &message)
-        .await?;
-    metrics::counter!("flowd_dead_letters_total", "rule" => execution.rule.clone()).increment(1);
+    dead_letter(engine, execution, step.kind.name(), &message).await?;
     if step.continue_on_error {
         execution.next_step += 1;
         execution.attempt = 0;
@@ -361,6 +341,47 @@ async fn fail_step(
         engine.store.save_execution(execution, true).await?;
         Ok(Next::Stop)
     }
+}
+
+/// An error message as stored: every secret value replaced.
+fn redacted_message(engine: &Engine, message: &str) -> String {
+    redact(&Value::String(message.to_owned()), engine.secret_values())
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// When the attempt just failed is tried again, and after which delay; `None` when the failure
+/// is fatal or the policy's attempts are used up.
+fn retry_at(
+    policy: &RetryPolicy,
+    execution: &Execution,
+    failure: &ActionError,
+) -> Option<(DateTime<Utc>, Duration)> {
+    let attempt = execution.attempt as u32;
+    if !failure.retryable || attempt >= policy.attempts {
+        return None;
+    }
+    let delay = backoff(policy, attempt, failure.retry_after);
+    Some((
+        Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default(),
+        delay,
+    ))
+}
+
+/// Stores a dead letter for the execution's current step and counts it.
+async fn dead_letter(
+    engine: &Engine,
+    execution: &Execution,
+    kind: &str,
+    message: &str,
+) -> Result<(), StoreError> {
+    engine
+        .store
+        .add_dead_letter(execution, kind, message)
+        .await?;
+    metrics::counter!("flowd_dead_letters_total", "rule" => execution.rule.clone()).increment(1);
+    Ok(())
 }
 
 async fn finish(

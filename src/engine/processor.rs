@@ -149,7 +149,9 @@ pub fn evaluation_context(engine: &Engine, stored: &Value, now: DateTime<Utc>) -
 }
 
 /// Executions of `rule` for a context: one, or one per `for_each` item, each `skipped` with the
-/// reason when the rule's condition is not true.
+/// reason when the rule's condition is not true. A `for_each: { list }` rule gets one execution
+/// that runs the sweep (see [`sweep`]): the executor pages through the list while the processor
+/// goes on with the inbox.
 fn executions_for(
     engine: &Engine,
     rule: &Rule,
@@ -190,7 +192,13 @@ fn executions_for(
                 }
             }
         }
-        Some(ForEach::List { .. }) => return Vec::new(),
+        Some(ForEach::List { .. }) => {
+            return vec![NewExecution {
+                id: format!("sweep-{event_id}-{}", rule.name),
+                handler_step: Some(SWEEP.to_owned()),
+                ..pending(rule, event_id, Value::Object(context))
+            }];
+        }
     }
     contexts
         .into_iter()
@@ -234,27 +242,6 @@ fn execution_for(
 
 /// Marks an execution that runs a `for_each: { list }` sweep rather than the rule's steps.
 pub const SWEEP: &str = "@for_each";
-
-/// Executions for a rule and context. A rule with `for_each: { list }` gets one execution that
-/// runs the sweep (see [`sweep`]): the executor pages through the list while the processor goes
-/// on with the inbox.
-async fn executions_or_sweep(
-    engine: &Engine,
-    rule: &Rule,
-    event_id: i64,
-    context: Map<String, Value>,
-    now: DateTime<Utc>,
-) -> Result<Vec<NewExecution>, StoreError> {
-    if matches!(rule.for_each, Some(ForEach::List { .. })) {
-        Ok(vec![NewExecution {
-            id: format!("sweep-{event_id}-{}", rule.name),
-            handler_step: Some(SWEEP.to_owned()),
-            ..pending(rule, event_id, Value::Object(context))
-        }])
-    } else {
-        Ok(executions_for(engine, rule, event_id, context, now))
-    }
-}
 
 /// Why a sweep stopped.
 #[derive(Debug)]
@@ -430,8 +417,7 @@ async fn outcome_of(
                     "fired_at": event.payload["fired_at"],
                 });
                 outcome.executions =
-                    executions_or_sweep(engine, rule, event.id, base_context(rule, tick), now)
-                        .await?;
+                    executions_for(engine, rule, event.id, base_context(rule, tick), now);
             }
             Ok(Some(outcome))
         }
@@ -452,16 +438,13 @@ async fn outcome_of(
                 "data": event.payload["data"],
             });
             for rule in rules {
-                outcome.executions.extend(
-                    executions_or_sweep(
-                        engine,
-                        rule,
-                        event.id,
-                        base_context(rule, event_context.clone()),
-                        now,
-                    )
-                    .await?,
-                );
+                outcome.executions.extend(executions_for(
+                    engine,
+                    rule,
+                    event.id,
+                    base_context(rule, event_context.clone()),
+                    now,
+                ));
             }
             debug!(
                 event = event.id,
@@ -490,16 +473,13 @@ async fn outcome_of(
                 }
                 for rule in index.recrubo(set, &resource.resource_type, &attributes.event, &fields)
                 {
-                    outcome.executions.extend(
-                        executions_or_sweep(
-                            engine,
-                            rule,
-                            event.id,
-                            base_context(rule, event_context.clone()),
-                            now,
-                        )
-                        .await?,
-                    );
+                    outcome.executions.extend(executions_for(
+                        engine,
+                        rule,
+                        event.id,
+                        base_context(rule, event_context.clone()),
+                        now,
+                    ));
                 }
             }
             let tracks_status = matches!(
@@ -586,7 +566,7 @@ async fn status_change(
     for rule in matching {
         let mut context = base_context(rule, resource.to_json());
         context.insert(key.into(), resource_context.clone());
-        executions.extend(executions_or_sweep(engine, rule, event.id, context, now).await?);
+        executions.extend(executions_for(engine, rule, event.id, context, now));
     }
     if let Some(followed) = &followed
         && let Some(handler) =
