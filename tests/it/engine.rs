@@ -8,7 +8,7 @@ use flowd::recrubo::{FlowRunStatus, ListQuery, RecruboClient};
 use flowd::settings::Secret;
 use flowd::sim::{SimHandle, SimSettings};
 
-use crate::receiver::Receiver;
+use crate::receiver::{Receiver, distinct_strings};
 use crate::recrubo_client::{client_for, sim};
 use crate::support::{Daemon, eventually};
 
@@ -553,14 +553,7 @@ async fn duplicated_reordered_and_dropped_webhooks_fire_each_handler_once() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let received = world.sink.received().len().max(received.len());
     assert_eq!(received, 10, "each finished handler fired exactly once");
-    let mut notified: Vec<String> = world
-        .sink
-        .received()
-        .iter()
-        .filter_map(|r| r.body["run"].as_str().map(str::to_owned))
-        .collect();
-    notified.sort();
-    notified.dedup();
+    let (_, notified) = distinct_strings(&world.sink.received(), "run");
     assert_eq!(notified.len(), 10);
 }
 
@@ -759,13 +752,7 @@ rules:
         (received.len() >= 2).then_some(received)
     })
     .await;
-    let mut scheduled: Vec<String> = received
-        .iter()
-        .filter_map(|r| r.body["scheduled"].as_str().map(str::to_owned))
-        .collect();
-    let count = scheduled.len();
-    scheduled.sort();
-    scheduled.dedup();
+    let (count, scheduled) = distinct_strings(&received, "scheduled");
     assert_eq!(scheduled.len(), count, "a tick fired twice");
     assert!(
         scheduled[0].ends_with(".000Z"),
@@ -802,15 +789,7 @@ rules:
         "the latest missed tick, not an old one"
     );
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let mut all: Vec<String> = world
-        .sink
-        .received()
-        .iter()
-        .filter_map(|r| r.body["scheduled"].as_str().map(str::to_owned))
-        .collect();
-    let total = all.len();
-    all.sort();
-    all.dedup();
+    let (total, all) = distinct_strings(&world.sink.received(), "scheduled");
     assert_eq!(all.len(), total, "no tick fired twice across the restart");
 }
 
@@ -870,15 +849,7 @@ rules:
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut runs: Vec<String> = world
-        .sink
-        .received()
-        .iter()
-        .filter_map(|r| r.body["run"].as_str().map(str::to_owned))
-        .collect();
-    let total = runs.len();
-    runs.sort();
-    runs.dedup();
+    let (total, runs) = distinct_strings(&world.sink.received(), "run");
     assert_eq!(
         (total, runs.len()),
         (10_000, 10_000),

@@ -92,3 +92,16 @@ async fn receive(
     inner.received.push(Received { secret, body });
     StatusCode::OK
 }
+
+/// The string `field` of each received body: how many there were, and the distinct ones,
+/// sorted (a difference means something was delivered twice).
+pub fn distinct_strings(received: &[Received], field: &str) -> (usize, Vec<String>) {
+    let mut values: Vec<String> = received
+        .iter()
+        .filter_map(|r| r.body[field].as_str().map(str::to_owned))
+        .collect();
+    let total = values.len();
+    values.sort();
+    values.dedup();
+    (total, values)
+}
