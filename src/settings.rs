@@ -98,6 +98,48 @@ pub struct Settings {
     pub rescan_interval_seconds: u64,
     /// How much execution history is kept.
     pub history: HistorySettings,
+    /// Where steps may send to when a destination's host comes from run-time data (DESIGN 3).
+    pub egress: EgressSettings,
+    /// Connection limits of the listeners (DESIGN 4.2).
+    pub limits: LimitsSettings,
+    /// How long SIGTERM waits for requests and steps in flight (a duration like `15s`).
+    pub shutdown_timeout: String,
+}
+
+/// `egress:` settings: hosts a `notify`/`http`/`email` step may reach when the host comes from
+/// run-time data (`event`, `item`, `steps`, `run`, `generation`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EgressSettings {
+    /// `host`, `host:port`, `*.suffix` or `*` patterns.
+    #[serde(deserialize_with = "one_or_many_strings")]
+    pub allow: Vec<String>,
+    /// Follow HTTP redirects (off by default: a redirect could lead anywhere).
+    pub follow_redirects: bool,
+}
+
+/// One string (a comma list from the environment) or a list of strings.
+fn one_or_many_strings<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    Ok(one_or_many_secrets(deserializer)?
+        .into_iter()
+        .map(|value| value.0)
+        .collect())
+}
+
+/// `limits:` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSettings {
+    /// Open connections per listener at most.
+    pub max_connections: usize,
+}
+
+impl Default for LimitsSettings {
+    fn default() -> Self {
+        LimitsSettings {
+            max_connections: 2048,
+        }
+    }
 }
 
 /// `history:` settings: finished executions older than `max_age`, or beyond the newest
@@ -135,6 +177,9 @@ impl Default for Settings {
             secrets_file: None,
             rescan_interval_seconds: 30,
             history: HistorySettings::default(),
+            egress: EgressSettings::default(),
+            limits: LimitsSettings::default(),
+            shutdown_timeout: "15s".to_owned(),
         }
     }
 }
@@ -250,6 +295,20 @@ pub enum LogFormat {
     Json,
 }
 
+impl Settings {
+    /// Every secret setting that has a value (for redaction).
+    pub fn secret_values(&self) -> Vec<&Secret<String>> {
+        let mut values: Vec<&Secret<String>> = Vec::new();
+        values.extend(self.recrubo.token.iter());
+        values.extend(self.recrubo.webhook_secret.iter());
+        values.extend(self.events.tokens.iter());
+        values.extend(self.events.hmac_secret.iter());
+        values.extend(self.admin.token.iter());
+        values.extend(self.smtp.iter().filter_map(|smtp| smtp.password.as_ref()));
+        values
+    }
+}
+
 /// Every settings path that can come from the environment, as `FLOWD_` + upper-cased `_` path.
 pub const SETTING_PATHS: &[&str] = &[
     "rules",
@@ -277,6 +336,21 @@ pub const SETTING_PATHS: &[&str] = &[
     "rescan_interval_seconds",
     "history.max_age",
     "history.max_count",
+    "egress.allow",
+    "egress.follow_redirects",
+    "limits.max_connections",
+    "shutdown_timeout",
+];
+
+/// The settings that hold secrets: read as text whatever they look like, never echoed, and
+/// refused when blank (DESIGN 5).
+pub const SECRET_PATHS: &[&str] = &[
+    "recrubo.token",
+    "recrubo.webhook_secret",
+    "events.tokens",
+    "events.hmac_secret",
+    "smtp.password",
+    "admin.token",
 ];
 
 /// The environment variable of a settings path.
@@ -306,6 +380,15 @@ pub enum SettingsError {
     /// The layered settings do not fit the settings' shape.
     #[error("invalid settings: {0}")]
     Invalid(String),
+    /// A secret setting is present but empty or blank (it would mean "no secret").
+    #[error(
+        "the secret setting `{0}` ({env}) is set but empty; give it a value or remove it",
+        env = env_name(.0)
+    )]
+    BlankSecret(String),
+    /// A secret setting has a shape other than text (or a list of texts); the value is not shown.
+    #[error("the secret setting `{0}` must be text (or a list of texts); its value is not shown")]
+    SecretShape(String),
 }
 
 /// Builds settings from an optional file, an environment and flag overrides (settings paths to
@@ -348,11 +431,20 @@ pub fn layer(
     }
     for path in SETTING_PATHS {
         if let Some(value) = env.get(&env_name(path)) {
-            set_path(&mut tree, path, env_value(value));
+            let value = if SECRET_PATHS.contains(path) {
+                // `FLOWD_ADMIN_TOKEN=1234` is the text "1234", not a number.
+                Value::String(value.clone())
+            } else {
+                env_value(value)
+            };
+            set_path(&mut tree, path, value);
         }
     }
     for (path, value) in flags {
         set_path(&mut tree, path, value.clone());
+    }
+    for path in SECRET_PATHS {
+        check_secret_setting(&mut tree, path)?;
     }
     serde_json::from_value::<Settings>(tree).map_err(|err| SettingsError::Invalid(err.to_string()))
 }
@@ -368,6 +460,36 @@ fn env_value(text: &str) -> Value {
             .map(Value::from)
             .or_else(|_| text.parse::<f64>().map(Value::from))
             .unwrap_or_else(|_| Value::String(text.to_owned())),
+    }
+}
+
+/// Makes a secret setting text (a YAML `token: 1234` is the text "1234") and refuses a blank
+/// one, before deserializing, so no error message can carry its value.
+fn check_secret_setting(tree: &mut Value, path: &str) -> Result<(), SettingsError> {
+    let mut node = Some(&mut *tree);
+    for key in path.split('.') {
+        node = node.and_then(|n| n.get_mut(key));
+    }
+    let Some(value) = node else { return Ok(()) };
+    let as_text = |value: &mut Value| -> Result<(), SettingsError> {
+        let text = match value {
+            Value::String(text) => text.clone(),
+            Value::Number(number) => number.to_string(),
+            Value::Bool(flag) => flag.to_string(),
+            _ => return Err(SettingsError::SecretShape(path.to_owned())),
+        };
+        // A comma list (rotation) must not hide a blank entry either.
+        if text.trim().is_empty() || text.split(',').any(|part| part.trim().is_empty()) {
+            return Err(SettingsError::BlankSecret(path.to_owned()));
+        }
+        *value = Value::String(text);
+        Ok(())
+    };
+    match value {
+        Value::Null => Err(SettingsError::BlankSecret(path.to_owned())),
+        Value::Array(items) if items.is_empty() => Err(SettingsError::BlankSecret(path.to_owned())),
+        Value::Array(items) => items.iter_mut().try_for_each(as_text),
+        other => as_text(other),
     }
 }
 
@@ -416,14 +538,20 @@ pub fn resolve_secrets(
     };
     let mut resolved = BTreeMap::new();
     let mut missing = Vec::new();
+    let mut blank = Vec::new();
     for name in names {
         let variable = format!("FLOWD_SECRET_{}", name.to_ascii_uppercase());
         match env.get(&variable).or_else(|| from_file.get(name)) {
+            // An empty secret would redact nothing and send nothing: refuse it by name.
+            Some(value) if value.trim().is_empty() => blank.push(name.clone()),
             Some(value) => {
                 resolved.insert(name.clone(), Secret(value.clone()));
             }
             None => missing.push(name.clone()),
         }
+    }
+    if !blank.is_empty() {
+        return Err(ResolveSecretsError::Blank(blank));
     }
     if missing.is_empty() {
         Ok(resolved)
@@ -441,6 +569,9 @@ pub enum ResolveSecretsError {
     /// These names have no value.
     #[error("no value for secret(s) {}; set FLOWD_SECRET_<NAME> or add them to the secrets file", .0.join(", "))]
     Missing(Vec<String>),
+    /// These names have an empty value.
+    #[error("secret(s) {} are set but empty; give them a value", .0.join(", "))]
+    Blank(Vec<String>),
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! kind; errors are classified here (retryable or not, outcome unknown or not) so the executor
 //! can decide between a durable retry and a dead letter.
 
+pub mod egress;
 pub mod email;
 pub mod http;
 
@@ -70,6 +71,8 @@ pub struct ActionDeps {
     pub smtp: Option<email::Mailer>,
     /// How long `analyze_vacancy` waits for a result.
     pub analysis_timeout: Duration,
+    /// Where run-time destinations may go (`egress.allow`).
+    pub egress: egress::EgressPolicy,
 }
 
 fn recrubo(deps: &ActionDeps) -> Result<&RecruboClient, ActionError> {
@@ -184,13 +187,27 @@ pub async fn perform(
                 .await?;
             Ok(json!({ "status": response.status, "body": response.body }))
         }
-        StepKind::Notify { .. } => http::request(&deps.http, "POST", input).await,
-        StepKind::Http { .. } => {
+        StepKind::Notify { url, .. } => {
+            check_url_egress(deps, url, input)?;
+            http::request(&deps.http, "POST", input).await
+        }
+        StepKind::Http { url, .. } => {
+            check_url_egress(deps, url, input)?;
             let method = string(input, "method")?;
             http::request(&deps.http, &method, input).await
         }
-        StepKind::Email { .. } => match &deps.smtp {
-            Some(mailer) => mailer.send(input).await,
+        StepKind::Email { to, .. } => match &deps.smtp {
+            Some(_) if to.is_empty() => Err(ActionError::fatal("`to` is empty")),
+            Some(mailer) => {
+                for (template, address) in to.iter().zip(input["to"].as_array().into_iter().flatten()) {
+                    if egress::address_domain_is_runtime(template.source()) {
+                        deps.egress
+                            .check_address(address.as_str().unwrap_or_default())
+                            .map_err(ActionError::fatal)?;
+                    }
+                }
+                mailer.send(input).await
+            }
             None => Err(ActionError::fatal(
                 "no SMTP server is configured (smtp.host)",
             )),
@@ -203,4 +220,18 @@ pub async fn perform(
         }
         StepKind::Emit { .. } => Err(ActionError::fatal("emit is performed by the executor")),
     }
+}
+
+/// The egress rule for a `notify`/`http` URL whose host comes from run-time data.
+fn check_url_egress(
+    deps: &ActionDeps,
+    url: &crate::rules::template::Template,
+    input: &Value,
+) -> Result<(), ActionError> {
+    if egress::url_host_is_runtime(url.source()) {
+        deps.egress
+            .check_url(input["url"].as_str().unwrap_or_default())
+            .map_err(ActionError::fatal)?;
+    }
+    Ok(())
 }

@@ -28,6 +28,7 @@ use crate::actions::ActionDeps;
 use crate::actions::email::Mailer;
 use crate::engine::reload::Reloader;
 use crate::engine::{Engine, EngineSettings};
+use crate::http::serve::ListenerLimits;
 use crate::http::{AppState, admin_router, public_router};
 use crate::recrubo::{ClientSettings, RecruboClient};
 use crate::rules::load_rule_set;
@@ -122,7 +123,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .config
         .clone()
         .or_else(|| env.get("FLOWD_CONFIG").map(PathBuf::from));
-    let settings = layer(config.as_deref(), &env, &args.flag_overrides())?;
+    let settings = match layer(config.as_deref(), &env, &args.flag_overrides()) {
+        Ok(settings) => settings,
+        Err(err) => {
+            // Secret settings are never part of these messages (settings::check_secret_setting).
+            eprintln!("error: {err}");
+            return Ok(ExitCode::from(EXIT_INVALID_CONFIG));
+        }
+    };
     init_logging(settings.log.format, &settings.log.level);
 
     let loaded = load_rule_set(std::slice::from_ref(&settings.rules));
@@ -163,11 +171,23 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             }
         };
 
+    if let Err(err) = crate::rules::duration::parse_duration(&settings.shutdown_timeout) {
+        eprintln!("error: shutdown_timeout: {err}");
+        return Ok(ExitCode::from(EXIT_INVALID_CONFIG));
+    }
+    if let Err(err) = crate::actions::egress::EgressPolicy::new(&settings.egress.allow) {
+        eprintln!("error: {err}");
+        return Ok(ExitCode::from(EXIT_INVALID_CONFIG));
+    }
+
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(settings, rule_set, secrets, reconcile_after))?;
+    let result = runtime.block_on(serve(settings, rule_set, secrets, reconcile_after));
+    // Tasks still running after the shutdown deadline (a step stuck in a call) are dropped.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -189,9 +209,16 @@ fn action_deps(settings: &Settings) -> anyhow::Result<ActionDeps> {
         Some(smtp) => Some(Mailer::new(smtp).map_err(anyhow::Error::msg)?),
         None => None,
     };
+    let redirects = if settings.egress.follow_redirects {
+        reqwest::redirect::Policy::limited(5)
+    } else {
+        // A redirect could lead anywhere, the admin listener included (DESIGN 3).
+        reqwest::redirect::Policy::none()
+    };
     let http = reqwest::Client::builder()
         .user_agent(concat!("flowd/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(5))
+        .redirect(redirects)
         .build()
         .context("cannot build the HTTP client")?;
     Ok(ActionDeps {
@@ -199,6 +226,8 @@ fn action_deps(settings: &Settings) -> anyhow::Result<ActionDeps> {
         http,
         smtp,
         analysis_timeout: Duration::from_secs(600),
+        egress: crate::actions::egress::EgressPolicy::new(&settings.egress.allow)
+            .map_err(anyhow::Error::msg)?,
     })
 }
 
@@ -251,7 +280,10 @@ pub async fn serve_with(
         store: store.clone(),
         reloader: reloader.clone(),
         deps: action_deps(&settings)?,
-        secrets: Arc::new(crate::engine::SecretValues::new(&secrets)),
+        secrets: Arc::new(crate::engine::SecretValues::with_others(
+            &secrets,
+            &settings.secret_values(),
+        )),
         settings: EngineSettings {
             reconcile_after,
             // Look for stale runs often enough that one is polled soon after it goes stale.
@@ -269,7 +301,8 @@ pub async fn serve_with(
     }
     if settings.events.tokens.is_empty() && settings.events.hmac_secret.is_none() {
         warn!(
-            "No events.tokens or events.hmac_secret: POST /events accepts unauthenticated events"
+            listen = %settings.listen,
+            "SECURITY: no events.tokens or events.hmac_secret is set, so POST /events accepts unauthenticated events from anyone who can reach this listener; set FLOWD_EVENTS_TOKENS or FLOWD_EVENTS_HMAC_SECRET"
         );
     }
     let intake = Intake::start(
@@ -366,40 +399,66 @@ pub async fn serve_with(
         })
     });
 
-    let public_server = axum::serve(public, public_router(state.clone()))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let admin_server = axum::serve(admin, admin_router(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let shutdown_timeout = crate::rules::duration::parse_duration(&settings.shutdown_timeout)
+        .map_err(|err| anyhow::anyhow!("shutdown_timeout: {err}"))?;
+    let limits = ListenerLimits {
+        max_connections: settings.limits.max_connections,
+        ..ListenerLimits::default()
+    }
+    .fitting_descriptors(2);
+    let public_server = crate::http::serve::serve(
+        public,
+        public_router(state.clone()),
+        limits,
+        shutdown.clone(),
+        shutdown_timeout,
+    );
+    let admin_server = crate::http::serve::serve(
+        admin,
+        admin_router(state),
+        limits,
+        shutdown.clone(),
+        shutdown_timeout,
+    );
     let signal_shutdown = shutdown.clone();
+    let stopping_since = Arc::new(OnceLock::new());
+    let stopping = stopping_since.clone();
     tokio::spawn(async move {
         tokio::select! {
             _ = wait_for_termination() => {}
             _ = stop.cancelled() => {}
         }
-        info!("Shutting down: stopping intake");
+        let _ = stopping.set(tokio::time::Instant::now());
+        info!(deadline = ?shutdown_timeout, "Shutting down: stopping intake");
         signal_shutdown.cancel();
     });
 
-    let (public_result, admin_result) = tokio::join!(public_server, admin_server);
+    tokio::join!(public_server, admin_server);
     shutdown.cancel();
-    if let Err(err) = public_result {
-        error!(error = %err, "Public listener failed");
-    }
-    if let Err(err) = admin_result {
-        error!(error = %err, "Admin listener failed");
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(5), watch_task).await;
+    let deadline = stopping_since
+        .get()
+        .copied()
+        .unwrap_or_else(tokio::time::Instant::now)
+        + shutdown_timeout;
+    let _ = tokio::time::timeout_at(deadline, watch_task).await;
     if let Some(task) = upkeep_task {
-        let _ = task.await;
+        let _ = tokio::time::timeout_at(deadline, task).await;
     }
-    // Intake has stopped; now let the work in flight finish (or be left to resume).
+    // Intake has stopped; now let the work in flight finish (or be left to resume), within the
+    // same deadline: what does not finish resumes at the next start.
     info!("Shutting down: finishing steps in flight");
     work_shutdown.cancel();
-    let _ = processor_task.await;
-    let _ = executor_task.await;
-    let _ = reconcile_task.await;
-    let _ = schedule_task.await;
-    let _ = prune_task.await;
+    let finished = tokio::time::timeout_at(deadline, async {
+        let _ = processor_task.await;
+        let _ = executor_task.await;
+        let _ = reconcile_task.await;
+        let _ = schedule_task.await;
+        let _ = prune_task.await;
+    })
+    .await;
+    if finished.is_err() {
+        error!(deadline = ?shutdown_timeout, "Work still in flight at the shutdown deadline; it resumes at the next start");
+    }
     info!("flowd stopped");
     Ok(())
 }

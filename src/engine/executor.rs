@@ -235,7 +235,8 @@ async fn run_execution(engine: &Engine, mut execution: Execution) -> Result<(), 
                         .get_mut("steps")
                         .and_then(Value::as_object_mut)
                 {
-                    steps.insert(id.clone(), output.clone());
+                    // Outputs join the stored context: a secret echoed by a peer is redacted here.
+                    steps.insert(id.clone(), redact(&output, engine.secret_values()));
                 }
                 let followed = followed_run(&execution, step, &key, &output);
                 record.status = "succeeded".to_owned();
@@ -419,13 +420,18 @@ async fn attempt(
             event_type: event_type.clone(),
             // The same emit retried is the same event.
             dedup_key: Some(format!("emit:{id}")),
-            payload: json!({ "type": event_type, "id": id, "data": input["data"] }),
+            payload: json!({ "type": event_type, "id": id, "data": redact(&input["data"], engine.secret_values()) }),
         };
         engine.store.insert_events(&[event]).await.map_err(|err| {
             ActionError::retryable(format!("cannot store the emitted event: {err}"))
         })?;
         engine.events_waiting.notify_one();
         return Ok(json!({ "event_id": id }));
+    }
+    if let StepKind::Log { .. } = step.kind {
+        // The log line is written by `perform`: hand it the redacted text.
+        let redacted = redact(input, engine.secret_values());
+        return perform(&step.kind, &redacted, context, &engine.deps).await;
     }
     perform(&step.kind, input, context, &engine.deps).await
 }

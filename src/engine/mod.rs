@@ -91,8 +91,22 @@ pub struct SecretValues {
 impl SecretValues {
     /// From the resolved secrets.
     pub fn new(secrets: &BTreeMap<String, Secret<String>>) -> Self {
+        Self::with_others(secrets, &[])
+    }
+
+    /// From the rule secrets, also redacting `others` (the secret settings: tokens and
+    /// passwords a peer might echo into an answer that lands in the history).
+    pub fn with_others(secrets: &BTreeMap<String, Secret<String>>, others: &[&Secret<String>]) -> Self {
+        let mut values: Vec<String> = secrets
+            .values()
+            .chain(others.iter().copied())
+            .flat_map(|s| secret_forms(s.expose()))
+            .collect();
+        // Longest first, so a form that contains another is replaced whole.
+        values.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        values.dedup();
         SecretValues {
-            values: secrets.values().map(|s| s.expose().clone()).collect(),
+            values,
             json: serde_json::Value::Object(
                 secrets
                     .iter()
@@ -101,4 +115,34 @@ impl SecretValues {
             ),
         }
     }
+}
+
+/// Every form a template can give a secret (DESIGN 5): as is, `urlencode`d (and form-encoded),
+/// upper- and lower-cased, JSON-escaped — each of which redaction must find.
+pub fn secret_forms(value: &str) -> Vec<String> {
+    if value.is_empty() {
+        return Vec::new();
+    }
+    let json = serde_json::to_string(value).unwrap_or_default();
+    let json = json.trim_matches('"').to_owned();
+    let percent = crate::rules::template::percent_encode(value);
+    let form: String = url::form_urlencoded::byte_serialize(value.as_bytes()).collect();
+    let mut forms = vec![
+        value.to_owned(),
+        value.to_uppercase(),
+        value.to_lowercase(),
+        json.clone(),
+        json.to_uppercase(),
+        json.to_lowercase(),
+        percent.clone(),
+        percent.to_uppercase(),
+        percent.to_lowercase(),
+        form,
+        crate::rules::template::percent_encode(&value.to_uppercase()),
+        crate::rules::template::percent_encode(&value.to_lowercase()),
+    ];
+    forms.sort();
+    forms.dedup();
+    forms.retain(|form| !form.is_empty());
+    forms
 }

@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 
 use crate::rules::StepKind;
 use crate::rules::ruleset::{HttpMethod, NotifyPreset};
-use crate::rules::template::{Template, TemplateRenderError, TemplateValue};
+use crate::rules::template::{Escape, Template, TemplateRenderError, TemplateValue};
 
 fn method_name(method: HttpMethod) -> &'static str {
     match method {
@@ -75,7 +75,7 @@ pub fn render_step(kind: &StepKind, context: &Value) -> Result<Value, TemplateRe
         }),
         StepKind::Recrubo { method, path, body } => json!({
             "method": method_name(*method),
-            "path": text(path, context)?,
+            "path": Value::String(path.render_escaped(context, Escape::PathSegment)?),
             "body": optional(body, context)?,
         }),
         StepKind::Notify {
@@ -101,7 +101,7 @@ pub fn render_step(kind: &StepKind, context: &Value) -> Result<Value, TemplateRe
             "to": to.iter().map(|t| text(t, context)).collect::<Result<Vec<_>, _>>()?,
             "subject": text(subject, context)?,
             "body": text(body, context)?,
-            "html": match html { Some(t) => text(t, context)?, None => Value::Null },
+            "html": match html { Some(t) => Value::String(t.render_escaped(context, Escape::Html)?), None => Value::Null },
         }),
         StepKind::Http {
             method,

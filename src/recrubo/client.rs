@@ -116,6 +116,8 @@ impl RecruboClient {
             .user_agent(concat!("flowd/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(settings.connect_timeout)
             .timeout(settings.request_timeout)
+            // The token goes to the base URL only; a redirect is an error, not a hop.
+            .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(64)
             .build()
             .map_err(|err| {
@@ -133,20 +135,39 @@ impl RecruboClient {
         })
     }
 
+    /// The URL of `path` under the base URL. A path can never leave the API (DESIGN 3): it is
+    /// checked as text (no scheme, no backslash, no control character, no dot segment, plain or
+    /// percent-encoded) and, after joining, as a URL (same origin, under the base path), so the
+    /// bearer token is only ever sent to `recrubo.base_url`.
     fn url(&self, path: &str, query: &[(String, String)]) -> Result<Url, RecruboError> {
+        let leaves = || RecruboError::InvalidRequest(format!("path `{path}` leaves the API"));
         let relative = path.trim_start_matches('/');
-        if relative.contains("..")
-            || relative.starts_with("http:")
-            || relative.starts_with("https:")
+        let lower = relative.to_ascii_lowercase();
+        let first_segment = relative.split('/').next().unwrap_or_default();
+        if relative.chars().any(|c| c.is_control() || c == '\\' || c.is_whitespace())
+            || first_segment.contains(':')
+            || lower.contains("%2e")
+            || lower.contains("%2f")
+            || lower.contains("%5c")
+            || lower.contains("%00")
+            || relative
+                .split(['/', '?', '#'])
+                .any(|segment| segment == "." || segment == "..")
         {
-            return Err(RecruboError::InvalidRequest(format!(
-                "path `{path}` leaves the API"
-            )));
+            return Err(leaves());
         }
         let mut url = self
             .base
             .join(relative)
             .map_err(|err| RecruboError::InvalidRequest(format!("invalid path `{path}`: {err}")))?;
+        let same_origin = url.scheme() == self.base.scheme()
+            && url.host() == self.base.host()
+            && url.port_or_known_default() == self.base.port_or_known_default()
+            && url.username().is_empty()
+            && url.password().is_none();
+        if !same_origin || !url.path().starts_with(self.base.path()) {
+            return Err(leaves());
+        }
         if !query.is_empty() {
             let mut pairs = url.query_pairs_mut();
             for (key, value) in query {

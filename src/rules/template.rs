@@ -48,12 +48,48 @@ pub fn helper_names() -> impl Iterator<Item = &'static str> {
     FLOWD_HELPERS.iter().chain(BUILTIN_HELPERS).copied()
 }
 
-/// The shared handlebars registry: strict, no HTML escaping (output is JSON and plain text).
+/// How the values a text template interpolates are escaped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Escape {
+    /// Not at all: output is JSON and plain text.
+    None,
+    /// Percent-encoded as one URL path segment (a `recrubo` step's `path`), so run-time data
+    /// cannot add segments, dot segments or a query.
+    PathSegment,
+    /// HTML-escaped (an `email` step's `html`).
+    Html,
+}
+
+fn path_segment_escape(text: &str) -> String {
+    percent_encode(text)
+}
+
+/// The shared handlebars registries, one per [`Escape`]: strict, with flowd's helpers.
+fn registry_for(escape: Escape) -> &'static Handlebars<'static> {
+    static PLAIN: LazyLock<Handlebars<'static>> = LazyLock::new(|| build_registry(Escape::None));
+    static PATH: LazyLock<Handlebars<'static>> =
+        LazyLock::new(|| build_registry(Escape::PathSegment));
+    static HTML: LazyLock<Handlebars<'static>> = LazyLock::new(|| build_registry(Escape::Html));
+    match escape {
+        Escape::None => &PLAIN,
+        Escape::PathSegment => &PATH,
+        Escape::Html => &HTML,
+    }
+}
+
 fn registry() -> &'static Handlebars<'static> {
-    static REGISTRY: LazyLock<Handlebars<'static>> = LazyLock::new(|| {
+    registry_for(Escape::None)
+}
+
+fn build_registry(escape: Escape) -> Handlebars<'static> {
+    {
         let mut registry = Handlebars::new();
         registry.set_strict_mode(true);
-        registry.register_escape_fn(handlebars::no_escape);
+        match escape {
+            Escape::None => registry.register_escape_fn(handlebars::no_escape),
+            Escape::PathSegment => registry.register_escape_fn(path_segment_escape),
+            Escape::Html => registry.register_escape_fn(handlebars::html_escape),
+        }
         registry.register_helper("json", Box::new(JsonHelper));
         registry.register_helper("default", Box::new(DefaultHelper));
         registry.register_helper("upper", Box::new(upper));
@@ -65,8 +101,7 @@ fn registry() -> &'static Handlebars<'static> {
         registry.register_helper("now_minus", Box::new(RelativeTimeHelper { sign: -1 }));
         registry.register_helper("now_plus", Box::new(RelativeTimeHelper { sign: 1 }));
         registry
-    });
-    &REGISTRY
+    }
 }
 
 /// A compiled template.
@@ -303,6 +338,25 @@ impl Template {
         }
     }
 
+    /// Renders the template to a string whose interpolated values are escaped: for a text
+    /// template each `{{...}}` output is escaped (the literal text around it is not); a template
+    /// that is one expression is the whole value, escaped when `Escape::Html` (a whole path
+    /// from one expression is kept: the caller checks it).
+    pub fn render_escaped(
+        &self,
+        context: &Value,
+        escape: Escape,
+    ) -> Result<String, TemplateRenderError> {
+        match (&self.kind, escape) {
+            (_, Escape::None) | (TemplateKind::Literal, _) => self.render_string(context),
+            (TemplateKind::Text(template), _) => {
+                self.render_in(registry_for(escape), template, context)
+            }
+            (_, Escape::Html) => Ok(handlebars::html_escape(&self.render_string(context)?)),
+            (_, Escape::PathSegment) => self.render_string(context),
+        }
+    }
+
     /// Renders the template to a string (a single expression's value is rendered as text: a
     /// string as itself, anything else as JSON).
     pub fn render_string(&self, context: &Value) -> Result<String, TemplateRenderError> {
@@ -317,7 +371,15 @@ impl Template {
         template: &handlebars::Template,
         context: &Value,
     ) -> Result<String, TemplateRenderError> {
-        let registry = registry();
+        self.render_in(registry(), template, context)
+    }
+
+    fn render_in(
+        &self,
+        registry: &Handlebars<'static>,
+        template: &handlebars::Template,
+        context: &Value,
+    ) -> Result<String, TemplateRenderError> {
         let context = Context::from(context.clone());
         let mut render_context = RenderContext::new(None);
         let mut output = StringOutput::new();
@@ -598,7 +660,7 @@ mod string_helpers {
 use string_helpers::{lower, trim, truncate, upper, urlencode};
 
 /// Percent-encodes everything but RFC 3986's unreserved characters.
-fn percent_encode(text: &str) -> String {
+pub(crate) fn percent_encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for byte in text.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {

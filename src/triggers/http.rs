@@ -5,16 +5,26 @@
 //! instead of each request. Authentication: Recrubo's shared secret header (constant time, two
 //! secrets during rotation); for events a bearer token or an HMAC signature
 //! (`X-Flowd-Signature: t=<unix>,v1=<hex hmac-sha256 of "t.body">`, five minutes' tolerance).
+//!
+//! What it refuses (DESIGN 4.1, 4.2): credentials are checked from the headers before the body
+//! is read (a signature's MAC needs the body, but its header is parsed and bounded first); the
+//! MAC is computed once however many `v1=` entries there are (at most 3); a (t, MAC) pair seen
+//! within the tolerance is a replay; when the writer's queue is full or the store cannot commit
+//! the answer is 503 with `Retry-After`, never an unbounded wait.
 
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Json;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hmac::{Hmac, KeyInit, Mac};
+use http_body_util::BodyExt;
+use serde::Deserialize as _;
 use serde_json::{Value, json};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
@@ -29,21 +39,81 @@ use crate::store::{InsertOutcome, NewEvent, Store, StoreError};
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// How far a signature's timestamp may be from now.
 pub const SIGNATURE_TOLERANCE: Duration = Duration::from_secs(300);
+/// A body must arrive within this after its head (408 otherwise).
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// `v1=` entries accepted in one `X-Flowd-Signature` (DESIGN 4.1: rotation needs two or three).
+const MAX_SIGNATURES: usize = 3;
+/// The longest `X-Flowd-Signature` header: `t=` + 3 × `v1=<64 hex>` with room for spaces.
+const MAX_SIGNATURE_HEADER: usize = 512;
+/// Events waiting for the writer at most, by count and by bytes of payload; above either the
+/// intake sheds load with 503 instead of queueing without bound.
+const QUEUE_EVENTS: usize = 16_384;
+const QUEUE_BYTES: usize = 256 * 1024 * 1024;
+/// Signatures remembered for replay detection at most (each ~48 bytes); when full of unexpired
+/// entries, signed requests get 503 rather than an unchecked pass.
+const REPLAY_CAPACITY: usize = 1_000_000;
 
 type Reply = oneshot::Sender<Result<InsertOutcome, String>>;
+/// An event for the writer, the bytes it was counted as in the queue, and where to answer.
+type Job = (NewEvent, usize, Reply);
 
 /// The intake's shared state.
 #[derive(Clone)]
 pub struct Intake {
-    writer: mpsc::Sender<(NewEvent, Reply)>,
+    writer: mpsc::Sender<Job>,
+    queued_bytes: Arc<AtomicUsize>,
     webhook_secrets: Arc<Vec<Secret<String>>>,
     event_tokens: Arc<Vec<Secret<String>>>,
     hmac_secret: Option<Secret<String>>,
+    replays: Arc<Mutex<ReplayCache>>,
 }
 
 impl std::fmt::Debug for Intake {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Intake").finish_non_exhaustive()
+    }
+}
+
+/// Why the intake could not store an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IntakeError {
+    /// The writer's queue is full: try again shortly.
+    Busy,
+    /// The store did not commit (disk full, database down); the reason is logged, not answered.
+    Store,
+    /// The daemon is stopping.
+    ShuttingDown,
+}
+
+impl std::fmt::Display for IntakeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IntakeError::Busy => "the intake is busy; retry shortly",
+            IntakeError::Store => "the event could not be stored; retry later",
+            IntakeError::ShuttingDown => "flowd is shutting down; retry later",
+        })
+    }
+}
+
+impl serde::Serialize for IntakeError {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl IntakeError {
+    /// The 503 answer, with `Retry-After`.
+    pub fn response(&self) -> Response {
+        let retry_after = match self {
+            IntakeError::Busy => "1",
+            IntakeError::Store | IntakeError::ShuttingDown => "5",
+        };
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, retry_after)],
+            Json(json!({ "error": self.to_string() })),
+        )
+            .into_response()
     }
 }
 
@@ -56,16 +126,20 @@ impl Intake {
         event_tokens: Vec<Secret<String>>,
         hmac_secret: Option<Secret<String>>,
     ) -> Intake {
-        let (writer, mut receiver) = mpsc::channel::<(NewEvent, Reply)>(16_384);
+        let (writer, mut receiver) = mpsc::channel::<Job>(QUEUE_EVENTS);
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let queued = queued_bytes.clone();
         tokio::spawn(async move {
             let mut events: Vec<NewEvent> = Vec::with_capacity(1024);
             let mut replies: Vec<Reply> = Vec::with_capacity(1024);
-            while let Some((event, reply)) = receiver.recv().await {
+            while let Some((event, size, reply)) = receiver.recv().await {
+                let mut bytes = size;
                 events.push(event);
                 replies.push(reply);
                 while events.len() < 1024 {
                     match receiver.try_recv() {
-                        Ok((event, reply)) => {
+                        Ok((event, size, reply)) => {
+                            bytes += size;
                             events.push(event);
                             replies.push(reply);
                         }
@@ -75,6 +149,7 @@ impl Intake {
                 let result: Result<Vec<InsertOutcome>, StoreError> =
                     store.insert_events(&events).await;
                 events.clear();
+                queued.fetch_sub(bytes, Ordering::Relaxed);
                 match result {
                     Ok(outcomes) => {
                         for (reply, outcome) in replies.drain(..).zip(outcomes) {
@@ -93,22 +168,85 @@ impl Intake {
         });
         Intake {
             writer,
+            queued_bytes,
             webhook_secrets: Arc::new(webhook_secrets),
             event_tokens: Arc::new(event_tokens),
             hmac_secret,
+            replays: Arc::new(Mutex::new(ReplayCache::default())),
         }
     }
 
-    /// Stores one event (with the others of its batch) and reports what happened.
-    pub async fn store(&self, event: NewEvent) -> Result<InsertOutcome, String> {
+    /// Stores one event (with the others of its batch) and reports what happened. Never waits
+    /// for room in the queue: a full queue is [`IntakeError::Busy`].
+    pub async fn store(&self, event: NewEvent) -> Result<InsertOutcome, IntakeError> {
+        self.store_sized(event, 1024).await
+    }
+
+    /// [`Intake::store`] for an event whose body had `bytes` bytes (the queue's byte budget).
+    pub async fn store_sized(
+        &self,
+        event: NewEvent,
+        bytes: usize,
+    ) -> Result<InsertOutcome, IntakeError> {
+        if self.queued_bytes.load(Ordering::Relaxed) + bytes > QUEUE_BYTES {
+            return Err(IntakeError::Busy);
+        }
         let (reply, answer) = oneshot::channel();
-        self.writer
-            .send((event, reply))
-            .await
-            .map_err(|_| "the intake is shutting down".to_owned())?;
-        answer
-            .await
-            .map_err(|_| "the intake is shutting down".to_owned())?
+        // Counted before it is sent, so the writer's subtraction can never come first.
+        self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        match self.writer.try_send((event, bytes, reply)) {
+            Ok(()) => {}
+            Err(err) => {
+                self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+                return Err(match err {
+                    mpsc::error::TrySendError::Full(_) => IntakeError::Busy,
+                    mpsc::error::TrySendError::Closed(_) => IntakeError::ShuttingDown,
+                });
+            }
+        }
+        match answer.await {
+            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err(_logged)) => Err(IntakeError::Store),
+            Err(_) => Err(IntakeError::ShuttingDown),
+        }
+    }
+}
+
+/// Signatures accepted within the tolerance, so the same signed request is not accepted twice.
+#[derive(Debug, Default)]
+struct ReplayCache {
+    seen: HashMap<[u8; 32], i64>,
+    order: VecDeque<([u8; 32], i64)>,
+}
+
+impl ReplayCache {
+    /// Records `mac` (signed at `timestamp`); false when it was seen already or there is no room.
+    fn insert(&mut self, mac: [u8; 32], timestamp: i64, now_unix: i64) -> Result<bool, ()> {
+        let horizon = SIGNATURE_TOLERANCE.as_secs() as i64;
+        // Entries leave in arrival order once their signature could no longer be accepted.
+        while let Some((old, at)) = self.order.front().copied() {
+            if now_unix - at <= horizon * 2 {
+                break;
+            }
+            self.order.pop_front();
+            if self.seen.get(&old) == Some(&at) {
+                self.seen.remove(&old);
+            }
+        }
+        if self.seen.contains_key(&mac) {
+            return Ok(false);
+        }
+        if self.seen.len() >= REPLAY_CAPACITY {
+            return Err(());
+        }
+        self.seen.insert(mac, now_unix);
+        self.order.push_back((mac, now_unix));
+        let _ = timestamp;
+        Ok(true)
+    }
+
+    fn forget(&mut self, mac: &[u8; 32]) {
+        self.seen.remove(mac);
     }
 }
 
@@ -137,11 +275,49 @@ fn secret_matches(given: &[u8], secrets: &[Secret<String>]) -> bool {
     })
 }
 
+/// The token of `Authorization: Bearer <token>`; the scheme is case-insensitive (RFC 9110).
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|token| !token.is_empty())
+}
+
+/// Reads the body after the credentials were checked: at most [`MAX_BODY_BYTES`] (413 above,
+/// told by `Content-Length` before anything is read), within [`BODY_TIMEOUT`] (408).
+async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, Response> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+        return Err(problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+        ));
+    }
+    let limited = http_body_util::Limited::new(body, MAX_BODY_BYTES);
+    match tokio::time::timeout(BODY_TIMEOUT, limited.collect()).await {
+        Err(_) => Err(problem(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the body did not arrive within {}s", BODY_TIMEOUT.as_secs()),
+        )),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => Err(problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+        )),
+        Ok(Err(_)) => Err(problem(StatusCode::BAD_REQUEST, "the body could not be read")),
+    }
+}
+
 /// `POST /webhooks/recrubo`.
 pub async fn recrubo_webhook(
     State(intake): State<Intake>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let given = headers
         .get("x-recrubo-webhook-secret")
@@ -153,6 +329,10 @@ pub async fn recrubo_webhook(
             "missing or wrong X-Recrubo-Webhook-Secret",
         );
     }
+    let body = match read_body(&headers, body).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
     let value: Value = match serde_json::from_slice(&body) {
         Ok(value) => value,
         Err(err) => {
@@ -162,7 +342,7 @@ pub async fn recrubo_webhook(
             );
         }
     };
-    let payload: WebhookPayload = match serde_json::from_value(value.clone()) {
+    let payload: WebhookPayload = match WebhookPayload::deserialize(&value) {
         Ok(payload) => payload,
         Err(err) => {
             return problem(
@@ -188,49 +368,95 @@ pub async fn recrubo_webhook(
         dedup_key: Some(format!("recrubo:{}", payload.data.id)),
         payload: value,
     };
-    match intake.store(event).await {
+    match intake.store_sized(event, body.len()).await {
         Ok(outcome) => accepted(outcome),
-        Err(reason) => problem(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the event could not be stored: {reason}"),
-        ),
+        Err(err) => err.response(),
     }
 }
 
-/// Checks `X-Flowd-Signature: t=<unix>,v1=<hex>` against `t.body`.
-pub fn verify_signature(
-    header_value: &str,
-    body: &[u8],
-    secret: &str,
-    now_unix: i64,
-) -> Result<(), String> {
+/// A parsed `X-Flowd-Signature` header: its timestamp and its `v1=` MACs.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SignatureHeader {
+    /// `t=`, Unix seconds.
+    pub timestamp: i64,
+    /// The decoded `v1=` entries (1 to 3).
+    pub macs: Vec<[u8; 32]>,
+}
+
+/// Parses and bounds `X-Flowd-Signature: t=<unix>,v1=<hex>[,v1=<hex>...]` and checks its
+/// timestamp, without the body: at most [`MAX_SIGNATURE_HEADER`] bytes and 3 entries of 64 hex
+/// digits.
+pub fn parse_signature(header_value: &str, now_unix: i64) -> Result<SignatureHeader, String> {
+    if header_value.len() > MAX_SIGNATURE_HEADER {
+        return Err(format!(
+            "X-Flowd-Signature is longer than {MAX_SIGNATURE_HEADER} bytes"
+        ));
+    }
     let mut timestamp = None;
-    let mut signatures = Vec::new();
+    let mut macs = Vec::new();
     for part in header_value.split(',') {
         match part.trim().split_once('=') {
             Some(("t", value)) => timestamp = value.parse::<i64>().ok(),
-            Some(("v1", value)) => signatures.push(value.to_owned()),
+            Some(("v1", value)) => {
+                if macs.len() == MAX_SIGNATURES {
+                    return Err(format!(
+                        "X-Flowd-Signature has more than {MAX_SIGNATURES} `v1=` entries"
+                    ));
+                }
+                let mut mac = [0u8; 32];
+                hex::decode_to_slice(value, &mut mac).map_err(|_| {
+                    "a `v1=` entry is not 64 hex digits (hex of an HMAC-SHA256)".to_owned()
+                })?;
+                macs.push(mac);
+            }
             _ => {}
         }
     }
     let timestamp = timestamp.ok_or("the signature has no valid `t=` timestamp")?;
-    if (now_unix - timestamp).unsigned_abs() > SIGNATURE_TOLERANCE.as_secs() {
+    if now_unix.saturating_sub(timestamp).unsigned_abs() > SIGNATURE_TOLERANCE.as_secs() {
         return Err("the signature's timestamp is more than 5 minutes from now".to_owned());
     }
-    for signature in signatures {
-        let Ok(expected) = hex::decode(&signature) else {
-            continue;
-        };
-        let mut mac =
-            Hmac::<Sha256>::new_from_slice(secret.as_bytes()).map_err(|err| err.to_string())?;
-        mac.update(timestamp.to_string().as_bytes());
-        mac.update(b".");
-        mac.update(body);
-        if mac.verify_slice(&expected).is_ok() {
-            return Ok(());
-        }
+    if macs.is_empty() {
+        return Err("the signature has no `v1=` entry".to_owned());
     }
-    Err("no `v1=` signature matches".to_owned())
+    Ok(SignatureHeader { timestamp, macs })
+}
+
+/// The MAC of `t.body` under `secret`, computed once per request.
+fn signature_mac(secret: &str, timestamp: i64, body: &[u8]) -> [u8; 32] {
+    // HMAC takes keys of any length; `new_from_slice` cannot fail for it.
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    mac.finalize().into_bytes().into()
+}
+
+/// Checks a parsed signature against `t.body`: the MAC is computed once and compared in
+/// constant time with each entry. Returns the MAC that matched (the replay cache's key).
+pub fn verify_signature(
+    signature: &SignatureHeader,
+    body: &[u8],
+    secret: &str,
+) -> Result<[u8; 32], String> {
+    let expected = signature_mac(secret, signature.timestamp, body);
+    let matched = signature.macs.iter().fold(false, |found, given| {
+        found | bool::from(given.as_slice().ct_eq(expected.as_slice()))
+    });
+    if matched {
+        Ok(expected)
+    } else {
+        Err("no `v1=` signature matches".to_owned())
+    }
+}
+
+/// Event types: `[A-Za-z0-9._:/-]{1,128}` (DESIGN 4.2).
+pub fn valid_event_type(event_type: &str) -> bool {
+    (1..=128).contains(&event_type.len())
+        && event_type
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'/' | b'-'))
 }
 
 /// `POST /events/{type}`: the body is the event's `data`.
@@ -238,42 +464,62 @@ pub async fn external_event(
     State(intake): State<Intake>,
     Path(event_type): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let signature = headers
-        .get("x-flowd-signature")
-        .and_then(|v| v.to_str().ok());
     let auth_configured = !intake.event_tokens.is_empty() || intake.hmac_secret.is_some();
-    if auth_configured {
-        let by_token =
-            bearer.is_some_and(|token| secret_matches(token.as_bytes(), &intake.event_tokens));
-        let by_signature = match (signature, &intake.hmac_secret) {
-            (Some(value), Some(secret)) => {
-                match verify_signature(
-                    value,
-                    &body,
-                    secret.expose(),
-                    chrono::Utc::now().timestamp(),
-                ) {
-                    Ok(()) => true,
-                    Err(reason) => return problem(StatusCode::UNAUTHORIZED, reason),
-                }
+    // A valid bearer token is enough, whatever else the request carries.
+    let by_token = bearer_token(&headers)
+        .is_some_and(|token| secret_matches(token.as_bytes(), &intake.event_tokens));
+    let mut signature = None;
+    if auth_configured && !by_token {
+        let header_value = headers
+            .get("x-flowd-signature")
+            .map(|v| v.to_str().unwrap_or("\u{0}"));
+        match (header_value, &intake.hmac_secret) {
+            (Some(value), Some(_)) => match parse_signature(value, chrono::Utc::now().timestamp())
+            {
+                Ok(parsed) => signature = Some(parsed),
+                Err(reason) => return problem(StatusCode::UNAUTHORIZED, reason),
+            },
+            _ => {
+                return problem(
+                    StatusCode::UNAUTHORIZED,
+                    "a bearer token or an X-Flowd-Signature is required",
+                );
             }
-            _ => false,
-        };
-        if !by_token && !by_signature {
-            return problem(
-                StatusCode::UNAUTHORIZED,
-                "a bearer token or an X-Flowd-Signature is required",
-            );
         }
     }
-    if event_type.is_empty() || event_type.len() > 200 || event_type.contains(char::is_whitespace) {
-        return problem(StatusCode::BAD_REQUEST, "invalid event type");
+    if !valid_event_type(&event_type) {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "invalid event type: use 1 to 128 of A-Z a-z 0-9 . _ : / -",
+        );
+    }
+    let body = match read_body(&headers, body).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let mut replay_key = None;
+    if let (Some(signature), Some(secret)) = (&signature, &intake.hmac_secret) {
+        let mac = match verify_signature(signature, &body, secret.expose()) {
+            Ok(mac) => mac,
+            Err(reason) => return problem(StatusCode::UNAUTHORIZED, reason),
+        };
+        let recorded = intake
+            .replays
+            .lock()
+            .map_err(|_| ())
+            .and_then(|mut cache| cache.insert(mac, signature.timestamp, chrono::Utc::now().timestamp()));
+        match recorded {
+            Ok(true) => replay_key = Some(mac),
+            Ok(false) => {
+                return problem(
+                    StatusCode::UNAUTHORIZED,
+                    "this signature was used already (a replay); sign each request anew",
+                );
+            }
+            Err(()) => return IntakeError::Busy.response(),
+        }
     }
     let data: Value = if body.is_empty() {
         Value::Null
@@ -281,6 +527,7 @@ pub async fn external_event(
         match serde_json::from_slice(&body) {
             Ok(data) => data,
             Err(err) => {
+                forget_replay(&intake, replay_key);
                 return problem(
                     StatusCode::BAD_REQUEST,
                     format!("the body is not valid JSON: {err}"),
@@ -303,15 +550,20 @@ pub async fn external_event(
         dedup_key: id.as_ref().map(|id| format!("event:{event_type}:{id}")),
         payload: json!({ "type": event_type, "id": id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string()), "data": data }),
     };
-    match intake.store(event).await {
+    match intake.store_sized(event, body.len()).await {
         Ok(outcome) => accepted(outcome),
-        Err(reason) => {
-            warn!(reason = %reason, "Event not stored");
-            problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the event could not be stored: {reason}"),
-            )
+        Err(err) => {
+            warn!(reason = %err, "Event not stored");
+            // The sender will retry this very request: its signature is not a replay then.
+            forget_replay(&intake, replay_key);
+            err.response()
         }
+    }
+}
+
+fn forget_replay(intake: &Intake, key: Option<[u8; 32]>) {
+    if let (Some(key), Ok(mut cache)) = (key, intake.replays.lock()) {
+        cache.forget(&key);
     }
 }
 
@@ -333,12 +585,67 @@ mod tests {
     fn signatures_are_checked_with_tolerance() {
         let body = br#"{"a":1}"#;
         let now = 1_800_000_000;
-        assert!(verify_signature(&sign("k", now, body), body, "k", now).is_ok());
-        assert!(verify_signature(&sign("k", now - 299, body), body, "k", now).is_ok());
-        assert!(verify_signature(&sign("k", now - 301, body), body, "k", now).is_err());
-        assert!(verify_signature(&sign("other", now, body), body, "k", now).is_err());
-        assert!(verify_signature(&sign("k", now, body), b"{}", "k", now).is_err());
-        assert!(verify_signature("v1=00", body, "k", now).is_err());
+        let check = |header: &str, body: &[u8]| {
+            parse_signature(header, now).and_then(|parsed| verify_signature(&parsed, body, "k"))
+        };
+        assert!(check(&sign("k", now, body), body).is_ok());
+        assert!(check(&sign("k", now - 299, body), body).is_ok());
+        assert!(check(&sign("k", now - 301, body), body).is_err());
+        assert!(check(&sign("other", now, body), body).is_err());
+        assert!(check(&sign("k", now, body), b"{}").is_err());
+        assert!(check("v1=00", body).is_err());
+        assert!(check(&format!("t={now}"), body).is_err());
+    }
+
+    #[test]
+    fn signature_headers_are_bounded_and_any_entry_may_match() {
+        let body = br#"{"a":1}"#;
+        let now = 1_800_000_000;
+        let good = sign("k", now, body);
+        let zero = format!("v1={}", "0".repeat(64));
+        // Rotation: the matching entry may come after others.
+        let rotated = format!("t={now},{zero},{}", good.split_once(',').map(|(_, v)| v).unwrap_or(""));
+        let parsed = parse_signature(&rotated, now).expect("parses");
+        assert_eq!(parsed.macs.len(), 2);
+        assert!(verify_signature(&parsed, body, "k").is_ok());
+        let four = format!("t={now},{zero},{zero},{zero},{zero}");
+        assert!(parse_signature(&four, now).unwrap_err().contains("more than 3"));
+        let long = format!("t={now},{}", "x".repeat(600));
+        assert!(parse_signature(&long, now).unwrap_err().contains("longer than"));
+        assert!(parse_signature(&format!("t={now},v1=abc"), now).is_err());
+        assert!(parse_signature(&format!("t={},{zero}", i64::MIN), now).is_err());
+    }
+
+    #[test]
+    fn a_signature_is_accepted_once_within_the_tolerance() {
+        let mut cache = ReplayCache::default();
+        let mac = [7u8; 32];
+        assert_eq!(cache.insert(mac, 100, 100), Ok(true));
+        assert_eq!(cache.insert(mac, 100, 200), Ok(false));
+        // Long after the tolerance the entry has gone (its timestamp would be refused anyway).
+        assert_eq!(cache.insert([8u8; 32], 1_000, 1_000), Ok(true));
+        assert!(!cache.seen.contains_key(&mac));
+    }
+
+    #[test]
+    fn event_types_have_a_charset() {
+        for good in ["application.created", "a", "ats:candidate/hired_v2", &"x".repeat(128)] {
+            assert!(valid_event_type(good), "{good}");
+        }
+        for bad in ["", "a b", "a\u{0}b", "a\u{202e}b", "caf\u{e9}", &"x".repeat(129), "a?b", "a\nb"] {
+            assert!(!valid_event_type(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        let mut headers = HeaderMap::new();
+        for value in ["Bearer t", "bearer t", "BEARER  t"] {
+            headers.insert(header::AUTHORIZATION, value.parse().expect("header"));
+            assert_eq!(bearer_token(&headers), Some("t"), "{value}");
+        }
+        headers.insert(header::AUTHORIZATION, "Basic t".parse().expect("header"));
+        assert_eq!(bearer_token(&headers), None);
     }
 
     #[test]
