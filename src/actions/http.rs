@@ -8,6 +8,9 @@ use serde_json::{Map, Value, json};
 use super::ActionError;
 use crate::recrubo::error::parse_retry_after;
 
+/// The most of an answer's body that is read (DESIGN 3: response bodies are capped).
+pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+
 /// Sends the request described by a rendered `notify`/`http` input.
 pub async fn request(
     client: &reqwest::Client,
@@ -50,12 +53,26 @@ pub async fn request(
             Value::String(value.to_str().unwrap_or_default().to_owned()),
         );
     }
-    let bytes = response.bytes().await.map_err(|err| ActionError {
-        message: format!("{method} {url}: the answer broke off: {err}"),
-        retryable: true,
-        retry_after: None,
-        outcome_unknown: true,
-    })?;
+    // At most MAX_RESPONSE_BYTES of the answer are read; the rest is cut and the output says so.
+    let mut response = response;
+    let mut bytes: Vec<u8> = Vec::new();
+    let mut truncated = false;
+    loop {
+        let chunk = response.chunk().await.map_err(|err| ActionError {
+            message: format!("{method} {url}: the answer broke off: {err}"),
+            retryable: true,
+            retry_after: None,
+            outcome_unknown: true,
+        })?;
+        let Some(chunk) = chunk else { break };
+        let room = MAX_RESPONSE_BYTES - bytes.len();
+        if chunk.len() > room {
+            bytes.extend_from_slice(&chunk[..room]);
+            truncated = true;
+            break;
+        }
+        bytes.extend_from_slice(&chunk);
+    }
     let body = serde_json::from_slice::<Value>(&bytes).unwrap_or_else(|_| {
         Value::String(
             String::from_utf8_lossy(&bytes)
@@ -65,7 +82,11 @@ pub async fn request(
         )
     });
     if status.is_success() {
-        return Ok(json!({ "status": status.as_u16(), "headers": headers, "body": body }));
+        let mut output = json!({ "status": status.as_u16(), "headers": headers, "body": body });
+        if truncated {
+            output["truncated"] = json!(format!("the body was cut at {MAX_RESPONSE_BYTES} bytes"));
+        }
+        return Ok(output);
     }
     let short: String = body.to_string().chars().take(300).collect();
     let message = format!("{method} {url} answered {status}: {short}");

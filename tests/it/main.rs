@@ -7,6 +7,7 @@ mod corpus;
 mod engine;
 mod receiver;
 mod recrubo_client;
+mod redteam;
 mod reload;
 mod shipped;
 mod simulator;

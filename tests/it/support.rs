@@ -94,6 +94,16 @@ impl Daemon {
         }
     }
 
+    /// The log lines the daemon wrote since it started listening (or since the last call).
+    pub fn drain_logs(&self) -> Vec<String> {
+        self._logs.try_iter().collect()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// An admin URL.
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.admin)
