@@ -119,7 +119,9 @@ pub struct EgressSettings {
 }
 
 /// One string (a comma list from the environment) or a list of strings.
-fn one_or_many_strings<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+fn one_or_many_strings<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<String>, D::Error> {
     Ok(one_or_many_secrets(deserializer)?
         .into_iter()
         .map(|value| value.0)

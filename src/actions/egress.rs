@@ -48,7 +48,9 @@ impl EgressPolicy {
                 let (host, port) = split_host_port(&pattern)
                     .ok_or_else(|| format!("egress.allow: `{raw}` is not `host` or `host:port`"))?;
                 if host.is_empty() || host.contains(['*', '/', '@']) {
-                    return Err(format!("egress.allow: `{raw}` is not `host` or `host:port`"));
+                    return Err(format!(
+                        "egress.allow: `{raw}` is not `host` or `host:port`"
+                    ));
                 }
                 patterns.push(HostPattern::Host(host, port));
             }
@@ -115,7 +117,9 @@ fn split_host_port(text: &str) -> Option<(String, Option<u16>)> {
         return Some((host.to_owned(), port));
     }
     match text.rsplit_once(':') {
-        Some((host, port)) if !host.contains(':') => Some((host.to_owned(), Some(port.parse().ok()?))),
+        Some((host, port)) if !host.contains(':') => {
+            Some((host.to_owned(), Some(port.parse().ok()?)))
+        }
         Some(_) => Some((text.to_owned(), None)), // a bare IPv6 address
         None => Some((text.to_owned(), None)),
     }
@@ -217,7 +221,8 @@ fn reads_runtime(text: &str) -> bool {
 
 fn expression_reads_runtime(expression: &str) -> bool {
     let helpers: Vec<&str> = helper_names().collect();
-    let inner = expression.trim_matches(|c| c == '{' || c == '}' || c == '~' || c == '#' || c == '/');
+    let inner =
+        expression.trim_matches(|c| c == '{' || c == '}' || c == '~' || c == '#' || c == '/');
     // Words outside string literals.
     let mut words = Vec::new();
     let mut in_string = None;
@@ -239,7 +244,11 @@ fn expression_reads_runtime(expression: &str) -> bool {
         words.push(current);
     }
     words.iter().any(|word| {
-        let root = word.trim_start_matches("@root.").split(['.', '[']).next().unwrap_or("");
+        let root = word
+            .trim_start_matches("@root.")
+            .split(['.', '['])
+            .next()
+            .unwrap_or("");
         !(root.is_empty()
             || OPERATOR_ROOTS.contains(&root)
             || helpers.contains(&word.as_str())
@@ -282,7 +291,9 @@ mod tests {
 
     #[test]
     fn addresses() {
-        assert!(!address_domain_is_runtime("{{event.data.name}}@example.com"));
+        assert!(!address_domain_is_runtime(
+            "{{event.data.name}}@example.com"
+        ));
         assert!(address_domain_is_runtime("{{event.data.email}}"));
         assert!(address_domain_is_runtime("someone@{{event.data.domain}}"));
         assert!(!address_domain_is_runtime("oncall@example.com"));
@@ -296,19 +307,43 @@ mod tests {
             "127.0.0.1:9000".into(),
         ])
         .expect("valid");
-        assert!(policy.check_url("https://hooks.slack.com/services/x").is_ok());
+        assert!(
+            policy
+                .check_url("https://hooks.slack.com/services/x")
+                .is_ok()
+        );
         assert!(policy.check_url("https://HOOKS.slack.com./x").is_ok());
         assert!(policy.check_url("https://eu.ats.example.com/x").is_ok());
         assert!(policy.check_url("https://ats.example.com/x").is_err());
         assert!(policy.check_url("https://evilats.example.com/x").is_err());
         assert!(policy.check_url("http://127.0.0.1:9000/x").is_ok());
-        assert!(policy.check_url("http://127.0.0.1:8081/api/v1/reload").is_err());
+        assert!(
+            policy
+                .check_url("http://127.0.0.1:8081/api/v1/reload")
+                .is_err()
+        );
         assert!(policy.check_url("http://localhost:9000/").is_err());
         assert!(policy.check_url("http://[::1]:9000/").is_err());
-        assert!(policy.check_url("http://hooks.slack.com@127.0.0.1:8081/").is_err());
-        assert!(policy.check_url("http://2130706433:9000/").is_ok(), "the URL parser normalizes 127.0.0.1");
-        assert!(EgressPolicy::default().check_url("https://hooks.slack.com/").is_err());
-        assert!(EgressPolicy::new(&["*".into()]).expect("valid").check_url("https://x.y/").is_ok());
+        assert!(
+            policy
+                .check_url("http://hooks.slack.com@127.0.0.1:8081/")
+                .is_err()
+        );
+        assert!(
+            policy.check_url("http://2130706433:9000/").is_ok(),
+            "the URL parser normalizes 127.0.0.1"
+        );
+        assert!(
+            EgressPolicy::default()
+                .check_url("https://hooks.slack.com/")
+                .is_err()
+        );
+        assert!(
+            EgressPolicy::new(&["*".into()])
+                .expect("valid")
+                .check_url("https://x.y/")
+                .is_ok()
+        );
         assert!(EgressPolicy::new(&["a/b".into()]).is_err());
         assert!(policy.check_address("Ana <ana@eu.ats.example.com>").is_ok());
         assert!(policy.check_address("ana@gmail.com").is_err());

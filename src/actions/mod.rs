@@ -199,7 +199,9 @@ pub async fn perform(
         StepKind::Email { to, .. } => match &deps.smtp {
             Some(_) if to.is_empty() => Err(ActionError::fatal("`to` is empty")),
             Some(mailer) => {
-                for (template, address) in to.iter().zip(input["to"].as_array().into_iter().flatten()) {
+                for (template, address) in
+                    to.iter().zip(input["to"].as_array().into_iter().flatten())
+                {
                     if egress::address_domain_is_runtime(template.source()) {
                         deps.egress
                             .check_address(address.as_str().unwrap_or_default())

@@ -96,10 +96,20 @@ impl SecretValues {
 
     /// From the rule secrets, also redacting `others` (the secret settings: tokens and
     /// passwords a peer might echo into an answer that lands in the history).
-    pub fn with_others(secrets: &BTreeMap<String, Secret<String>>, others: &[&Secret<String>]) -> Self {
+    pub fn with_others(
+        secrets: &BTreeMap<String, Secret<String>>,
+        others: &[&Secret<String>],
+    ) -> Self {
+        // A setting of one to three characters (a test's token `t`) would turn every such
+        // letter of the history into `***`; such values are not redacted.
         let mut values: Vec<String> = secrets
             .values()
-            .chain(others.iter().copied())
+            .chain(
+                others
+                    .iter()
+                    .copied()
+                    .filter(|s| s.expose().chars().count() >= 4),
+            )
             .flat_map(|s| secret_forms(s.expose()))
             .collect();
         // Longest first, so a form that contains another is replaced whole.

@@ -6,6 +6,7 @@
 //!   behind a bearer token when one is configured.
 
 pub mod page;
+pub mod serve;
 
 use std::sync::Arc;
 

@@ -144,7 +144,9 @@ impl RecruboClient {
         let relative = path.trim_start_matches('/');
         let lower = relative.to_ascii_lowercase();
         let first_segment = relative.split('/').next().unwrap_or_default();
-        if relative.chars().any(|c| c.is_control() || c == '\\' || c.is_whitespace())
+        if relative
+            .chars()
+            .any(|c| c.is_control() || c == '\\' || c.is_whitespace())
             || first_segment.contains(':')
             || lower.contains("%2e")
             || lower.contains("%2f")

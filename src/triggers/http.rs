@@ -309,7 +309,10 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, Response> {
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("the body is larger than {MAX_BODY_BYTES} bytes"),
         )),
-        Ok(Err(_)) => Err(problem(StatusCode::BAD_REQUEST, "the body could not be read")),
+        Ok(Err(_)) => Err(problem(
+            StatusCode::BAD_REQUEST,
+            "the body could not be read",
+        )),
     }
 }
 
@@ -476,11 +479,12 @@ pub async fn external_event(
             .get("x-flowd-signature")
             .map(|v| v.to_str().unwrap_or("\u{0}"));
         match (header_value, &intake.hmac_secret) {
-            (Some(value), Some(_)) => match parse_signature(value, chrono::Utc::now().timestamp())
-            {
-                Ok(parsed) => signature = Some(parsed),
-                Err(reason) => return problem(StatusCode::UNAUTHORIZED, reason),
-            },
+            (Some(value), Some(_)) => {
+                match parse_signature(value, chrono::Utc::now().timestamp()) {
+                    Ok(parsed) => signature = Some(parsed),
+                    Err(reason) => return problem(StatusCode::UNAUTHORIZED, reason),
+                }
+            }
             _ => {
                 return problem(
                     StatusCode::UNAUTHORIZED,
@@ -505,11 +509,9 @@ pub async fn external_event(
             Ok(mac) => mac,
             Err(reason) => return problem(StatusCode::UNAUTHORIZED, reason),
         };
-        let recorded = intake
-            .replays
-            .lock()
-            .map_err(|_| ())
-            .and_then(|mut cache| cache.insert(mac, signature.timestamp, chrono::Utc::now().timestamp()));
+        let recorded = intake.replays.lock().map_err(|_| ()).and_then(|mut cache| {
+            cache.insert(mac, signature.timestamp, chrono::Utc::now().timestamp())
+        });
         match recorded {
             Ok(true) => replay_key = Some(mac),
             Ok(false) => {
@@ -604,14 +606,25 @@ mod tests {
         let good = sign("k", now, body);
         let zero = format!("v1={}", "0".repeat(64));
         // Rotation: the matching entry may come after others.
-        let rotated = format!("t={now},{zero},{}", good.split_once(',').map(|(_, v)| v).unwrap_or(""));
+        let rotated = format!(
+            "t={now},{zero},{}",
+            good.split_once(',').map(|(_, v)| v).unwrap_or("")
+        );
         let parsed = parse_signature(&rotated, now).expect("parses");
         assert_eq!(parsed.macs.len(), 2);
         assert!(verify_signature(&parsed, body, "k").is_ok());
         let four = format!("t={now},{zero},{zero},{zero},{zero}");
-        assert!(parse_signature(&four, now).unwrap_err().contains("more than 3"));
+        assert!(
+            parse_signature(&four, now)
+                .unwrap_err()
+                .contains("more than 3")
+        );
         let long = format!("t={now},{}", "x".repeat(600));
-        assert!(parse_signature(&long, now).unwrap_err().contains("longer than"));
+        assert!(
+            parse_signature(&long, now)
+                .unwrap_err()
+                .contains("longer than")
+        );
         assert!(parse_signature(&format!("t={now},v1=abc"), now).is_err());
         assert!(parse_signature(&format!("t={},{zero}", i64::MIN), now).is_err());
     }
@@ -629,10 +642,24 @@ mod tests {
 
     #[test]
     fn event_types_have_a_charset() {
-        for good in ["application.created", "a", "ats:candidate/hired_v2", &"x".repeat(128)] {
+        for good in [
+            "application.created",
+            "a",
+            "ats:candidate/hired_v2",
+            &"x".repeat(128),
+        ] {
             assert!(valid_event_type(good), "{good}");
         }
-        for bad in ["", "a b", "a\u{0}b", "a\u{202e}b", "caf\u{e9}", &"x".repeat(129), "a?b", "a\nb"] {
+        for bad in [
+            "",
+            "a b",
+            "a\u{0}b",
+            "a\u{202e}b",
+            "caf\u{e9}",
+            &"x".repeat(129),
+            "a?b",
+            "a\nb",
+        ] {
             assert!(!valid_event_type(bad), "{bad:?}");
         }
     }

@@ -39,9 +39,7 @@ struct Attacker {
 impl Attacker {
     async fn start() -> Attacker {
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let app = Router::new()
-            .fallback(record)
-            .with_state(seen.clone());
+        let app = Router::new().fallback(record).with_state(seen.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -151,15 +149,78 @@ async fn forged_absent_and_case_variant_credentials() {
     let client = reqwest::Client::new();
     let url = daemon.public_url("/events/ping");
     let cases: Vec<(&str, reqwest::RequestBuilder, u16)> = vec![
-        ("no credentials", client.post(&url).json(&json!({"n": "x"})), 401),
-        ("wrong token", client.post(&url).bearer_auth("nope").json(&json!({"n": "x"})), 401),
-        ("token prefix", client.post(&url).bearer_auth("evt-").json(&json!({"n": "x"})), 401),
-        ("basic scheme", client.post(&url).header("authorization", format!("Basic {TOKEN}")).json(&json!({"n": "x"})), 401),
-        ("lower-case bearer", client.post(&url).header("authorization", format!("bearer {TOKEN}")).json(&json!({"n": "lower"})), 202),
-        ("upper-case bearer", client.post(&url).header("authorization", format!("BEARER {TOKEN}")).json(&json!({"n": "upper"})), 202),
-        ("valid token, stale signature", client.post(&url).bearer_auth(TOKEN).header("x-flowd-signature", "t=1,v1=00").json(&json!({"n": "stale"})), 202),
-        ("forged signature", client.post(&url).header("x-flowd-signature", format!("t={},v1={}", chrono::Utc::now().timestamp(), "a".repeat(64))).json(&json!({"n": "x"})), 401),
-        ("webhook without secret", client.post(daemon.public_url("/webhooks/recrubo")).json(&json!({})), 401),
+        (
+            "no credentials",
+            client.post(&url).json(&json!({"n": "x"})),
+            401,
+        ),
+        (
+            "wrong token",
+            client
+                .post(&url)
+                .bearer_auth("nope")
+                .json(&json!({"n": "x"})),
+            401,
+        ),
+        (
+            "token prefix",
+            client
+                .post(&url)
+                .bearer_auth("evt-")
+                .json(&json!({"n": "x"})),
+            401,
+        ),
+        (
+            "basic scheme",
+            client
+                .post(&url)
+                .header("authorization", format!("Basic {TOKEN}"))
+                .json(&json!({"n": "x"})),
+            401,
+        ),
+        (
+            "lower-case bearer",
+            client
+                .post(&url)
+                .header("authorization", format!("bearer {TOKEN}"))
+                .json(&json!({"n": "lower"})),
+            202,
+        ),
+        (
+            "upper-case bearer",
+            client
+                .post(&url)
+                .header("authorization", format!("BEARER {TOKEN}"))
+                .json(&json!({"n": "upper"})),
+            202,
+        ),
+        (
+            "valid token, stale signature",
+            client
+                .post(&url)
+                .bearer_auth(TOKEN)
+                .header("x-flowd-signature", "t=1,v1=00")
+                .json(&json!({"n": "stale"})),
+            202,
+        ),
+        (
+            "forged signature",
+            client
+                .post(&url)
+                .header(
+                    "x-flowd-signature",
+                    format!("t={},v1={}", chrono::Utc::now().timestamp(), "a".repeat(64)),
+                )
+                .json(&json!({"n": "x"})),
+            401,
+        ),
+        (
+            "webhook without secret",
+            client
+                .post(daemon.public_url("/webhooks/recrubo"))
+                .json(&json!({})),
+            401,
+        ),
     ];
     for (what, request, expected) in cases {
         let status = request.send().await.expect("send").status().as_u16();
@@ -200,7 +261,10 @@ async fn signed_requests_cannot_be_replayed() {
     let fresh = br#"{"n":"signed-twice"}"#.to_vec();
     let status = client
         .post(daemon.public_url("/events/ping"))
-        .header("x-flowd-signature", sign(chrono::Utc::now().timestamp(), &fresh))
+        .header(
+            "x-flowd-signature",
+            sign(chrono::Utc::now().timestamp(), &fresh),
+        )
         .body(fresh)
         .send()
         .await
@@ -240,7 +304,10 @@ async fn signature_header_amplification_is_refused_in_milliseconds() {
     }
     // Four answers in well under a second (each used to cost seconds of HMAC).
     let elapsed = started.elapsed();
-    assert!(statuses.iter().all(|s| *s == 401 || *s == 431), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 401 || *s == 431),
+        "{statuses:?}"
+    );
     assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
     // Four entries (one over the limit) are refused too, before the body is read.
     let four = format!("t={now},{}", entries[..4].join(","));
@@ -314,10 +381,13 @@ async fn a_half_sent_head_is_closed_and_idle_connections_do_not_stop_healthz() {
     let read = slow.read(&mut buffer);
     let elapsed = started.elapsed();
     assert!(
-        matches!(read, Ok(_)),
+        read.is_ok(),
         "the server closed or answered the connection: {read:?}"
     );
-    assert!(elapsed < Duration::from_secs(15), "closed after {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_secs(15),
+        "closed after {elapsed:?}"
+    );
     idle.clear();
 }
 
@@ -339,7 +409,10 @@ async fn a_slow_body_does_not_keep_sigterm_from_ending_the_process() {
     let status = daemon.terminate();
     let elapsed = started.elapsed();
     assert!(status.success(), "exit status {status:?}");
-    assert!(elapsed < Duration::from_secs(6), "stopped after {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_secs(6),
+        "stopped after {elapsed:?}"
+    );
     drop(slow);
 }
 
@@ -355,7 +428,13 @@ async fn blank_secret_settings_are_refused_and_secret_settings_are_never_echoed(
         ("RECRUBO_API_TOKEN", " "),
     ] {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_flowd"))
-            .args(["run", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args([
+                "run",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
             .arg("--rules")
             .arg(rules.path())
             .env(variable, value)
@@ -367,7 +446,13 @@ async fn blank_secret_settings_are_refused_and_secret_settings_are_never_echoed(
     }
     // A numeric token is text, and a settings error never prints a secret.
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_flowd"))
-        .args(["run", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
         .arg("--rules")
         .arg(rules.path())
         .env("FLOWD_ADMIN_TOKEN", "918273645")
@@ -377,7 +462,10 @@ async fn blank_secret_settings_are_refused_and_secret_settings_are_never_echoed(
         .expect("run");
     assert_eq!(output.status.code(), Some(78));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!stderr.contains("918273645") && !stderr.contains("55501234"), "{stderr}");
+    assert!(
+        !stderr.contains("918273645") && !stderr.contains("55501234"),
+        "{stderr}"
+    );
     let daemon = Daemon::start(rules.path(), &[("FLOWD_ADMIN_TOKEN", "918273645")]);
     let status = reqwest::Client::new()
         .get(daemon.admin_url("/api/v1/rules"))
@@ -471,7 +559,11 @@ async fn the_recrubo_path_never_leaves_the_base_url() {
         (done >= expected).then_some(())
     })
     .await;
-    assert!(attacker.seen().is_empty(), "the attacker got {:?}", attacker.seen());
+    assert!(
+        attacker.seen().is_empty(),
+        "the attacker got {:?}",
+        attacker.seen()
+    );
     for seen in api.seen() {
         assert!(
             seen.path.starts_with("/public/v2/"),
@@ -549,6 +641,15 @@ async fn ssrf_to_loopback_and_to_the_admin_listener_is_refused() {
         (!allowed.seen().is_empty()).then_some(())
     })
     .await;
+    let reached = &allowed.seen()[0];
+    assert_eq!(reached.method, "POST");
+    assert!(
+        reached
+            .headers
+            .iter()
+            .any(|(k, v)| k == "x-api-key" && v == "k-123-secret"),
+        "the allowed host gets the rule's headers"
+    );
     still_processes(&daemon, &sink, "after-ssrf").await;
     let failed: Value = client
         .get(daemon.admin_url("/api/v1/executions?rule=callback&status=failed"))
@@ -660,7 +761,11 @@ async fn secrets_leak_nowhere() {
     .await;
     still_processes(&daemon, &sink, "after-leaky").await;
     // The secret was really sent where the rule says (the sink saw it).
-    assert!(sink.seen().iter().any(|s| s.body.contains("Sup3r/S3cret+Tok")));
+    assert!(
+        sink.seen()
+            .iter()
+            .any(|s| s.body.contains("Sup3r/S3cret+Tok"))
+    );
     let forms = flowd::engine::secret_forms(SECRET);
     let mut places = Vec::new();
     for path in [
@@ -696,7 +801,10 @@ async fn secrets_leak_nowhere() {
     places.push(("logs".to_owned(), daemon.drain_logs().join("\n")));
     for (place, text) in &places {
         for form in &forms {
-            assert!(!text.contains(form.as_str()), "`{form}` leaked in {place}: {text}");
+            assert!(
+                !text.contains(form.as_str()),
+                "`{form}` leaked in {place}: {text}"
+            );
         }
     }
     assert!(

@@ -99,11 +99,6 @@ impl Daemon {
         self._logs.try_iter().collect()
     }
 
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// An admin URL.
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.admin)
