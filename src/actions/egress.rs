@@ -153,6 +153,36 @@ pub fn url_host_is_runtime(source: &str) -> bool {
     authority(rest).is_some_and(reads_runtime)
 }
 
+/// The `{{...}}` expressions in the path or query of a URL template that read run-time data
+/// without `urlencode` (a value with `/`, `?` or `#` would change the URL's shape). For
+/// `flowd check`'s warnings.
+pub fn unencoded_runtime_in_path(source: &str) -> Vec<String> {
+    let after_authority = match source.find("://") {
+        Some(end) if !source[..end].contains("{{") => {
+            let rest = &source[end + 3..];
+            &rest[authority(rest).map_or(rest.len(), str::len)..]
+        }
+        _ => match source.strip_prefix("{{").and_then(|inner| inner.find("}}")) {
+            // `{{vars.base}}/x/{{event.id}}`: the path starts after the first expression.
+            Some(end) => &source[end + 4..],
+            None => return Vec::new(),
+        },
+    };
+    let mut found = Vec::new();
+    let mut rest = after_authority;
+    while let Some(open) = rest.find("{{") {
+        let after = &rest[open + 2..];
+        let close = after.find("}}").unwrap_or(after.len());
+        let expression = after[..close].trim();
+        let encoded = expression.split_whitespace().next() == Some("urlencode");
+        if !encoded && expression_reads_runtime(expression) {
+            found.push(format!("{{{{{expression}}}}}"));
+        }
+        rest = after.get(close + 2..).unwrap_or("");
+    }
+    found
+}
+
 /// Whether the domain of an address template comes from run-time data.
 pub fn address_domain_is_runtime(source: &str) -> bool {
     // The last `@` outside any `{{...}}` splits the address; without one, all of it counts.
@@ -287,6 +317,22 @@ mod tests {
         ] {
             assert!(url_host_is_runtime(runtime), "{runtime}");
         }
+    }
+
+    #[test]
+    fn unencoded_run_time_path_segments_are_found() {
+        assert_eq!(
+            unencoded_runtime_in_path(
+                "https://ats.example.com/c/{{event.id}}/x?q={{urlencode event.q}}&v={{vars.v}}"
+            ),
+            vec!["{{event.id}}".to_owned()]
+        );
+        assert_eq!(
+            unencoded_runtime_in_path("{{vars.base}}/c/{{steps.a.id}}"),
+            vec!["{{steps.a.id}}".to_owned()]
+        );
+        assert!(unencoded_runtime_in_path("https://{{event.host}}/x").is_empty());
+        assert!(unencoded_runtime_in_path("{{secrets.hook}}").is_empty());
     }
 
     #[test]

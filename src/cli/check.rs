@@ -32,6 +32,10 @@ pub fn run(args: &CheckArgs) -> ExitCode {
         Ok(set) => (true, set.len(), set.secrets.clone(), Vec::new()),
         Err(diagnostics) => (false, 0, BTreeSet::new(), diagnostics.clone()),
     };
+    let warnings = match &outcome.result {
+        Ok(set) => url_warnings(set),
+        Err(_) => Vec::new(),
+    };
     match args.format {
         OutputFormat::Json => {
             let report = json!({
@@ -40,6 +44,7 @@ pub fn run(args: &CheckArgs) -> ExitCode {
                 "rules": rule_count,
                 "secrets": secrets,
                 "diagnostics": diagnostics,
+                "warnings": warnings,
             });
             println!(
                 "{}",
@@ -49,6 +54,17 @@ pub fn run(args: &CheckArgs) -> ExitCode {
         OutputFormat::Text => {
             if !diagnostics.is_empty() {
                 println!("{}", outcome.render_diagnostics(&diagnostics));
+            }
+            for warning in &warnings {
+                println!(
+                    "warning[url-encoding]: {}\n  --> {}:{}:{}\n   = in rule `{}`, field `{}`\n   = help: write `{{{{urlencode ...}}}}` so a value with `/`, `?` or `#` stays one part of the URL\n",
+                    warning.message,
+                    warning.file,
+                    warning.line,
+                    warning.column,
+                    warning.rule,
+                    warning.field
+                );
             }
             if valid {
                 if outcome.file_count == 0 {
@@ -102,4 +118,57 @@ fn display_paths(paths: &[PathBuf]) -> String {
         .map(|p| p.display().to_string())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// A warning: valid, but probably not meant.
+#[derive(Debug, serde::Serialize)]
+struct Warning {
+    file: String,
+    line: u32,
+    column: u32,
+    rule: String,
+    field: String,
+    message: String,
+}
+
+/// URLs that put run-time data into their path or query without `urlencode`.
+fn url_warnings(set: &crate::rules::RuleSet) -> Vec<Warning> {
+    use crate::rules::StepKind;
+    fn walk(
+        rule: &crate::rules::Rule,
+        steps: &[crate::rules::Step],
+        prefix: &str,
+        out: &mut Vec<Warning>,
+    ) {
+        for (index, step) in steps.iter().enumerate() {
+            let field = format!("{prefix}[{index}]");
+            let url = match &step.kind {
+                StepKind::Notify { url, .. } => Some((url, "notify")),
+                StepKind::Http { url, .. } => Some((url, "http")),
+                _ => None,
+            };
+            if let Some((url, kind)) = url {
+                for expression in crate::actions::egress::unencoded_runtime_in_path(url.source()) {
+                    out.push(Warning {
+                        file: rule.file.display().to_string(),
+                        line: step.at.line,
+                        column: step.at.column,
+                        rule: rule.name.clone(),
+                        field: format!("{field}.{kind}.url"),
+                        message: format!(
+                            "`{expression}` puts run-time data into the URL without `urlencode`"
+                        ),
+                    });
+                }
+            }
+            for (status, handler) in &step.on_status {
+                walk(rule, handler, &format!("{field}.on_status.{status}"), out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for rule in set.rules() {
+        walk(rule, &rule.steps, "do", &mut out);
+    }
+    out
 }

@@ -183,4 +183,40 @@ mod tests {
             json!({"url": "https://hooks/***/x", "n": 1})
         );
     }
+
+    #[test]
+    fn recrubo_path_values_are_one_segment_and_email_html_is_escaped() {
+        let context = json!({"event": {"data": {"id": "x/../../y?z#w", "name": "<script>alert(1)</script>&"}}});
+        let path = Template::compile("/flow-runs/{{event.data.id}}/x").expect("compiles");
+        assert_eq!(
+            path.render_escaped(&context, Escape::PathSegment)
+                .expect("renders"),
+            "/flow-runs/x%2F..%2F..%2Fy%3Fz%23w/x"
+        );
+        let encoded =
+            Template::compile("/flow-runs/{{urlencode event.data.id}}").expect("compiles");
+        assert_eq!(
+            encoded
+                .render_escaped(&context, Escape::PathSegment)
+                .expect("renders"),
+            "/flow-runs/x%2F..%2F..%2Fy%3Fz%23w",
+            "urlencode is not encoded twice"
+        );
+        let html = Template::compile("<p>Hello {{event.data.name}}</p>").expect("compiles");
+        let rendered = html
+            .render_escaped(&context, Escape::Html)
+            .expect("renders");
+        assert!(
+            rendered.starts_with("<p>Hello &lt;script&gt;"),
+            "{rendered}"
+        );
+        assert!(!rendered.contains("<script>"), "{rendered}");
+        let whole = Template::compile("{{event.data.name}}").expect("compiles");
+        assert!(
+            !whole
+                .render_escaped(&context, Escape::Html)
+                .expect("renders")
+                .contains('<')
+        );
+    }
 }

@@ -96,7 +96,7 @@ fn build_registry(escape: Escape) -> Handlebars<'static> {
         registry.register_helper("lower", Box::new(lower));
         registry.register_helper("trim", Box::new(trim));
         registry.register_helper("truncate", Box::new(truncate));
-        registry.register_helper("urlencode", Box::new(urlencode));
+        registry.register_helper("urlencode", Box::new(UrlEncodeHelper));
         registry.register_helper("date", Box::new(DateHelper));
         registry.register_helper("now_minus", Box::new(RelativeTimeHelper { sign: -1 }));
         registry.register_helper("now_plus", Box::new(RelativeTimeHelper { sign: 1 }));
@@ -654,10 +654,9 @@ mod string_helpers {
             cut
         }
     });
-    handlebars_helper!(urlencode: |text: str| super::percent_encode(text));
 }
 
-use string_helpers::{lower, trim, truncate, upper, urlencode};
+use string_helpers::{lower, trim, truncate, upper};
 
 /// Percent-encodes everything but RFC 3986's unreserved characters.
 pub(crate) fn percent_encode(text: &str) -> String {
@@ -679,7 +678,7 @@ impl HelperDef for JsonHelper {
     fn call<'reg: 'rc, 'rc>(
         &self,
         helper: &Helper<'rc>,
-        _: &'reg Handlebars<'reg>,
+        registry: &'reg Handlebars<'reg>,
         _: &'rc Context,
         _: &mut RenderContext<'reg, 'rc>,
         out: &mut dyn Output,
@@ -692,7 +691,47 @@ impl HelperDef for JsonHelper {
         }
         let text = serde_json::to_string(param.value())
             .map_err(|err| RenderErrorReason::Other(err.to_string()))?;
-        out.write(&text)?;
+        // Written directly, so the registry's escaping (HTML, path segment) is applied here.
+        out.write(&registry.get_escape_fn()(&text))?;
+        Ok(())
+    }
+}
+
+/// `{{urlencode value}}`: RFC 3986 percent-encoding. Its output is never escaped again (it is
+/// safe in a path segment and in HTML as it is); as a subexpression it yields the string.
+struct UrlEncodeHelper;
+
+impl HelperDef for UrlEncodeHelper {
+    fn call_inner<'reg: 'rc, 'rc>(
+        &self,
+        helper: &Helper<'rc>,
+        _: &'reg Handlebars<'reg>,
+        _: &'rc Context,
+        _: &mut RenderContext<'reg, 'rc>,
+    ) -> Result<ScopedJson<'rc>, RenderError> {
+        let param = helper
+            .param(0)
+            .ok_or(RenderErrorReason::ParamNotFoundForIndex("urlencode", 0))?;
+        if param.is_value_missing() {
+            return Err(RenderErrorReason::MissingVariable(param.relative_path().cloned()).into());
+        }
+        let text = match param.value() {
+            Value::String(text) => text.clone(),
+            other => other.render(),
+        };
+        Ok(ScopedJson::Derived(Value::String(percent_encode(&text))))
+    }
+
+    fn call<'reg: 'rc, 'rc>(
+        &self,
+        helper: &Helper<'rc>,
+        registry: &'reg Handlebars<'reg>,
+        context: &'rc Context,
+        render_context: &mut RenderContext<'reg, 'rc>,
+        out: &mut dyn Output,
+    ) -> Result<(), RenderError> {
+        let value = self.call_inner(helper, registry, context, render_context)?;
+        out.write(value.as_json().as_str().unwrap_or_default())?;
         Ok(())
     }
 }

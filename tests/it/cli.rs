@@ -257,3 +257,25 @@ fn simulate_shows_matches_reasons_and_rendered_steps() {
     assert!(out.contains(r#""subject":"Flow run r-1 failed""#), "{out}");
     assert!(out.contains("✗ chain-interview-scheduling — no match: the status `exception` is not one it reacts to"), "{out}");
 }
+
+#[test]
+fn check_warns_where_a_url_takes_run_time_data_without_urlencode() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("r.yaml"),
+        r#"rules:
+  - name: cb
+    on: { event: x }
+    do:
+      - http: { method: GET, url: "https://ats.example.com/c/{{event.data.id}}/x?n={{urlencode event.data.n}}" }
+"#,
+    )
+    .expect("write");
+    let (code, out) = crate::support::flowd(&["check", dir.path().to_str().expect("path")]);
+    assert_eq!(code, 0, "a warning does not make the rules invalid: {out}");
+    assert!(
+        out.contains("warning[url-encoding]: `{{event.data.id}}`"),
+        "{out}"
+    );
+    assert!(!out.contains("event.data.n"), "{out}");
+}
