@@ -118,6 +118,17 @@ pub async fn perform(
         }
         StepKind::GenerateFlow { .. } => {
             let mut parameters = object_or_empty(&input["parameters"]);
+            if !parameters.is_object() {
+                return Err(ActionError::fatal(format!(
+                    "`parameters` must be an object, not {}",
+                    match parameters {
+                        Value::Array(_) => "a list",
+                        Value::String(_) => "a string",
+                        Value::Number(_) => "a number",
+                        _ => "a boolean",
+                    }
+                )));
+            }
             if let Some(vacancy_id) = input["vacancy_id"].as_str() {
                 parameters["vacancyId"] = json!(vacancy_id);
             }

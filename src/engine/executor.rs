@@ -22,6 +22,8 @@ use super::Engine;
 use super::processor::evaluation_context;
 use super::render::{redact, render_step};
 use crate::actions::{ActionError, perform};
+use futures_util::FutureExt as _;
+
 use crate::recrubo::{FilterOp, ListQuery};
 use crate::rules::ruleset::{RetryPolicy, Step, step_key};
 use crate::rules::{Rule, StepKind};
@@ -60,8 +62,20 @@ pub async fn run(engine: Engine, shutdown: CancellationToken, drain: Duration) {
                         tokio::spawn(async move {
                             let id = execution.id.clone();
                             let rule = execution.rule.clone();
-                            if let Err(err) = run_execution(&engine, execution).await {
-                                error!(execution = %id, error = %err, "Cannot store an execution's progress; it resumes when its lease expires");
+                            let claimed = execution.clone();
+                            // Each execution runs isolated: a panic fails it (dead letter with
+                            // the reason) and its concurrency slot is released below; it never
+                            // wedges the rule (DESIGN 3).
+                            let outcome =
+                                std::panic::AssertUnwindSafe(run_execution(&engine, execution))
+                                    .catch_unwind()
+                                    .await;
+                            match outcome {
+                                Ok(Ok(())) => {}
+                                Ok(Err(err)) => {
+                                    error!(execution = %id, error = %err, "Cannot store an execution's progress; it resumes when its lease expires");
+                                }
+                                Err(panic) => fail_panicked(&engine, claimed, panic).await,
                             }
                             leave(&in_flight, &rule);
                             drop(permit);
@@ -82,6 +96,36 @@ pub async fn run(engine: Engine, shutdown: CancellationToken, drain: Duration) {
     // Let steps in flight finish; what does not finish in time resumes after the restart.
     let total = engine.settings.max_steps_in_flight.max(1) as u32;
     let _ = tokio::time::timeout(drain, permits.acquire_many(total)).await;
+}
+
+/// Records an execution whose run panicked: failed, with a dead letter naming the panic.
+async fn fail_panicked(
+    engine: &Engine,
+    mut execution: Execution,
+    panic: Box<dyn std::any::Any + Send>,
+) {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned());
+    let message = redacted_message(
+        engine,
+        &format!(
+            "the step failed unexpectedly (panic: {what}); this is a flowd bug, please report it"
+        ),
+    );
+    error!(rule = %execution.rule, execution = %execution.id, error = %message, "Execution panicked; dead letter");
+    execution.status = "failed".to_owned();
+    execution.last_error = Some(message.clone());
+    execution.step_started_at = None;
+    if let Err(err) = dead_letter(engine, &execution, "panic", &message).await {
+        error!(execution = %execution.id, error = %err, "Cannot store the dead letter of a panicked execution");
+    }
+    if let Err(err) = engine.store.save_execution(&execution, true).await {
+        error!(execution = %execution.id, error = %err, "Cannot store a panicked execution");
+    }
+    metrics::counter!("flowd_executions_total", "rule" => execution.rule.clone(), "status" => "failed").increment(1);
 }
 
 fn try_enter(in_flight: &Mutex<HashMap<String, u32>>, rule: &str, limit: Option<u32>) -> bool {
@@ -113,10 +157,15 @@ pub fn backoff(policy: &RetryPolicy, attempt: u32, retry_after: Option<Duration>
         .min(policy.max_backoff);
     let jittered = base.mul_f64(0.5 + fastrand::f64() * 0.5);
     match retry_after {
-        Some(after) => jittered.max(after),
+        // A server's `Retry-After` is honoured up to the policy's cap, and never beyond an
+        // hour whatever the policy says (DESIGN 3: durations from outside are capped).
+        Some(after) => jittered.max(after.min(policy.max_backoff.max(MAX_RETRY_AFTER))),
         None => jittered,
     }
 }
+
+/// The longest `Retry-After` honoured.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 /// The steps an execution runs, and the position path of their list.
 fn steps_of<'a>(rule: &'a Rule, execution: &Execution) -> Result<(&'a [Step], String), String> {
@@ -216,6 +265,11 @@ async fn run_execution(engine: &Engine, mut execution: Execution) -> Result<(), 
                 .store
                 .begin_step(&execution.id, now, engine.settings.lease)
                 .await?;
+            // The in-doubt marker lives in memory too, so the next save keeps it (it used to
+            // erase it, and a lost answer led to a second create). The earliest attempt counts.
+            if execution.step_started_at.is_none() {
+                execution.step_started_at = Some(now);
+            }
         }
         execution.attempt += 1;
         record.attempts = execution.attempt;
@@ -364,10 +418,13 @@ fn retry_at(
         return None;
     }
     let delay = backoff(policy, attempt, failure.retry_after);
-    Some((
-        Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default(),
-        delay,
-    ))
+    // `delay` is bounded by `backoff`; the checked addition keeps even a wrong bound from
+    // panicking (an overflow here used to wedge the execution).
+    let at = chrono::TimeDelta::from_std(delay)
+        .ok()
+        .and_then(|delta| Utc::now().checked_add_signed(delta))
+        .unwrap_or_else(|| Utc::now() + chrono::TimeDelta::hours(1));
+    Some((at, delay))
 }
 
 /// Stores a dead letter for the execution's current step and counts it.
@@ -520,6 +577,11 @@ mod tests {
             "{third:?}"
         );
         assert!(backoff(&policy, 20, None) <= Duration::from_secs(30));
+        assert_eq!(
+            backoff(&policy, 1, Some(Duration::from_secs(9_000_000_000_000))),
+            MAX_RETRY_AFTER,
+            "a huge Retry-After is capped"
+        );
         assert_eq!(
             backoff(&policy, 1, Some(Duration::from_secs(60))),
             Duration::from_secs(60)

@@ -67,7 +67,16 @@ impl RecruboError {
     /// Whether the request may have taken effect although no answer came (a create must then
     /// be checked with a list query before it is sent again).
     pub fn outcome_unknown(&self) -> bool {
+        // A 502 or 504 comes from a proxy in front of Recrubo: the request may have reached
+        // Recrubo and been carried out, the answer lost on the way back.
         matches!(self, RecruboError::NoAnswer { .. })
+            || matches!(
+                self,
+                RecruboError::Status {
+                    status: 502 | 504,
+                    ..
+                }
+            )
     }
 
     /// The server's `Retry-After`, when it sent one.
