@@ -1191,3 +1191,61 @@ async fn other_events_are_handled_while_a_long_sweep_pages() {
         "the ping was handled only after the sweep's {paged} pages"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_step_that_meets_an_impossible_value_fails_and_frees_the_rule_s_slot() {
+    let rules = r#"
+rules:
+  - name: generate
+    on: { event: vacancy.published }
+    concurrency: 1
+    do:
+      - generate_flow: { flow_type: vacancy_application_flow, parameters: "{{event.data.p}}" }
+      - notify: { url: SINK_URL, body: { done: "{{event.data.n}}" } }
+"#;
+    let world = world(rules, &[]).await;
+    post_event(
+        &world.daemon,
+        "vacancy.published",
+        json!({"p": "a string", "n": "bad"}),
+    )
+    .await;
+    post_event(
+        &world.daemon,
+        "vacancy.published",
+        json!({"p": ["a", "list"], "n": "bad2"}),
+    )
+    .await;
+    post_event(
+        &world.daemon,
+        "vacancy.published",
+        json!({"p": {"vacancyId": "v-1"}, "n": "good"}),
+    )
+    .await;
+    eventually(
+        WAIT,
+        "the valid execution after the bad ones ran",
+        || async {
+            world
+                .sink
+                .received()
+                .iter()
+                .any(|r| r.body["done"] == "good")
+                .then_some(())
+        },
+    )
+    .await;
+    let dead: Value = reqwest::get(world.daemon.admin_url("/api/v1/dead-letters"))
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    let dead = dead["dead_letters"].as_array().expect("list");
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert!(
+        dead.iter()
+            .all(|d| d.to_string().contains("`parameters` must be an object")),
+        "{dead:?}"
+    );
+}
