@@ -301,7 +301,6 @@ pub async fn serve_with(
     }
     if settings.events.tokens.is_empty() && settings.events.hmac_secret.is_none() {
         warn!(
-            listen = %settings.listen,
             "SECURITY: no events.tokens or events.hmac_secret is set, so POST /events accepts unauthenticated events from anyone who can reach this listener; set FLOWD_EVENTS_TOKENS or FLOWD_EVENTS_HMAC_SECRET"
         );
     }

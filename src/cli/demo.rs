@@ -22,6 +22,8 @@ use crate::sim::{SimSettings, start as start_sim};
 /// The quickstart rules, built in so the demo runs from any folder.
 const QUICKSTART: &str = include_str!("../../examples/quickstart/quickstart.yaml");
 const QUICKSTART_SINK: &str = "http://127.0.0.1:9999/notifications";
+/// The demo's events bearer token (its listener is on loopback in a throwaway folder).
+const DEMO_EVENTS_TOKEN: &str = "demo-events-token";
 const WEBHOOK_SECRET: &str = "demo-secret";
 
 /// The simulator's script for the demo: Ana passes, Bo never answers, Cy does not pass.
@@ -126,6 +128,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     settings.recrubo.base_url = sim.base_url();
     settings.recrubo.token = Some(Secret::new("demo-token".to_owned()));
     settings.recrubo.webhook_secret = vec![Secret::new(WEBHOOK_SECRET.to_owned())];
+    settings.events.tokens = vec![Secret::new(DEMO_EVENTS_TOKEN.to_owned())];
     let loaded = crate::rules::load_rule_set(std::slice::from_ref(&rules));
     let rule_set = match &loaded.result {
         Ok(set) => set.clone(),
@@ -169,6 +172,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     for (id, name) in [("app-1", "Ana"), ("app-2", "Bo"), ("app-3", "Cy")] {
         http.post(format!("http://{public_addr}/events/application.created"))
+            .bearer_auth(DEMO_EVENTS_TOKEN)
             .json(&json!({ "id": id, "name": name, "message_thread_id": format!("thread-{}", name.to_lowercase()) }))
             .send()
             .await?;
@@ -281,7 +285,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     say(format!("  runs        http://{admin_addr}/api/v1/runs"));
     say(format!("  metrics     http://{admin_addr}/metrics"));
     if !args.exit_when_done {
-        say("flowd keeps running; post more events or press Ctrl-C to stop.");
+        say(format!(
+            "flowd keeps running; post more events (Authorization: Bearer {DEMO_EVENTS_TOKEN}) or press Ctrl-C to stop."
+        ));
         super::daemon::wait_for_termination().await;
     }
     stop.cancel();
