@@ -266,6 +266,10 @@ fn default_smtp_port() -> u16 {
 pub struct AdminSettings {
     /// Bearer token for the admin API; required when `admin_listen` is not loopback.
     pub token: Option<Secret<String>>,
+    /// Other names the admin listener answers to (`host` or `host:port`), e.g. behind a proxy;
+    /// other `Host` headers get 421 (DNS rebinding, DESIGN 4.3).
+    #[serde(deserialize_with = "one_or_many_strings")]
+    pub hosts: Vec<String>,
 }
 
 /// `log:` settings.
@@ -332,6 +336,7 @@ pub const SETTING_PATHS: &[&str] = &[
     "smtp.from",
     "smtp.tls",
     "admin.token",
+    "admin.hosts",
     "log.format",
     "log.level",
     "secrets_file",

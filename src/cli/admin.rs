@@ -117,12 +117,17 @@ async fn call(
     body: Option<Value>,
 ) -> anyhow::Result<(u16, Value)> {
     let url = format!("{}{path}", connection.admin_url.trim_end_matches('/'));
-    let mut request = reqwest::Client::new().request(method, &url);
+    let mut request = reqwest::Client::new().request(method.clone(), &url);
     if let Some(token) = &connection.token {
         request = request.bearer_auth(token);
     }
-    if let Some(body) = body {
-        request = request.json(&body);
+    // The admin listener takes state-changing requests only as JSON (DESIGN 4.3: a cross-site
+    // form cannot send it), so a POST always carries a JSON body, `{}` when there is nothing
+    // to say; `.json()` sets `Content-Type: application/json`.
+    match body {
+        Some(body) => request = request.json(&body),
+        None if method == reqwest::Method::POST => request = request.json(&serde_json::json!({})),
+        None => {}
     }
     let response = request.send().await.with_context(|| {
         format!("cannot reach the admin API at {url} (is `flowd run` running? --admin-url)")

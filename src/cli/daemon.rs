@@ -29,7 +29,7 @@ use crate::actions::email::Mailer;
 use crate::engine::reload::Reloader;
 use crate::engine::{Engine, EngineSettings};
 use crate::http::serve::ListenerLimits;
-use crate::http::{AppState, admin_router, public_router};
+use crate::http::{AdminAccess, AppState, admin_router_with, public_router};
 use crate::recrubo::{ClientSettings, RecruboClient};
 use crate::rules::load_rule_set;
 use crate::settings::Secret;
@@ -373,6 +373,11 @@ pub async fn serve_with(
     };
     let public_addr = public.local_addr()?;
     let admin_addr = admin.local_addr()?;
+    let admin_access =
+        AdminAccess::new(Some(admin_addr), &settings.admin.hosts).map_err(anyhow::Error::msg)?;
+    if admin_addr.ip().is_unspecified() && settings.admin.hosts.is_empty() {
+        warn!(admin = %admin_addr, "The admin listener is bound to every address but admin.hosts is empty: requests by a name or address other than localhost get 421; list them in admin.hosts");
+    }
     info!(
         public = %public_addr,
         admin = %admin_addr,
@@ -414,7 +419,7 @@ pub async fn serve_with(
     );
     let admin_server = crate::http::serve::serve(
         admin,
-        admin_router(state),
+        admin_router_with(state, admin_access),
         limits,
         shutdown.clone(),
         shutdown_timeout,

@@ -1,29 +1,37 @@
 //! Routers of the two listeners. Each function returns a `Router`, so tests drive them with
 //! `oneshot` and no socket; `cli::run` binds them.
 //!
-//! - public ([`public_router`]): `GET /healthz`, `GET /readyz`;
-//! - admin ([`admin_router`]): `GET /metrics`, `GET /api/v1/rules`, `POST /api/v1/reload`,
-//!   behind a bearer token when one is configured.
+//! - public ([`public_router`]): `GET /healthz`, `GET /readyz`, the event intake;
+//! - admin ([`admin_router_with`]): `GET /metrics`, the `/api/v1` routes, the status page at `/`
+//!   with its `/static` files, `POST /login` and `POST /logout`, behind [`guard`] (DESIGN 4.3:
+//!   `Host` names the listener, state-changing requests are same-origin JSON, the admin token
+//!   when one is set) and with CSP, `nosniff` and `no-store` on every answer.
+//!
+//! Store errors are logged here and answered with a fixed text: they can carry SQL, paths or
+//! data, which are not the business of an HTTP client.
 
+pub mod guard;
 pub mod page;
 pub mod serve;
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
-use subtle::ConstantTimeEq;
+use tracing::error;
 
 use crate::engine::reload::{ReloadOutcome, ReloadTrigger, Reloader};
 use crate::settings::Secret;
 use crate::store::Store;
 use crate::triggers::http::{Intake, MAX_BODY_BYTES, external_event, recrubo_webhook};
+
+pub use guard::AdminAccess;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -57,10 +65,16 @@ pub fn public_router(state: AppState) -> Router {
     router
 }
 
-/// The admin listener's routes.
+/// The admin listener's routes for a listener whose address is not known: `Host` must be
+/// `localhost` or a loopback address. The daemon uses [`admin_router_with`].
 pub fn admin_router(state: AppState) -> Router {
-    Router::new()
-        .route("/", get(page::status_page))
+    admin_router_with(state, AdminAccess::default())
+}
+
+/// The admin listener's routes, answering to the names `access` allows (DESIGN 4.3).
+pub fn admin_router_with(state: AppState, access: AdminAccess) -> Router {
+    let guard = guard::Guard::new(state.admin_token.clone(), access);
+    let api = Router::new()
         .route("/metrics", get(metrics_text))
         .route("/api/v1/rules", get(list_rules))
         .route("/api/v1/reload", post(reload))
@@ -70,11 +84,34 @@ pub fn admin_router(state: AppState) -> Router {
         .route("/api/v1/dead-letters", get(list_dead_letters))
         .route("/api/v1/dead-letters/{id}/retry", post(retry_dead_letter))
         .route("/api/v1/rules/{name}/trigger", post(trigger_rule))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            require_admin_token,
-        ))
+        .route_layer(middleware::from_fn_with_state(
+            guard.clone(),
+            guard::require_token,
+        ));
+    let status_page = Router::new()
+        .route("/", get(page::status_page))
+        .route_layer(middleware::from_fn_with_state(
+            guard.clone(),
+            guard::token_or_login_form,
+        ));
+    // Served without the token: the login form needs them, and they hold nothing but code.
+    let open = Router::new()
+        .route("/static/page.js", get(page::script))
+        .route("/static/page.css", get(page::style))
+        .route("/login", post(guard::login))
+        .route("/logout", post(guard::logout))
+        .with_state(guard.clone());
+    Router::new()
+        .merge(api)
+        .merge(status_page)
+        .merge(open)
         .with_state(state)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(
+            guard,
+            guard::refuse_misdirected_and_cross_site,
+        ))
+        .layer(middleware::from_fn(guard::security_headers))
 }
 
 async fn healthz() -> &'static str {
@@ -188,16 +225,23 @@ fn store_of(state: &AppState) -> Result<&Arc<dyn Store>, Response> {
     state.store.as_ref().ok_or_else(|| {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"error": "no store"})),
+            Json(json!({"error": "this daemon has no state store"})),
         )
             .into_response()
     })
 }
 
+/// The fixed text of a 503 for a store error.
+const STORE_UNAVAILABLE: &str = "the state store is unavailable; see the daemon log";
+
+/// Logs a store error and answers 503 with a fixed text: the error's own text can carry SQL,
+/// file paths or stored data.
 fn store_error(err: crate::store::StoreError) -> Response {
+    error!(error = %err, "The state store failed an admin API request");
     (
         StatusCode::SERVICE_UNAVAILABLE,
-        Json(json!({"error": err.to_string()})),
+        [(header::RETRY_AFTER, "5")],
+        Json(json!({ "error": STORE_UNAVAILABLE })),
     )
         .into_response()
 }
@@ -324,11 +368,9 @@ async fn retry_dead_letter(
 /// Checks and completes the inputs of a manual run against the rule's declared inputs.
 fn manual_inputs(
     rule: &crate::rules::Rule,
+    trigger: &crate::rules::ruleset::ManualTrigger,
     given: serde_json::Map<String, serde_json::Value>,
 ) -> Result<serde_json::Value, String> {
-    let crate::rules::Trigger::Manual(trigger) = &rule.trigger else {
-        return Ok(serde_json::Value::Object(given));
-    };
     let mut inputs = given;
     for input in &trigger.inputs {
         match inputs.get(&input.name) {
@@ -378,6 +420,20 @@ async fn trigger_rule(
         )
             .into_response();
     };
+    // Only `manual` rules run on request (DESIGN 4.3): a schedule or event rule triggered by
+    // hand would run with an event it was never written for.
+    let crate::rules::Trigger::Manual(trigger) = &rule.trigger else {
+        return (
+            StatusCode::CONFLICT,
+            Json(json!({
+                "error": format!(
+                    "rule `{name}` has a `{}` trigger; only rules with `on: manual` can be triggered through the admin API",
+                    rule.trigger.kind()
+                )
+            })),
+        )
+            .into_response();
+    };
     let body: serde_json::Value = if body.is_empty() {
         json!({})
     } else {
@@ -402,7 +458,7 @@ async fn trigger_rule(
                 .into_response();
         }
     };
-    let inputs = match manual_inputs(rule, given) {
+    let inputs = match manual_inputs(rule, trigger, given) {
         Ok(inputs) => inputs,
         Err(reason) => {
             return (
@@ -432,35 +488,411 @@ async fn trigger_rule(
             Json(json!({"status": "triggered", "rule": name, "event_id": id})),
         )
             .into_response(),
-        Err(reason) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"error": reason})),
-        )
-            .into_response(),
+        // The intake logged a store failure already; its answer is a fixed text.
+        Err(reason) => reason.response(),
     }
 }
 
-async fn require_admin_token(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    request: Request,
-    next: Next,
-) -> Response {
-    if let Some(token) = &state.admin_token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .unwrap_or("");
-        let matches: bool = given.as_bytes().ct_eq(token.expose().as_bytes()).into();
-        if !matches {
-            return (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                Json(json!({"error": "a valid admin bearer token is required"})),
-            )
-                .into_response();
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{HeaderMap, Request};
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    const RULES: &str = "rules:
+  - name: by-hand
+    on: { manual: { inputs: {} } }
+    do: [ { log: by hand } ]
+  - name: on-event
+    on: { event: x }
+    do: [ { log: on event } ]
+";
+
+    /// A state over a rules folder with a `manual` and an `event` rule, no store, no intake.
+    fn state(token: Option<&str>) -> (AppState, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("rules.yaml"), RULES).unwrap();
+        let loaded = crate::rules::load_rule_set(&[dir.path().to_path_buf()]);
+        let set = loaded
+            .result
+            .clone()
+            .unwrap_or_else(|diagnostics| panic!("{}", loaded.render_diagnostics(&diagnostics)));
+        let state = AppState {
+            reloader: Reloader::new(dir.path().to_path_buf(), set),
+            metrics: None,
+            admin_token: token.map(|token| Secret::new(token.to_owned())),
+            store: None,
+            intake: None,
+        };
+        (state, dir)
+    }
+
+    struct Answer {
+        status: StatusCode,
+        headers: HeaderMap,
+        body: String,
+    }
+
+    impl Answer {
+        fn json(&self) -> serde_json::Value {
+            serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
         }
     }
-    next.run(request).await
+
+    async fn send(
+        router: &Router,
+        method: &str,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Answer {
+        let mut request = Request::builder().method(method).uri(uri);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = router
+            .clone()
+            .oneshot(request.body(Body::from(body.to_owned())).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        Answer {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        }
+    }
+
+    const LOCAL: (&str, &str) = ("host", "127.0.0.1:8081");
+    const JSON: (&str, &str) = ("content-type", "application/json");
+
+    #[tokio::test]
+    async fn hosts_other_than_the_listener_are_misdirected() {
+        let (state, _dir) = state(None);
+        let router = admin_router(state);
+        for host in ["evil.example", "evil.example:8081", "127.0.0.1.nip.io:8081"] {
+            let answer = send(&router, "GET", "/api/v1/rules", &[("host", host)], "").await;
+            assert_eq!(answer.status, StatusCode::MISDIRECTED_REQUEST, "{host}");
+            assert!(
+                answer.json()["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("admin.hosts")
+            );
+        }
+        let answer = send(&router, "GET", "/api/v1/rules", &[], "").await;
+        assert_eq!(answer.status, StatusCode::MISDIRECTED_REQUEST, "no Host");
+        let answer = send(
+            &router,
+            "GET",
+            "http://evil.example/api/v1/rules",
+            &[LOCAL],
+            "",
+        )
+        .await;
+        assert_eq!(
+            answer.status,
+            StatusCode::MISDIRECTED_REQUEST,
+            "absolute form"
+        );
+        for host in [
+            "localhost",
+            "LOCALHOST:8081",
+            "127.0.0.1:8081",
+            "[::1]:8081",
+        ] {
+            let answer = send(&router, "GET", "/api/v1/rules", &[("host", host)], "").await;
+            assert_eq!(answer.status, StatusCode::OK, "{host}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_listener_address_and_admin_hosts_are_accepted() {
+        let (state, _dir) = state(None);
+        let access = AdminAccess::new(
+            Some("10.0.0.5:8081".parse().unwrap()),
+            &["flowd.internal".to_owned()],
+        )
+        .unwrap();
+        let router = admin_router_with(state, access);
+        for host in ["10.0.0.5:8081", "flowd.internal", "flowd.internal:443"] {
+            let answer = send(&router, "GET", "/api/v1/rules", &[("host", host)], "").await;
+            assert_eq!(answer.status, StatusCode::OK, "{host}");
+        }
+        let answer = send(&router, "GET", "/api/v1/rules", &[("host", "10.0.0.5")], "").await;
+        assert_eq!(answer.status, StatusCode::MISDIRECTED_REQUEST);
+        // A proxy that sets Host to the listener while the browser's Origin is a listed name.
+        let answer = send(
+            &router,
+            "POST",
+            "/api/v1/reload",
+            &[
+                ("host", "10.0.0.5:8081"),
+                ("origin", "https://flowd.internal"),
+                JSON,
+            ],
+            "{}",
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    }
+
+    #[tokio::test]
+    async fn state_changing_requests_must_be_same_origin_json() {
+        let (state, _dir) = state(None);
+        let router = admin_router(state);
+        for content_type in [
+            None,
+            Some("text/plain"),
+            Some("application/x-www-form-urlencoded"),
+        ] {
+            let mut headers = vec![LOCAL];
+            headers.extend(content_type.map(|value| ("content-type", value)));
+            let answer = send(&router, "POST", "/api/v1/reload", &headers, "{}").await;
+            assert_eq!(
+                answer.status,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "{content_type:?}"
+            );
+        }
+        for cross_site in [
+            ("origin", "http://evil.example"),
+            ("origin", "null"),
+            // Another local port is another origin, though `Host: localhost:3000` would pass.
+            ("origin", "http://127.0.0.1:3000"),
+            ("sec-fetch-site", "cross-site"),
+            ("sec-fetch-site", "same-site"),
+        ] {
+            let answer = send(
+                &router,
+                "POST",
+                "/api/v1/reload",
+                &[LOCAL, JSON, cross_site],
+                "{}",
+            )
+            .await;
+            assert_eq!(answer.status, StatusCode::FORBIDDEN, "{cross_site:?}");
+        }
+        let answer = send(
+            &router,
+            "POST",
+            "/api/v1/reload",
+            &[
+                LOCAL,
+                ("content-type", "application/json; charset=utf-8"),
+                ("origin", "http://127.0.0.1:8081"),
+                ("sec-fetch-site", "same-origin"),
+            ],
+            "{}",
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    }
+
+    #[tokio::test]
+    async fn only_manual_rules_are_triggered() {
+        let (state, _dir) = state(None);
+        let router = admin_router(state);
+        let answer = send(
+            &router,
+            "POST",
+            "/api/v1/rules/on-event/trigger",
+            &[LOCAL, JSON],
+            "{}",
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::CONFLICT);
+        assert!(
+            answer.json()["error"]
+                .as_str()
+                .unwrap()
+                .contains("`event` trigger")
+        );
+        // A manual rule passes that check (and meets the missing intake of this test).
+        let answer = send(
+            &router,
+            "POST",
+            "/api/v1/rules/by-hand/trigger",
+            &[LOCAL, JSON],
+            "{}",
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(answer.json()["error"], "no intake");
+    }
+
+    #[tokio::test]
+    async fn the_token_is_a_bearer_header_or_the_login_cookie() {
+        let (state, _dir) = state(Some("s3cret"));
+        let router = admin_router(state);
+        let answer = send(&router, "GET", "/api/v1/rules", &[LOCAL], "").await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+        for authorization in ["Bearer s3cret", "bearer s3cret", "BEARER s3cret"] {
+            let answer = send(
+                &router,
+                "GET",
+                "/api/v1/rules",
+                &[LOCAL, ("authorization", authorization)],
+                "",
+            )
+            .await;
+            assert_eq!(answer.status, StatusCode::OK, "{authorization}");
+        }
+        let answer = send(
+            &router,
+            "GET",
+            "/api/v1/rules",
+            &[LOCAL, ("authorization", "Bearer s3cre")],
+            "",
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+
+        // The page shows the login form; its script and style need no token.
+        let page = send(&router, "GET", "/", &[LOCAL], "").await;
+        assert_eq!(page.status, StatusCode::UNAUTHORIZED);
+        assert!(page.body.contains("id=login") && !page.body.contains("Rules"));
+        for path in ["/static/page.js", "/static/page.css"] {
+            assert_eq!(
+                send(&router, "GET", path, &[LOCAL], "").await.status,
+                StatusCode::OK
+            );
+        }
+
+        let wrong = send(
+            &router,
+            "POST",
+            "/login",
+            &[LOCAL, JSON],
+            r#"{"token":"no"}"#,
+        )
+        .await;
+        assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+        assert!(!wrong.headers.contains_key(header::SET_COOKIE));
+        let login = send(
+            &router,
+            "POST",
+            "/login",
+            &[LOCAL, JSON],
+            r#"{"token":"s3cret"}"#,
+        )
+        .await;
+        assert_eq!(login.status, StatusCode::OK, "{}", login.body);
+        let set_cookie = login.headers[header::SET_COOKIE].to_str().unwrap();
+        assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"));
+        assert!(
+            !set_cookie.contains("s3cret"),
+            "the cookie is not the token"
+        );
+        let cookie = set_cookie.split(';').next().unwrap().to_owned();
+        let cookie = ("cookie", cookie.as_str());
+
+        let page = send(&router, "GET", "/", &[LOCAL, cookie], "").await;
+        assert_eq!(page.status, StatusCode::OK);
+        assert!(page.body.contains("data-action=logout"));
+        let rules = send(&router, "GET", "/api/v1/rules", &[LOCAL, cookie], "").await;
+        assert_eq!(rules.status, StatusCode::OK);
+        // A cookie POST must show it comes from this origin.
+        let blind = send(
+            &router,
+            "POST",
+            "/api/v1/reload",
+            &[LOCAL, JSON, cookie],
+            "{}",
+        )
+        .await;
+        assert_eq!(blind.status, StatusCode::UNAUTHORIZED);
+        let same_origin = send(
+            &router,
+            "POST",
+            "/api/v1/reload",
+            &[LOCAL, JSON, cookie, ("origin", "http://127.0.0.1:8081")],
+            "{}",
+        )
+        .await;
+        assert_eq!(same_origin.status, StatusCode::OK, "{}", same_origin.body);
+
+        let logout = send(&router, "POST", "/logout", &[LOCAL, JSON, cookie], "{}").await;
+        assert_eq!(logout.status, StatusCode::OK);
+        assert!(
+            logout.headers[header::SET_COOKIE]
+                .to_str()
+                .unwrap()
+                .contains("Max-Age=0")
+        );
+        let after = send(&router, "GET", "/api/v1/rules", &[LOCAL, cookie], "").await;
+        assert_eq!(after.status, StatusCode::UNAUTHORIZED);
+    }
+
+    #[tokio::test]
+    async fn every_answer_carries_the_security_headers() {
+        let (state, _dir) = state(Some("s3cret"));
+        let router = admin_router(state);
+        let bearer = ("authorization", "Bearer s3cret");
+        let answers = [
+            send(&router, "GET", "/", &[LOCAL, bearer], "").await,
+            send(&router, "GET", "/", &[LOCAL], "").await,
+            send(&router, "GET", "/api/v1/rules", &[LOCAL, bearer], "").await,
+            send(&router, "GET", "/api/v1/rules", &[LOCAL], "").await,
+            send(
+                &router,
+                "GET",
+                "/api/v1/rules",
+                &[("host", "evil.example")],
+                "",
+            )
+            .await,
+            send(&router, "GET", "/nothing-here", &[LOCAL, bearer], "").await,
+            send(&router, "GET", "/static/page.js", &[LOCAL], "").await,
+        ];
+        for answer in &answers {
+            assert_eq!(
+                answer.headers[header::CONTENT_SECURITY_POLICY],
+                "default-src 'self'; frame-ancestors 'none'",
+                "{} {}",
+                answer.status,
+                answer.body
+            );
+            assert_eq!(answer.headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        }
+        assert_eq!(answers[2].headers[header::CACHE_CONTROL], "no-store");
+        let page = &answers[0].body;
+        assert!(
+            !page.contains("<script>") && !page.contains("<style>") && !page.contains("onclick"),
+            "no inline script or style: {page}"
+        );
+        assert!(page.contains("data-action=trigger data-rule=\"by-hand\""));
+        assert!(!page.contains("data-rule=\"on-event\""));
+    }
+
+    #[tokio::test]
+    async fn store_errors_are_logged_not_answered() {
+        let (mut state, dir) = state(None);
+        let path = dir.path().join("flowd.db");
+        let store =
+            crate::store::sqlite::SqliteStore::open(&format!("sqlite://{}", path.display()))
+                .await
+                .unwrap();
+        state.store = Some(Arc::new(store));
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute_batch("DROP TABLE executions; DROP TABLE dead_letters;")
+            .unwrap();
+        let router = admin_router(state);
+        for path in ["/api/v1/executions", "/api/v1/dead-letters"] {
+            let answer = send(&router, "GET", path, &[LOCAL], "").await;
+            assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{path}");
+            assert_eq!(
+                answer.json(),
+                json!({ "error": STORE_UNAVAILABLE }),
+                "{path}"
+            );
+        }
+    }
 }

@@ -1,14 +1,56 @@
 //! The status page at `/` on the admin listener: rules (next fire time, reload state and
-//! errors), recent executions with a timeline of their steps, followed runs, and dead letters with
-//! a retry button. Plain server-rendered HTML that refreshes itself; a few lines of JavaScript
-//! for the retry button only.
+//! errors, a run button for `manual` rules), recent executions with a timeline of their steps,
+//! followed runs, and dead letters with a retry button; the login form when `admin.token` is set.
+//! Plain server-rendered HTML that refreshes itself.
+//!
+//! The page has no inline script or style (the listener's CSP, `default-src 'self'`, would block
+//! them): `/static/page.js` wires the buttons, which send same-origin JSON with `fetch()`, and
+//! `/static/page.css` styles it. Everything shown is escaped with [`escape`].
 
 use std::fmt::Write as _;
 
+use axum::Extension;
 use axum::extract::State;
+use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
 
 use super::AppState;
+use super::guard::Authenticated;
+
+/// The page's script (`GET /static/page.js`).
+const SCRIPT: &str = include_str!("static/page.js");
+
+/// The page's style sheet (`GET /static/page.css`).
+const STYLE: &str = include_str!("static/page.css");
+
+/// The head of every page: the style sheet and the script, from this origin.
+const HEAD: &str = "<!doctype html><html><head><meta charset=utf-8><title>flowd</title><link rel=stylesheet href=/static/page.css><script src=/static/page.js defer></script>";
+
+/// `GET /static/page.js`.
+pub async fn script() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        SCRIPT,
+    )
+        .into_response()
+}
+
+/// `GET /static/page.css`.
+pub async fn style() -> Response {
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE).into_response()
+}
+
+/// The login form shown at `/` to a browser without the admin token; it posts
+/// `{"token": ...}` to `/login` with `fetch()`. Without script the form posts a urlencoded body,
+/// which `/login` refuses (415), so the token never ends up in a URL.
+pub fn login_page() -> Html<String> {
+    Html(format!(
+        "{HEAD}</head><body><h1>flowd <span class=muted>{}</span></h1>\
+<form id=login method=post action=/login><label>Admin token <input type=password name=token autocomplete=current-password required autofocus></label>\
+<button type=submit>Log in</button></form><p id=flash role=status></p></body></html>",
+        escape(env!("CARGO_PKG_VERSION"))
+    ))
+}
 
 /// Escapes text for HTML.
 fn escape(text: &str) -> String {
@@ -26,25 +68,26 @@ fn escape(text: &str) -> String {
     out
 }
 
-const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:24px;color:#222}h1{font-size:20px}h2{font-size:16px;margin-top:28px}\
-table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}\
-th{background:#f4f4f4}.ok{color:#17803d}.bad{color:#b42318}.muted{color:#777}.step{display:inline-block;padding:1px 6px;margin:1px;border-radius:4px;font-size:12px}\
-.s-succeeded{background:#d1fadf}.s-failed{background:#fee4e2}.s-retrying{background:#fef0c7}.s-skipped{background:#eee}.s-running{background:#d1e9ff}\
-code{font-size:12px}button{font-size:12px}";
-
 /// `GET /`.
-pub async fn status_page(State(state): State<AppState>) -> Response {
+pub async fn status_page(
+    State(state): State<AppState>,
+    authenticated: Option<Extension<Authenticated>>,
+) -> Response {
     let set = state.reloader.current();
     let reload = state.reloader.status();
     let now = chrono::Utc::now();
     let mut html = String::new();
     let _ = write!(
         html,
-        "<!doctype html><html><head><meta charset=utf-8><meta http-equiv=refresh content=5><title>flowd</title><style>{STYLE}</style></head><body>"
+        "{HEAD}<meta http-equiv=refresh content=5></head><body>"
     );
+    let logout = match authenticated {
+        Some(Extension(Authenticated::Session)) => " <button data-action=logout>log out</button>",
+        _ => "",
+    };
     let _ = write!(
         html,
-        "<h1>flowd <span class=muted>{}</span></h1>",
+        "<h1>flowd <span class=muted>{}</span></h1><p class=actions><button data-action=reload>reload rules</button>{logout}</p><p id=flash role=status></p>",
         escape(env!("CARGO_PKG_VERSION"))
     );
     let reload_class = if reload.last_success { "ok" } else { "bad" };
@@ -74,15 +117,31 @@ pub async fn status_page(State(state): State<AppState>) -> Response {
         html.push_str("</ul>");
     }
 
-    html.push_str("<h2>Rules</h2><table><tr><th>rule</th><th>trigger</th><th>next fire</th><th>file</th></tr>");
+    html.push_str("<h2>Rules</h2><table><tr><th>rule</th><th>trigger</th><th>next fire</th><th>file</th><th></th></tr>");
     for rule in set.rules().iter().take(500) {
         let next = crate::triggers::schedule::Timing::of(rule)
             .and_then(|timing| timing.next_after(now))
             .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
             .unwrap_or_default();
+        // Only `manual` rules run by hand (the API answers 409 for others), and the button sends
+        // no inputs: rules with a required input are run with `flowd trigger --input`.
+        let run = match &rule.trigger {
+            crate::rules::Trigger::Manual(trigger)
+                if trigger
+                    .inputs
+                    .iter()
+                    .all(|input| !input.required || input.default.is_some()) =>
+            {
+                format!(
+                    "<button data-action=trigger data-rule=\"{}\">run</button>",
+                    escape(&rule.name)
+                )
+            }
+            _ => String::new(),
+        };
         let _ = write!(
             html,
-            "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td class=muted>{}:{}</td></tr>",
+            "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td class=muted>{}:{}</td><td>{run}</td></tr>",
             escape(&rule.name),
             escape(&rule.trigger.summary()),
             escape(&next),
@@ -157,7 +216,10 @@ pub async fn status_page(State(state): State<AppState>) -> Response {
             let action = if letter.retried_at.is_some() {
                 "<span class=muted>retried</span>".to_owned()
             } else {
-                format!("<button onclick=\"retry({})\">retry</button>", letter.id)
+                format!(
+                    "<button data-action=retry data-id={}>retry</button>",
+                    letter.id
+                )
             };
             let _ = write!(
                 html,
@@ -170,9 +232,6 @@ pub async fn status_page(State(state): State<AppState>) -> Response {
         }
         html.push_str("</table>");
     }
-    html.push_str(
-        "<script>function retry(id){fetch('/api/v1/dead-letters/'+id+'/retry',{method:'POST'}).then(function(r){return r.json()}).then(function(b){alert(b.status||b.error);location.reload()})}</script>",
-    );
     html.push_str("</body></html>");
     Html(html).into_response()
 }

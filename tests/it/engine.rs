@@ -366,7 +366,7 @@ rules:
         "{html}"
     );
     assert!(
-        html.contains("<h2>Dead letters</h2>") && html.contains("onclick=\"retry("),
+        html.contains("<h2>Dead letters</h2>") && html.contains("data-action=retry"),
         "{html}"
     );
     assert!(
@@ -593,6 +593,7 @@ async fn an_edited_handler_fires_and_a_removed_rule_orphans_its_runs() {
     std::fs::write(world._rules.path().join("rules.yaml"), edited).expect("edit");
     let reload = reqwest::Client::new()
         .post(world.daemon.admin_url("/api/v1/reload"))
+        .json(&serde_json::json!({}))
         .send()
         .await
         .expect("reload");
@@ -616,6 +617,7 @@ async fn an_edited_handler_fires_and_a_removed_rule_orphans_its_runs() {
     .expect("remove");
     reqwest::Client::new()
         .post(world.daemon.admin_url("/api/v1/reload"))
+        .json(&serde_json::json!({}))
         .send()
         .await
         .expect("reload");

@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod admin_guard;
 mod cli;
 mod corpus;
 mod engine;

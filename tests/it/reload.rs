@@ -89,6 +89,7 @@ async fn a_valid_edit_is_in_force_and_an_invalid_one_is_refused() {
     // The API reload answers with every diagnostic.
     let response = reqwest::Client::new()
         .post(daemon.admin_url("/api/v1/reload"))
+        .json(&serde_json::json!({}))
         .send()
         .await
         .expect("reload");
