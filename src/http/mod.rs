@@ -57,7 +57,7 @@ pub fn public_router(state: AppState) -> Router {
     if let Some(intake) = state.intake {
         let intake_routes = Router::new()
             .route("/webhooks/recrubo", post(recrubo_webhook))
-            .route("/events/{event_type}", post(external_event))
+            .route("/events/{*event_type}", post(external_event))
             .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
             .with_state(intake);
         router = router.merge(intake_routes);

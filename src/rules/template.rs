@@ -229,6 +229,7 @@ impl Template {
             }
         })?;
         check_helpers(&compiled.elements)?;
+        refuse_partial_secrets(source)?;
         let single = match compiled.elements.as_slice() {
             [TemplateElement::Expression(helper)] if !helper.block => Some(helper),
             _ => None,
@@ -440,6 +441,34 @@ fn check_helpers(elements: &[TemplateElement]) -> Result<(), TemplateCompileErro
         if let Some(inverse) = &helper.inverse {
             check_helpers(&inverse.elements)?;
         }
+    }
+    Ok(())
+}
+
+/// `truncate` of a secret would print its first characters, which redaction cannot know to
+/// hide (DESIGN 5): refused when the template is compiled.
+fn refuse_partial_secrets(source: &str) -> Result<(), TemplateCompileError> {
+    let mut rest = source;
+    while let Some(open) = rest.find("{{") {
+        let after = &rest[open + 2..];
+        let close = after.find("}}").unwrap_or(after.len());
+        let expression = &after[..close];
+        let words: Vec<&str> = expression
+            .split(|c: char| c.is_whitespace() || c == '(' || c == ')')
+            .filter(|w| !w.is_empty())
+            .collect();
+        if words.contains(&"truncate") && words.iter().any(|w| w.starts_with("secrets.")) {
+            return Err(TemplateCompileError {
+                message:
+                    "`truncate` of a secret would show its first characters in logs and the history"
+                        .to_owned(),
+                hint: Some(
+                    "use the whole secret (`{{secrets.NAME}}`), which is redacted everywhere"
+                        .to_owned(),
+                ),
+            });
+        }
+        rest = after.get(close + 2..).unwrap_or("");
     }
     Ok(())
 }

@@ -364,6 +364,8 @@ async fn a_half_sent_head_is_closed_and_idle_connections_do_not_stop_healthz() {
     let mut slow = TcpStream::connect(addr).expect("connect");
     slow.write_all(b"POST /events/ping HTTP/1.1\r\nHost: x\r\n")
         .expect("half a head");
+    // A connection that never sends a byte is closed within the header timeout too.
+    let mut silent = TcpStream::connect(addr).expect("connect");
     // /healthz answers while the idle and the slow connections are open.
     let health = reqwest::Client::new()
         .get(daemon.public_url("/healthz"))
@@ -811,4 +813,38 @@ async fn secrets_leak_nowhere() {
         places.iter().any(|(_, text)| text.contains("***")),
         "redaction happened somewhere"
     );
+}
+
+#[test]
+fn truncate_of_a_secret_is_refused_by_check() {
+    let dir = rules_dir(
+        r#"rules:
+  - name: t
+    on: { event: t }
+    do:
+      - log: "t={{truncate secrets.tok 6}}"
+"#,
+    );
+    let (code, out) = crate::support::flowd(&["check", dir.path().to_str().expect("path")]);
+    assert_eq!(code, 78, "{out}");
+    assert!(out.contains("`truncate` of a secret"), "{out}");
+}
+
+/// DESIGN 4.2's charset has `/`: such an event is taken as written (rule event types cannot
+/// contain `/`, so no rule matches it, but it is not a 404).
+#[tokio::test]
+async fn event_types_with_a_slash_are_accepted_as_written() {
+    let sink = Attacker::start().await;
+    let rules = rules_dir(&format!("rules:{}", ping_rule(&sink)));
+    let daemon = daemon_with(&rules, &[]);
+    let status = reqwest::Client::new()
+        .post(daemon.public_url("/events/ats/candidate.hired"))
+        .bearer_auth(TOKEN)
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("post")
+        .status();
+    assert_eq!(status, 202);
+    still_processes(&daemon, &sink, "after-slash").await;
 }
