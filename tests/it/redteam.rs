@@ -390,6 +390,14 @@ async fn a_half_sent_head_is_closed_and_idle_connections_do_not_stop_healthz() {
         elapsed < Duration::from_secs(15),
         "closed after {elapsed:?}"
     );
+    silent
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let read = silent.read(&mut buffer);
+    assert!(
+        matches!(read, Ok(0)),
+        "a silent connection is closed by the server: {read:?}"
+    );
     idle.clear();
 }
 
