@@ -1237,13 +1237,18 @@ rules:
         },
     )
     .await;
-    let dead: Value = reqwest::get(world.daemon.admin_url("/api/v1/dead-letters"))
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
-    let dead = dead["dead_letters"].as_array().expect("list");
+    // Executions of one rule may run in any order: wait for both dead letters.
+    let dead = eventually(WAIT, "both bad executions are dead letters", || async {
+        let dead: Value = reqwest::get(world.daemon.admin_url("/api/v1/dead-letters"))
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let dead = dead["dead_letters"].as_array()?.clone();
+        (dead.len() >= 2).then_some(dead)
+    })
+    .await;
     assert_eq!(dead.len(), 2, "{dead:?}");
     assert!(
         dead.iter()
