@@ -181,6 +181,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        // CEL evaluation and template rendering recurse with the expression's depth: on tokio's
+        // default 2 MiB a 1,229-term condition (2.4 KB, valid at load) overflowed the stack
+        // (found by fuzzing). 32 MiB covers the 16 KiB condition limit.
+        .thread_stack_size(32 * 1024 * 1024)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
