@@ -10,7 +10,7 @@
 //! an expression (`{{event.data.callback}}`) has a run-time host unless that expression reads only
 //! `vars`/`secrets`.
 
-use crate::rules::template::helper_names;
+use crate::rules::template::{expressions, helper_names};
 
 /// Roots a template may read whose values the operator wrote.
 const OPERATOR_ROOTS: &[&str] = &["vars", "secrets"];
@@ -168,19 +168,14 @@ pub fn unencoded_runtime_in_path(source: &str) -> Vec<String> {
             None => return Vec::new(),
         },
     };
-    let mut found = Vec::new();
-    let mut rest = after_authority;
-    while let Some(open) = rest.find("{{") {
-        let after = &rest[open + 2..];
-        let close = after.find("}}").unwrap_or(after.len());
-        let expression = after[..close].trim();
-        let encoded = expression.split_whitespace().next() == Some("urlencode");
-        if !encoded && expression_reads_runtime(expression) {
-            found.push(format!("{{{{{expression}}}}}"));
-        }
-        rest = after.get(close + 2..).unwrap_or("");
-    }
-    found
+    expressions(after_authority)
+        .map(str::trim)
+        .filter(|expression| {
+            expression.split_whitespace().next() != Some("urlencode")
+                && expression_reads_runtime(expression)
+        })
+        .map(|expression| format!("{{{{{expression}}}}}"))
+        .collect()
 }
 
 /// Whether the domain of an address template comes from run-time data.
@@ -237,16 +232,7 @@ fn authority(rest: &str) -> Option<&str> {
 
 /// Whether any `{{...}}` expression in `text` reads something other than `vars`/`secrets`.
 fn reads_runtime(text: &str) -> bool {
-    let mut rest = text;
-    while let Some(open) = rest.find("{{") {
-        let after = &rest[open + 2..];
-        let close = after.find("}}").unwrap_or(after.len());
-        if expression_reads_runtime(&after[..close]) {
-            return true;
-        }
-        rest = after.get(close + 2..).unwrap_or("");
-    }
-    false
+    expressions(text).any(expression_reads_runtime)
 }
 
 fn expression_reads_runtime(expression: &str) -> bool {

@@ -39,6 +39,8 @@ use subtle::ConstantTimeEq;
 use tracing::{info, warn};
 
 use crate::settings::Secret;
+// The intake's parser: one reading of `Authorization: Bearer` for both listeners.
+use crate::triggers::http::bearer_token;
 
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "flowd_admin_session";
@@ -334,16 +336,6 @@ fn is_safe(method: &Method) -> bool {
 
 fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|value| value.to_str().ok())
-}
-
-/// The token of `Authorization: Bearer <token>`; the scheme is case-insensitive (RFC 9110 11.1).
-fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    let value = header_text(headers, header::AUTHORIZATION.as_str())?.trim();
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim_start())
-        .filter(|token| !token.is_empty())
 }
 
 /// The value of the session cookie, if the request has one.

@@ -448,11 +448,7 @@ fn check_helpers(elements: &[TemplateElement]) -> Result<(), TemplateCompileErro
 /// `truncate` of a secret would print its first characters, which redaction cannot know to
 /// hide (DESIGN 5): refused when the template is compiled.
 fn refuse_partial_secrets(source: &str) -> Result<(), TemplateCompileError> {
-    let mut rest = source;
-    while let Some(open) = rest.find("{{") {
-        let after = &rest[open + 2..];
-        let close = after.find("}}").unwrap_or(after.len());
-        let expression = &after[..close];
+    for expression in expressions(source) {
         let words: Vec<&str> = expression
             .split(|c: char| c.is_whitespace() || c == '(' || c == ')')
             .filter(|w| !w.is_empty())
@@ -468,9 +464,21 @@ fn refuse_partial_secrets(source: &str) -> Result<(), TemplateCompileError> {
                 ),
             });
         }
-        rest = after.get(close + 2..).unwrap_or("");
     }
     Ok(())
+}
+
+/// The insides of the `{{...}}` expressions of a template's text, in order (an unclosed one
+/// runs to the end). A textual scan for checks made on the source, before handlebars parses it.
+pub fn expressions(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        let open = rest.find("{{")?;
+        let after = &rest[open + 2..];
+        let close = after.find("}}").unwrap_or(after.len());
+        rest = after.get(close + 2..).unwrap_or("");
+        Some(&after[..close])
+    })
 }
 
 fn check_parameter(parameter: &Parameter) -> Result<(), TemplateCompileError> {
@@ -712,18 +720,29 @@ impl HelperDef for JsonHelper {
         _: &mut RenderContext<'reg, 'rc>,
         out: &mut dyn Output,
     ) -> Result<(), RenderError> {
-        let param = helper
-            .param(0)
-            .ok_or(RenderErrorReason::ParamNotFoundForIndex("json", 0))?;
-        if param.is_value_missing() {
-            return Err(RenderErrorReason::MissingVariable(param.relative_path().cloned()).into());
-        }
+        let param = present_param(helper, "json", 0)?;
         let text = serde_json::to_string(param.value())
             .map_err(|err| RenderErrorReason::Other(err.to_string()))?;
         // Written directly, so the registry's escaping (HTML, path segment) is applied here.
         out.write(&registry.get_escape_fn()(&text))?;
         Ok(())
     }
+}
+
+/// Parameter `index` of a helper, which must be there and must not be missing from the
+/// context (strict mode's rule, which helpers that read `param().value()` must apply themselves).
+fn present_param<'h, 'rc>(
+    helper: &'h Helper<'rc>,
+    name: &'static str,
+    index: usize,
+) -> Result<&'h handlebars::PathAndJson<'rc>, RenderError> {
+    let param = helper
+        .param(index)
+        .ok_or(RenderErrorReason::ParamNotFoundForIndex(name, index))?;
+    if param.is_value_missing() {
+        return Err(RenderErrorReason::MissingVariable(param.relative_path().cloned()).into());
+    }
+    Ok(param)
 }
 
 /// `{{urlencode value}}`: RFC 3986 percent-encoding. Its output is never escaped again (it is
@@ -738,12 +757,7 @@ impl HelperDef for UrlEncodeHelper {
         _: &'rc Context,
         _: &mut RenderContext<'reg, 'rc>,
     ) -> Result<ScopedJson<'rc>, RenderError> {
-        let param = helper
-            .param(0)
-            .ok_or(RenderErrorReason::ParamNotFoundForIndex("urlencode", 0))?;
-        if param.is_value_missing() {
-            return Err(RenderErrorReason::MissingVariable(param.relative_path().cloned()).into());
-        }
+        let param = present_param(helper, "urlencode", 0)?;
         let text = match param.value() {
             Value::String(text) => text.clone(),
             other => other.render(),
@@ -803,12 +817,7 @@ impl HelperDef for DateHelper {
         _: &'rc Context,
         _: &mut RenderContext<'reg, 'rc>,
     ) -> Result<ScopedJson<'rc>, RenderError> {
-        let value = helper
-            .param(0)
-            .ok_or(RenderErrorReason::ParamNotFoundForIndex("date", 0))?;
-        if value.is_value_missing() {
-            return Err(RenderErrorReason::MissingVariable(value.relative_path().cloned()).into());
-        }
+        let value = present_param(helper, "date", 0)?;
         let time = parse_time(value.value()).ok_or_else(|| {
             RenderErrorReason::Other(format!(
                 "date: `{}` is not an RFC 3339 time or Unix seconds",

@@ -220,8 +220,9 @@ struct ReplayCache {
 }
 
 impl ReplayCache {
-    /// Records `mac` (signed at `timestamp`); false when it was seen already or there is no room.
-    fn insert(&mut self, mac: [u8; 32], timestamp: i64, now_unix: i64) -> Result<bool, ()> {
+    /// Records `mac`, accepted at `now_unix`; false when it was seen already; `Err` when there
+    /// is no room.
+    fn insert(&mut self, mac: [u8; 32], now_unix: i64) -> Result<bool, ()> {
         let horizon = SIGNATURE_TOLERANCE.as_secs() as i64;
         // Entries leave in arrival order once their signature could no longer be accepted.
         while let Some((old, at)) = self.order.front().copied() {
@@ -241,7 +242,6 @@ impl ReplayCache {
         }
         self.seen.insert(mac, now_unix);
         self.order.push_back((mac, now_unix));
-        let _ = timestamp;
         Ok(true)
     }
 
@@ -275,9 +275,10 @@ fn secret_matches(given: &[u8], secrets: &[Secret<String>]) -> bool {
     })
 }
 
-/// The token of `Authorization: Bearer <token>`; the scheme is case-insensitive (RFC 9110).
+/// The token of `Authorization: Bearer <token>`; the scheme is case-insensitive (RFC 9110
+/// 11.1). Both listeners read it here.
 pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
     let (scheme, token) = value.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
@@ -509,9 +510,11 @@ pub async fn external_event(
             Ok(mac) => mac,
             Err(reason) => return problem(StatusCode::UNAUTHORIZED, reason),
         };
-        let recorded = intake.replays.lock().map_err(|_| ()).and_then(|mut cache| {
-            cache.insert(mac, signature.timestamp, chrono::Utc::now().timestamp())
-        });
+        let recorded = intake
+            .replays
+            .lock()
+            .map_err(|_| ())
+            .and_then(|mut cache| cache.insert(mac, chrono::Utc::now().timestamp()));
         match recorded {
             Ok(true) => replay_key = Some(mac),
             Ok(false) => {
@@ -633,10 +636,10 @@ mod tests {
     fn a_signature_is_accepted_once_within_the_tolerance() {
         let mut cache = ReplayCache::default();
         let mac = [7u8; 32];
-        assert_eq!(cache.insert(mac, 100, 100), Ok(true));
-        assert_eq!(cache.insert(mac, 100, 200), Ok(false));
+        assert_eq!(cache.insert(mac, 100), Ok(true));
+        assert_eq!(cache.insert(mac, 200), Ok(false));
         // Long after the tolerance the entry has gone (its timestamp would be refused anyway).
-        assert_eq!(cache.insert([8u8; 32], 1_000, 1_000), Ok(true));
+        assert_eq!(cache.insert([8u8; 32], 1_000), Ok(true));
         assert!(!cache.seen.contains_key(&mac));
     }
 
