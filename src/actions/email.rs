@@ -81,15 +81,33 @@ impl Mailer {
             ),
         }
         .map_err(|err| ActionError::fatal(format!("cannot build the mail: {err}")))?;
-        self.transport
-            .send(message)
-            .await
-            .map_err(|err| ActionError {
-                retryable: err.is_transient() || !err.is_permanent(),
-                message: format!("SMTP: {err}"),
-                retry_after: None,
-                outcome_unknown: false,
-            })?;
+        self.transport.send(message).await.map_err(smtp_failure)?;
         Ok(json!({ "message_id": message_id }))
+    }
+}
+
+/// What a failed send means. A reply code is an answer: 4xx (transient) was not accepted and is
+/// retried, 5xx (permanent) is refused for good. A failure before the conversation (connect,
+/// TLS, building the request) sent nothing and is retried. Anything else — a timeout or a cut
+/// connection once the conversation ran, above all after `DATA` — leaves it unknown whether the
+/// server took the mail: it is not sent again automatically (a second copy to a candidate is
+/// worse than a visible dead letter), and the error says so.
+fn smtp_failure(err: lettre::transport::smtp::Error) -> ActionError {
+    // lettre does not expose its "connection" kind; its Display names it (lettre 0.11).
+    let before_conversation = err.is_client()
+        || err.is_tls()
+        || err.is_transport_shutdown()
+        || err.to_string().starts_with("Connection error");
+    if err.is_permanent() {
+        ActionError::fatal(format!("SMTP: {err}"))
+    } else if err.is_transient() || before_conversation {
+        ActionError::retryable(format!("SMTP: {err}"))
+    } else {
+        ActionError {
+            outcome_unknown: true,
+            ..ActionError::fatal(format!(
+                "SMTP: {err}; the server may have taken the mail before the connection failed, so it is not sent again automatically (check with the recipient, then retry the dead letter to send it again)"
+            ))
+        }
     }
 }

@@ -75,6 +75,82 @@ pub struct ActionDeps {
     pub egress: egress::EgressPolicy,
 }
 
+/// The FlowGeneration a rendered `generate_flow` input asks for: `parameters` (an object),
+/// `vacancy_id` and the requirements of `from_analysis` merged in. Shared by the create and by
+/// the check for a generation an attempt without an answer may have made.
+pub fn generation_request(input: &Value, context: &Value) -> Result<NewFlowGeneration, ActionError> {
+    let mut parameters = object_or_empty(&input["parameters"]);
+    if !parameters.is_object() {
+        return Err(ActionError::fatal(format!(
+            "`parameters` must be an object, not {}",
+            match parameters {
+                Value::Array(_) => "a list",
+                Value::String(_) => "a string",
+                Value::Number(_) => "a number",
+                _ => "a boolean",
+            }
+        )));
+    }
+    if let Some(vacancy_id) = input["vacancy_id"].as_str() {
+        parameters["vacancyId"] = json!(vacancy_id);
+    }
+    if let Some(analysis) = input["from_analysis"].as_str() {
+        let result = &context["steps"][analysis]["analyzeResult"];
+        if result.is_null() {
+            return Err(ActionError::fatal(format!(
+                "step `{analysis}` has no analyzeResult"
+            )));
+        }
+        let (knockout, preferred) = requirements_from_analysis(result);
+        if parameters.get("knockoutRequirements").is_none() {
+            parameters["knockoutRequirements"] = Value::Array(knockout);
+        }
+        if parameters.get("preferredRequirements").is_none() {
+            parameters["preferredRequirements"] = Value::Array(preferred);
+        }
+    }
+    Ok(NewFlowGeneration {
+        flow_type: string(input, "flow_type")?,
+        parameters,
+        context: object_or_empty(&input["context"]),
+    })
+}
+
+/// Waits (polling, up to `analysis_timeout`) until a VacancyAnalysis has its result. Running
+/// out of time is retryable with the outcome unknown: the analysis exists, and the next
+/// attempt adopts it instead of asking for a second one.
+pub async fn await_analysis(
+    deps: &ActionDeps,
+    mut analysis: crate::recrubo::VacancyAnalysis,
+) -> Result<Value, ActionError> {
+    let client = recrubo(deps)?;
+    let deadline = tokio::time::Instant::now() + deps.analysis_timeout;
+    let mut wait = Duration::from_millis(200);
+    while !analysis.is_done() {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ActionError {
+                outcome_unknown: true,
+                ..ActionError::retryable(format!(
+                    "vacancy analysis {} has no result after {:?}",
+                    analysis.id(),
+                    deps.analysis_timeout
+                ))
+            });
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(5));
+        analysis = client
+            .get_vacancy_analysis(analysis.id())
+            .await
+            .map_err(|err| ActionError {
+                // The analysis was created: whatever broke, the next attempt looks for it.
+                outcome_unknown: true,
+                ..ActionError::from(err)
+            })?;
+    }
+    Ok(crate::recrubo::types::flattened(&analysis.resource))
+}
+
 fn recrubo(deps: &ActionDeps) -> Result<&RecruboClient, ActionError> {
     deps.recrubo.as_ref().ok_or_else(|| {
         ActionError::fatal("no Recrubo token is configured (recrubo.token or RECRUBO_API_TOKEN)")
@@ -117,65 +193,16 @@ pub async fn perform(
             Ok(run.context())
         }
         StepKind::GenerateFlow { .. } => {
-            let mut parameters = object_or_empty(&input["parameters"]);
-            if !parameters.is_object() {
-                return Err(ActionError::fatal(format!(
-                    "`parameters` must be an object, not {}",
-                    match parameters {
-                        Value::Array(_) => "a list",
-                        Value::String(_) => "a string",
-                        Value::Number(_) => "a number",
-                        _ => "a boolean",
-                    }
-                )));
-            }
-            if let Some(vacancy_id) = input["vacancy_id"].as_str() {
-                parameters["vacancyId"] = json!(vacancy_id);
-            }
-            if let Some(analysis) = input["from_analysis"].as_str() {
-                let result = &context["steps"][analysis]["analyzeResult"];
-                if result.is_null() {
-                    return Err(ActionError::fatal(format!(
-                        "step `{analysis}` has no analyzeResult"
-                    )));
-                }
-                let (knockout, preferred) = requirements_from_analysis(result);
-                if parameters.get("knockoutRequirements").is_none() {
-                    parameters["knockoutRequirements"] = Value::Array(knockout);
-                }
-                if parameters.get("preferredRequirements").is_none() {
-                    parameters["preferredRequirements"] = Value::Array(preferred);
-                }
-            }
-            let generation = recrubo(deps)?
-                .create_flow_generation(&NewFlowGeneration {
-                    flow_type: string(input, "flow_type")?,
-                    parameters,
-                    context: object_or_empty(&input["context"]),
-                })
-                .await?;
+            let request = generation_request(input, context)?;
+            let generation = recrubo(deps)?.create_flow_generation(&request).await?;
             Ok(generation.context())
         }
         StepKind::AnalyzeVacancy { .. } => {
             let client = recrubo(deps)?;
-            let mut analysis = client
+            let analysis = client
                 .create_vacancy_analysis(&string(input, "text")?)
                 .await?;
-            let deadline = tokio::time::Instant::now() + deps.analysis_timeout;
-            let mut wait = Duration::from_millis(200);
-            while !analysis.is_done() {
-                if tokio::time::Instant::now() >= deadline {
-                    return Err(ActionError::retryable(format!(
-                        "vacancy analysis {} has no result after {:?}",
-                        analysis.id(),
-                        deps.analysis_timeout
-                    )));
-                }
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(5));
-                analysis = client.get_vacancy_analysis(analysis.id()).await?;
-            }
-            Ok(crate::recrubo::types::flattened(&analysis.resource))
+            await_analysis(deps, analysis).await
         }
         StepKind::UpdateFlowRun { .. } => {
             let patch = FlowRunPatch {

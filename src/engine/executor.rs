@@ -99,11 +99,17 @@ pub async fn run(engine: Engine, shutdown: CancellationToken, drain: Duration) {
 }
 
 /// Records an execution whose run panicked: failed, with a dead letter naming the panic.
+/// `claimed` is the copy as claimed; the stored one is newer when steps finished before the
+/// panic (its step index is the one that panicked, its in-doubt marker must stay).
 async fn fail_panicked(
     engine: &Engine,
-    mut execution: Execution,
+    claimed: Execution,
     panic: Box<dyn std::any::Any + Send>,
 ) {
+    let mut execution = match engine.store.execution(&claimed.id).await {
+        Ok(Some(stored)) => stored,
+        _ => claimed,
+    };
     let what = panic
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())
@@ -118,7 +124,6 @@ async fn fail_panicked(
     error!(rule = %execution.rule, execution = %execution.id, error = %message, "Execution panicked; dead letter");
     execution.status = "failed".to_owned();
     execution.last_error = Some(message.clone());
-    execution.step_started_at = None;
     if let Err(err) = dead_letter(engine, &execution, "panic", &message).await {
         error!(execution = %execution.id, error = %err, "Cannot store the dead letter of a panicked execution");
     }
@@ -221,6 +226,7 @@ async fn run_execution(engine: &Engine, mut execution: Execution) -> Result<(), 
             input: None,
             output: None,
             error: None,
+            note: None,
             started_at: now,
             finished_at: None,
         };
@@ -273,12 +279,20 @@ async fn run_execution(engine: &Engine, mut execution: Execution) -> Result<(), 
         }
         execution.attempt += 1;
         record.attempts = execution.attempt;
-        let result = match adopt_existing(engine, step, &input, in_doubt).await {
-            Some(existing) => {
-                info!(rule = %rule.name, execution = %execution.id, "A FlowRun created by an attempt without an answer was found and adopted");
-                Ok(existing)
+        let result = match adopt_existing(engine, step, &input, &context, in_doubt).await {
+            Ok(Some(adopted)) => {
+                info!(rule = %rule.name, execution = %execution.id, resource = %adopted.id, "A resource created by an attempt without an answer was found and adopted");
+                record.note = Some(format!(
+                    "adopted {} {}: an earlier attempt created it but its answer was lost (found by a list query, not created again)",
+                    adopted.kind, adopted.id
+                ));
+                match adopted.unfinished_analysis {
+                    Some(analysis) => crate::actions::await_analysis(&engine.deps, analysis).await,
+                    None => Ok(adopted.output),
+                }
             }
-            None => attempt(engine, &execution, step, &input, &context).await,
+            Ok(None) => attempt(engine, &execution, step, &input, &context).await,
+            Err(failure) => Err(failure),
         };
         match result {
             Ok(output) => {
@@ -293,6 +307,12 @@ async fn run_execution(engine: &Engine, mut execution: Execution) -> Result<(), 
                     steps.insert(id.clone(), redact(&output, engine.secret_values()));
                 }
                 let followed = followed_run(&execution, step, &key, &output);
+                // A create answered with a status already past the first (a `sync: true`
+                // generation comes back finished): that status goes through the inbox like a
+                // webhook, in the same transaction, so its handlers fire once (DESIGN 3).
+                let answered = followed
+                    .as_ref()
+                    .and_then(|followed| answered_status(followed, &output));
                 record.status = "succeeded".to_owned();
                 record.output = Some(redact(&output, engine.secret_values()));
                 record.finished_at = Some(Utc::now());
@@ -303,8 +323,11 @@ async fn run_execution(engine: &Engine, mut execution: Execution) -> Result<(), 
                 // The step's record, the progress and the followed run: one transaction.
                 engine
                     .store
-                    .finish_step(&record, &execution, followed.as_ref())
+                    .finish_step(&record, &execution, followed.as_ref(), answered.as_ref())
                     .await?;
+                if answered.is_some() {
+                    engine.events_waiting.notify_one();
+                }
                 if let Some(followed) = &followed {
                     info!(rule = %execution.rule, resource = %followed.resource_id, kind = %followed.resource_type, "Following");
                 }
@@ -493,36 +516,168 @@ async fn attempt(
     perform(&step.kind, input, context, &engine.deps).await
 }
 
-/// For a FlowRun create whose last attempt got no answer: the run it may have created.
+/// A resource an attempt without an answer created, found by [`adopt_existing`].
+struct Adopted {
+    /// `flowRuns`, `flowGenerations` or `vacancyAnalyses`.
+    kind: &'static str,
+    /// Its id.
+    id: String,
+    /// The step's output, as if the create had answered.
+    output: Value,
+    /// A VacancyAnalysis still without its result: the step waits for it.
+    unfinished_analysis: Option<crate::recrubo::VacancyAnalysis>,
+}
+
+/// How many of the newest resources of a kind are compared with what the step sends.
+const ADOPTION_CANDIDATES: u32 = 20;
+
+/// For a create whose last attempt got no answer: what that attempt may have created. The
+/// check never creates a second resource on a guess: when the list query itself fails, the step
+/// is retried (still in doubt) rather than sent again.
+///
+/// Recrubo's docs say nothing of idempotency keys, so a resource counts as the lost one when it
+/// was created no earlier than 60 s (clock skew) before the first attempt without an answer and
+/// it is what the step sends:
+/// - a FlowRun: the same `messageThreadId` and `flowId` (filtered by the API);
+/// - a FlowGeneration: the same `flowType` (filtered), and every key of the `parameters` and
+///   `context` sent present with the same value (the docs do not say whether Recrubo echoes them
+///   unchanged or adds defaults, so keys it adds are allowed);
+/// - a VacancyAnalysis: the same `inputText`.
+///
+/// Among those the newest is adopted.
 async fn adopt_existing(
     engine: &Engine,
     step: &Step,
     input: &Value,
+    context: &Value,
     in_doubt: Option<DateTime<Utc>>,
-) -> Option<Value> {
-    let since = in_doubt?;
-    if !matches!(step.kind, StepKind::StartFlowRun { .. }) {
+) -> Result<Option<Adopted>, ActionError> {
+    let Some(since) = in_doubt else {
+        return Ok(None);
+    };
+    let Some(client) = engine.deps.recrubo.as_ref() else {
+        return Ok(None);
+    };
+    let since = since
+        .checked_sub_signed(chrono::Duration::seconds(60))
+        .unwrap_or(since)
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let recent = |query: ListQuery| {
+        query
+            .filter_op("createdAt", FilterOp::Gte, since.clone())
+            .sort("-createdAt")
+            .page_size(ADOPTION_CANDIDATES)
+    };
+    let unchecked = |err: crate::recrubo::RecruboError| ActionError {
+        outcome_unknown: true,
+        retry_after: err.retry_after(),
+        ..ActionError::retryable(format!(
+            "an earlier attempt got no answer and whether it created the resource cannot be checked ({err}); it is not created again before it can be"
+        ))
+    };
+    match &step.kind {
+        StepKind::StartFlowRun { .. } => {
+            let query = recent(
+                ListQuery::new()
+                    .filter(
+                        "messageThreadId",
+                        input["message_thread"].as_str().unwrap_or_default(),
+                    )
+                    .filter("flowId", input["flow"].as_str().unwrap_or_default()),
+            );
+            let page = client.list_flow_runs(&query).await.map_err(unchecked)?;
+            Ok(page.items.first().map(|run| Adopted {
+                kind: "flowRuns",
+                id: run.id.clone(),
+                output: crate::recrubo::types::flattened(run),
+                unfinished_analysis: None,
+            }))
+        }
+        StepKind::GenerateFlow { .. } => {
+            let request = crate::actions::generation_request(input, context)?;
+            let query = recent(ListQuery::new().filter("flowType", request.flow_type.clone()));
+            let page = client
+                .list_flow_generations(&query)
+                .await
+                .map_err(unchecked)?;
+            Ok(page
+                .items
+                .iter()
+                .find(|generation| {
+                    contains(&generation.attributes["parameters"], &request.parameters)
+                        && contains(&generation.attributes["context"], &request.context)
+                })
+                .map(|generation| Adopted {
+                    kind: "flowGenerations",
+                    id: generation.id.clone(),
+                    output: crate::recrubo::types::flattened(generation),
+                    unfinished_analysis: None,
+                }))
+        }
+        StepKind::AnalyzeVacancy { .. } => {
+            let text = input["text"].as_str().unwrap_or_default();
+            let page = client
+                .list("vacancy-analyses", &recent(ListQuery::new()))
+                .await
+                .map_err(unchecked)?;
+            Ok(page
+                .items
+                .iter()
+                .find(|analysis| analysis.str_attribute("inputText") == Some(text))
+                .map(|analysis| {
+                    let analysis = crate::recrubo::VacancyAnalysis {
+                        resource: analysis.clone(),
+                    };
+                    Adopted {
+                        kind: "vacancyAnalyses",
+                        id: analysis.resource.id.clone(),
+                        output: crate::recrubo::types::flattened(&analysis.resource),
+                        unfinished_analysis: (!analysis.is_done()).then_some(analysis),
+                    }
+                }))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Whether `found` holds every key of `sent` with the same value (objects compared key by key,
+/// anything else by equality).
+fn contains(found: &Value, sent: &Value) -> bool {
+    match (found, sent) {
+        (Value::Object(found), Value::Object(sent)) => sent.iter().all(|(key, value)| {
+            found
+                .get(key)
+                .is_some_and(|present| contains(present, value))
+        }),
+        (found, sent) => found == sent,
+    }
+}
+
+/// The inbox event for a status a create already answered with, past the first one; `output`
+/// is the created resource, flattened.
+fn answered_status(followed: &FollowedRun, output: &Value) -> Option<NewEvent> {
+    if matches!(followed.status.as_str(), "queued" | "created" | "") {
         return None;
     }
-    let client = engine.deps.recrubo.as_ref()?;
-    let since =
-        (since - chrono::Duration::seconds(60)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let query = ListQuery::new()
-        .filter(
-            "messageThreadId",
-            input["message_thread"].as_str().unwrap_or_default(),
-        )
-        .filter("flowId", input["flow"].as_str().unwrap_or_default())
-        .filter_op("createdAt", FilterOp::Gte, since)
-        .sort("-createdAt")
-        .page_size(1);
-    match client.list_flow_runs(&query).await {
-        Ok(page) => page.items.first().map(crate::recrubo::types::flattened),
-        Err(err) => {
-            warn!(error = %err, "Cannot check for a FlowRun created without an answer; creating again");
-            None
-        }
-    }
+    let mut attributes = output.as_object().cloned().unwrap_or_default();
+    attributes.remove("id");
+    attributes.remove("type");
+    let resource = json!({
+        "type": followed.resource_type,
+        "id": followed.resource_id,
+        "attributes": attributes,
+    });
+    let key = format!("answer:{}:{}", followed.resource_id, followed.status);
+    Some(NewEvent {
+        source: EventSource::Reconcile,
+        event_type: format!("{}/update", followed.resource_type),
+        dedup_key: Some(key.clone()),
+        payload: json!({ "data": {
+            "type": "webhookPayload",
+            "id": key,
+            "attributes": { "event": "update", "fields": ["status"], "resource": resource },
+        }}),
+    })
 }
 
 /// The followed run a create step's output describes, if it is one.
@@ -552,6 +707,8 @@ fn followed_run(
             .map(|t| t.with_timezone(&Utc)),
         changed_at: Utc::now(),
         terminal: false,
+        poll_failures: 0,
+        gone_at: None,
     })
 }
 

@@ -11,9 +11,9 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use chrono::{DateTime, Utc};
+use serde::Deserialize as _;
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -26,43 +26,46 @@ use crate::recrubo::{FilterOp, FlowGenerationStatus, FlowRunStatus, ListQuery};
 use crate::rules::ruleset::ForEach;
 use crate::rules::{Rule, RuleSet};
 use crate::store::{
-    EventOutcome, EventSource, FollowedRun, NewExecution, StatusChange, StoreError, StoredEvent,
+    Deferral, EventOutcome, EventSource, FollowedRun, NewExecution, StatusChange, StoreError,
+    StoredEvent,
 };
 
 /// Events read from the inbox at a time.
 const PAGE: i64 = 500;
+/// Payload bytes read from the inbox at a time (at least one event, whatever its size): 500
+/// events of 1 MiB would otherwise be half a gigabyte in memory, times the matches.
+const PAGE_BYTES: i64 = 8 << 20;
 
 /// Runs until `shutdown`.
 pub async fn run(engine: Engine, shutdown: CancellationToken) {
     let mut index = MatchIndex::default();
-    let mut held_back: HashMap<i64, Instant> = HashMap::new();
+    // Runs whose webhooks were deferred by this processor: a later event for one of them must
+    // not overtake the deferred ones once the run is known (see `Outcome::Reread`).
+    let mut deferred: HashMap<String, DateTime<Utc>> = HashMap::new();
     loop {
         let set = engine.reloader.current();
         if index.hash != set.hash {
             index = MatchIndex::new(&set);
         }
+        let now = Utc::now();
+        deferred.retain(|_, until| *until > now);
         // A full page processed means more may be waiting (a backlog, or 10,000 schedule ticks
         // recorded at once): go on at once instead of waiting for the next wake-up.
         let mut more = false;
-        match engine.store.unprocessed_events(PAGE).await {
+        match engine
+            .store
+            .unprocessed_events(PAGE, PAGE_BYTES, now)
+            .await
+        {
             Ok(events) => {
-                let full = events.len() as i64 >= PAGE;
-                // Only when something was done: a page of held-back events must not spin.
-                let mut progressed = false;
+                let full = !events.is_empty();
                 let mut failed = false;
                 let mut created = false;
                 let mut batch: Vec<(i64, EventOutcome)> = Vec::new();
+                let mut deferrals: Vec<Deferral> = Vec::new();
                 for event in events {
-                    if held_back
-                        .get(&event.id)
-                        .is_some_and(|until| *until > Instant::now())
-                    {
-                        continue;
-                    }
-                    match outcome_of(&engine, &set, &index, &event).await {
-                        Ok(Some(outcome)) => {
-                            progressed = true;
-                            held_back.remove(&event.id);
+                    match outcome_of(&engine, &set, &index, &event, &deferred).await {
+                        Ok(Outcome::Done(outcome)) => {
                             created |= !outcome.executions.is_empty();
                             batch.push((event.id, outcome));
                             // A status change must be stored before the next one is judged
@@ -78,11 +81,21 @@ pub async fn run(engine: Engine, shutdown: CancellationToken) {
                                 break;
                             }
                         }
-                        Ok(None) => {
-                            held_back.insert(
-                                event.id,
-                                Instant::now() + std::time::Duration::from_millis(200),
-                            );
+                        Ok(Outcome::Defer { key, until }) => {
+                            // Set aside in the store, not held at the head of the inbox:
+                            // later events go on at once (no head-of-line wait).
+                            deferred.insert(key.clone(), until);
+                            deferrals.push(Deferral {
+                                event_id: event.id,
+                                key,
+                                until,
+                            });
+                        }
+                        Ok(Outcome::Reread(key)) => {
+                            // The run is known now and its deferred webhooks were released
+                            // with it: read the page again so they come first, in order.
+                            deferred.remove(&key);
+                            break;
                         }
                         Err(err) => {
                             error!(event = event.id, error = %err, "Cannot process an event; it will be processed again");
@@ -92,7 +105,14 @@ pub async fn run(engine: Engine, shutdown: CancellationToken) {
                     }
                 }
                 let flushed = flush(&engine, &mut batch).await;
-                more = full && progressed && flushed && !failed;
+                let set_aside = match engine.store.defer_events(&deferrals).await {
+                    Ok(()) => true,
+                    Err(err) => {
+                        error!(error = %err, "Cannot defer events; they will be judged again");
+                        false
+                    }
+                };
+                more = full && flushed && set_aside && !failed;
                 if created {
                     engine.executions_waiting.notify_one();
                 }
@@ -102,11 +122,11 @@ pub async fn run(engine: Engine, shutdown: CancellationToken) {
         if more {
             continue;
         }
-        let idle = if held_back.is_empty() { 1000 } else { 100 };
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = engine.events_waiting.notified() => {}
-            _ = tokio::time::sleep(std::time::Duration::from_millis(idle)) => {}
+            // Deferred events come due by time alone: look again soon while there are some.
+            _ = tokio::time::sleep(std::time::Duration::from_millis(if deferred.is_empty() { 1000 } else { 250 })) => {}
         }
     }
 }
@@ -397,13 +417,30 @@ fn note_only(
     }
 }
 
-/// What an event causes; `None` to hold it back for now.
+/// What the processor does with one event.
+enum Outcome {
+    /// Store this with "processed".
+    Done(EventOutcome),
+    /// A status change of a run flowd does not know (yet): set it aside until `until` or until
+    /// the run is recorded, because Recrubo's webhook may overtake the answer to the create.
+    Defer {
+        /// The run or generation id.
+        key: String,
+        /// Judged again at the latest then (`unknown_run_grace` after it arrived).
+        until: DateTime<Utc>,
+    },
+    /// The run of deferred events is known now: read the inbox again from its head.
+    Reread(String),
+}
+
+/// What an event causes.
 async fn outcome_of(
     engine: &Engine,
     set: &Arc<RuleSet>,
     index: &MatchIndex,
     event: &StoredEvent,
-) -> Result<Option<EventOutcome>, StoreError> {
+    deferred: &HashMap<String, DateTime<Utc>>,
+) -> Result<Outcome, StoreError> {
     let now = Utc::now();
     match event.source {
         EventSource::Schedule => {
@@ -419,7 +456,7 @@ async fn outcome_of(
                 outcome.executions =
                     executions_for(engine, rule, event.id, base_context(rule, tick), now);
             }
-            Ok(Some(outcome))
+            Ok(Outcome::Done(outcome))
         }
         EventSource::Event | EventSource::Emit | EventSource::Manual => {
             let mut outcome = EventOutcome::default();
@@ -451,14 +488,15 @@ async fn outcome_of(
                 executions = outcome.executions.len(),
                 "Event matched"
             );
-            Ok(Some(outcome))
+            Ok(Outcome::Done(outcome))
         }
         EventSource::Recrubo | EventSource::Reconcile => {
-            let payload: WebhookPayload = match serde_json::from_value(event.payload.clone()) {
+            // Deserialized from a borrow: the payload is not copied first.
+            let payload = match WebhookPayload::deserialize(&event.payload) {
                 Ok(payload) => payload,
                 Err(err) => {
                     warn!(event = event.id, error = %err, "Stored webhook does not parse; skipped");
-                    return Ok(Some(EventOutcome::default()));
+                    return Ok(Outcome::Done(EventOutcome::default()));
                 }
             };
             let attributes = &payload.data.attributes;
@@ -487,8 +525,14 @@ async fn outcome_of(
                 "flowRuns" | "flowGenerations"
             );
             if tracks_status && attributes.event != "delete" {
-                match status_change(engine, set, index, event, resource, now).await? {
-                    StatusOutcome::Hold => return Ok(None),
+                match status_change(engine, set, index, event, resource, now, deferred).await? {
+                    StatusOutcome::Hold { until } => {
+                        return Ok(Outcome::Defer {
+                            key: resource.id.clone(),
+                            until,
+                        });
+                    }
+                    StatusOutcome::Reread => return Ok(Outcome::Reread(resource.id.clone())),
                     StatusOutcome::Ignore => {}
                     StatusOutcome::Fire {
                         executions,
@@ -501,14 +545,19 @@ async fn outcome_of(
                     }
                 }
             }
-            Ok(Some(outcome))
+            Ok(Outcome::Done(outcome))
         }
     }
 }
 
 enum StatusOutcome {
     /// Wait: the run may not be recorded yet.
-    Hold,
+    Hold {
+        /// Until when at most.
+        until: DateTime<Utc>,
+    },
+    /// The run is known now and webhooks deferred for it were released: read again.
+    Reread,
     /// Nothing to do (no status, or an older delivery).
     Ignore,
     /// Fire for (resource, status).
@@ -526,6 +575,7 @@ async fn status_change(
     event: &StoredEvent,
     resource: &Resource,
     now: DateTime<Utc>,
+    deferred: &HashMap<String, DateTime<Utc>>,
 ) -> Result<StatusOutcome, StoreError> {
     let Some(status) = resource.str_attribute("status").map(str::to_owned) else {
         return Ok(StatusOutcome::Ignore);
@@ -536,12 +586,22 @@ async fn status_change(
         .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
         .map(|t| t.with_timezone(&Utc));
     let followed = engine.store.followed(&resource.id).await?;
-    if followed.is_none()
-        && now - event.received_at
-            < chrono::Duration::from_std(engine.settings.unknown_run_grace).unwrap_or_default()
-    {
-        // The step that created this run may not have recorded it yet.
-        return Ok(StatusOutcome::Hold);
+    let grace = chrono::Duration::from_std(engine.settings.unknown_run_grace).unwrap_or_default();
+    let until = event
+        .received_at
+        .checked_add_signed(grace)
+        .unwrap_or(event.received_at);
+    match &followed {
+        // The step that created this run may not have recorded it yet. Later webhooks of a run
+        // with deferred ones wait behind them, so they are judged in order.
+        None if now < until => return Ok(StatusOutcome::Hold { until }),
+        None if deferred.contains_key(&resource.id) => {
+            return Ok(StatusOutcome::Hold {
+                until: deferred[&resource.id].max(now),
+            });
+        }
+        Some(_) if deferred.contains_key(&resource.id) => return Ok(StatusOutcome::Reread),
+        _ => {}
     }
     if let (Some(followed), Some(updated_at)) = (&followed, updated_at)
         && let Some(known) = followed.remote_updated_at

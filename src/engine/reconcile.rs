@@ -2,14 +2,28 @@
 //! changed for `reconcile_after` are read with `GET /flow-runs/{id}` (or `/flow-generations`);
 //! a status found that way enters the inbox as if Recrubo had delivered it, so it goes through
 //! the same fire-once path as any webhook.
+//!
+//! The loop never waits on one run: each poll is one request (no retry sleeping inline, whatever
+//! `Retry-After` says). A failed poll backs that run off (`poll_after`, doubling from
+//! `reconcile_every` up to an hour, or the server's `Retry-After` if longer), so the next tick
+//! reads the others. A run Recrubo answers 404 for is marked gone and no longer polled; without
+//! that, the same oldest runs were selected every tick and nothing else was reconciled.
 
-use chrono::Utc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::Engine;
-use crate::store::{EventSource, NewEvent};
+use crate::recrubo::{PolledKind, RecruboError};
+use crate::store::{EventSource, FollowedRun, NewEvent, PollMark};
+
+/// Runs polled per tick at most.
+const BATCH: i64 = 200;
+/// The longest a failing run is left alone.
+const MAX_POLL_BACKOFF: Duration = Duration::from_secs(3600);
 
 /// Runs until `shutdown`.
 pub async fn run(engine: Engine, shutdown: CancellationToken) {
@@ -21,9 +35,12 @@ pub async fn run(engine: Engine, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(engine.settings.reconcile_every) => {}
         }
-        let before = Utc::now()
-            - chrono::Duration::from_std(engine.settings.reconcile_after).unwrap_or_default();
-        let stale = match engine.store.stale_followed(before, 200).await {
+        let now = Utc::now();
+        let before = chrono::Duration::from_std(engine.settings.reconcile_after)
+            .ok()
+            .and_then(|after| now.checked_sub_signed(after))
+            .unwrap_or(now);
+        let stale = match engine.store.stale_followed(before, now, BATCH).await {
             Ok(stale) => stale,
             Err(err) => {
                 warn!(error = %err, "Cannot list followed runs to reconcile");
@@ -32,64 +49,105 @@ pub async fn run(engine: Engine, shutdown: CancellationToken) {
         };
         let mut found = 0;
         for followed in stale {
-            let resource = if followed.resource_type == "flowRuns" {
-                client
-                    .get_flow_run(&followed.resource_id)
-                    .await
-                    .map(|run| run.resource)
+            if shutdown.is_cancelled() {
+                return;
+            }
+            let kind = if followed.resource_type == "flowRuns" {
+                PolledKind::FlowRun
             } else {
-                client
-                    .get_flow_generation(&followed.resource_id)
-                    .await
-                    .map(|generation| generation.resource)
+                PolledKind::FlowGeneration
             };
-            let resource = match resource {
-                Ok(resource) => resource,
+            let mark = match client.poll(kind, &followed.resource_id).await {
+                Ok(resource) => {
+                    if queue_change(&engine, &followed, resource).await {
+                        found += 1;
+                    }
+                    PollMark::Read
+                }
+                Err(err) if err.status() == Some(404) => {
+                    warn!(resource = %followed.resource_id, rule = %followed.rule, "Recrubo no longer knows a followed run (404); it is marked gone and no longer polled");
+                    metrics::counter!("flowd_reconcile_gone_total").increment(1);
+                    PollMark::Gone
+                }
                 Err(err) => {
-                    warn!(resource = %followed.resource_id, error = %err, "Cannot poll a followed run");
-                    continue;
+                    let delay = poll_backoff(&engine, &followed, &err);
+                    warn!(resource = %followed.resource_id, error = %err, ?delay, "Cannot poll a followed run; polling it again later");
+                    PollMark::Failed(later(Utc::now(), delay))
                 }
             };
-            let status = resource
-                .str_attribute("status")
-                .unwrap_or_default()
-                .to_owned();
-            if status == followed.status {
-                let _ = engine
-                    .store
-                    .touch_followed(&followed.resource_id, Utc::now())
-                    .await;
-                continue;
-            }
-            info!(resource = %followed.resource_id, from = %followed.status, to = %status, "A status change was found by polling (its webhook never came)");
-            let updated_at = resource
-                .str_attribute("updatedAt")
-                .unwrap_or_default()
-                .to_owned();
-            let payload = json!({ "data": {
-                "type": "webhookPayload",
-                "id": format!("reconcile:{}:{status}:{updated_at}", followed.resource_id),
-                "attributes": { "event": "update", "fields": ["status"], "resource": resource },
-            }});
-            let event = NewEvent {
-                source: EventSource::Reconcile,
-                event_type: format!("{}/update", followed.resource_type),
-                dedup_key: Some(format!(
-                    "reconcile:{}:{status}:{updated_at}",
-                    followed.resource_id
-                )),
-                payload,
-            };
-            if engine.store.insert_events(&[event]).await.is_ok() {
-                found += 1;
-            }
-            let _ = engine
+            if let Err(err) = engine
                 .store
-                .touch_followed(&followed.resource_id, Utc::now())
-                .await;
+                .mark_polled(&followed.resource_id, mark, Utc::now())
+                .await
+            {
+                warn!(resource = %followed.resource_id, error = %err, "Cannot record a poll");
+            }
         }
         if found > 0 {
             engine.events_waiting.notify_one();
         }
     }
+}
+
+/// Puts a status found by polling in the inbox; true when it is a change.
+async fn queue_change(
+    engine: &Engine,
+    followed: &FollowedRun,
+    resource: crate::recrubo::jsonapi::Resource,
+) -> bool {
+    let status = resource
+        .str_attribute("status")
+        .unwrap_or_default()
+        .to_owned();
+    if status == followed.status {
+        return false;
+    }
+    info!(resource = %followed.resource_id, from = %followed.status, to = %status, "A status change was found by polling (its webhook never came)");
+    let updated_at = resource
+        .str_attribute("updatedAt")
+        .unwrap_or_default()
+        .to_owned();
+    let key = format!("reconcile:{}:{status}:{updated_at}", followed.resource_id);
+    let payload = json!({ "data": {
+        "type": "webhookPayload",
+        "id": key,
+        "attributes": { "event": "update", "fields": ["status"], "resource": resource },
+    }});
+    let event = NewEvent {
+        source: EventSource::Reconcile,
+        event_type: format!("{}/update", followed.resource_type),
+        dedup_key: Some(key),
+        payload,
+    };
+    match engine.store.insert_events(&[event]).await {
+        Ok(_) => true,
+        Err(err) => {
+            warn!(resource = %followed.resource_id, error = %err, "Cannot store a status found by polling; it is found again next time");
+            false
+        }
+    }
+}
+
+/// How long a run whose poll failed is left alone: doubling per failure from `reconcile_every`,
+/// at most an hour, and never less than the server's `Retry-After` (itself capped at an hour).
+fn poll_backoff(engine: &Engine, followed: &FollowedRun, err: &RecruboError) -> Duration {
+    let failures = followed.poll_failures.clamp(0, 16) as u32;
+    let base = engine
+        .settings
+        .reconcile_every
+        .max(Duration::from_secs(1))
+        .saturating_mul(1 << failures)
+        .min(MAX_POLL_BACKOFF);
+    let jittered = base.mul_f64(0.75 + fastrand::f64() * 0.5);
+    err.retry_after()
+        .map_or(jittered, |after| jittered.max(after))
+        .min(MAX_POLL_BACKOFF)
+}
+
+/// `now + delay`, saturating instead of overflowing.
+fn later(now: DateTime<Utc>, delay: Duration) -> DateTime<Utc> {
+    chrono::TimeDelta::from_std(delay)
+        .ok()
+        .and_then(|delta| now.checked_add_signed(delta))
+        .unwrap_or(now)
 }

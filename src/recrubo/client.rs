@@ -26,6 +26,53 @@ use crate::settings::Secret;
 /// The JSON:API media type.
 pub const JSON_API: &str = "application/vnd.api+json";
 
+/// The largest answer read from Recrubo. The docs give no page or body limits; a JSON:API page
+/// of 100 rich resources is well under this, and a larger answer is refused with a clear error
+/// rather than read into memory without end (a cut JSON document is of no use).
+pub const MAX_ANSWER_BYTES: usize = 8 << 20;
+
+/// The longest a read waits in line for a retry (see `read`).
+pub const MAX_INLINE_WAIT: Duration = Duration::from_secs(30);
+
+/// What [`RecruboClient::poll`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolledKind {
+    /// `GET /flow-runs/{id}`.
+    FlowRun,
+    /// `GET /flow-generations/{id}`.
+    FlowGeneration,
+}
+
+/// Why [`read_capped`] stopped.
+pub(crate) enum CappedRead {
+    /// The body broke off.
+    Broke(reqwest::Error),
+    /// It is longer than the cap.
+    TooLarge,
+}
+
+/// Reads a body chunk by chunk, stopping at `cap` bytes: a peer cannot make flowd buffer
+/// without end (reqwest's `bytes()` has no limit).
+pub(crate) async fn read_capped(
+    mut response: reqwest::Response,
+    cap: usize,
+) -> Result<Vec<u8>, CappedRead> {
+    if response
+        .content_length()
+        .is_some_and(|length| length > cap as u64)
+    {
+        return Err(CappedRead::TooLarge);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(CappedRead::Broke)? {
+        if body.len() + chunk.len() > cap {
+            return Err(CappedRead::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// How the client connects.
 #[derive(Debug, Clone)]
 pub struct ClientSettings {
@@ -217,13 +264,22 @@ impl RecruboClient {
         })?;
         let status = response.status();
         let headers = response.headers().clone();
-        let bytes = response
-            .bytes()
+        let bytes = read_capped(response, MAX_ANSWER_BYTES)
             .await
-            .map_err(|err| RecruboError::NoAnswer {
-                method: method.to_string(),
-                url: url.to_string(),
-                reason: format!("the body broke off: {}", error_chain(&err)),
+            .map_err(|reason| match reason {
+                CappedRead::Broke(err) => RecruboError::NoAnswer {
+                    method: method.to_string(),
+                    url: url.to_string(),
+                    reason: format!("the body broke off: {}", error_chain(&err)),
+                },
+                CappedRead::TooLarge => RecruboError::InvalidBody {
+                    method: method.to_string(),
+                    url: url.to_string(),
+                    reason: format!(
+                        "the answer is larger than {} MiB; flowd reads no more (ask for smaller pages)",
+                        MAX_ANSWER_BYTES >> 20
+                    ),
+                },
             })?;
         if status.is_success() {
             let body = if bytes.is_empty() || status == StatusCode::NO_CONTENT {
@@ -281,7 +337,9 @@ impl RecruboClient {
         })
     }
 
-    /// A GET, retried with backoff and jitter while the error is retryable.
+    /// A GET, retried with backoff and jitter while the error is retryable. A `Retry-After`
+    /// longer than [`MAX_INLINE_WAIT`] ends the retries at once: the caller holds a slot while
+    /// this waits, so a long wait belongs to the caller's durable retry, not to a sleep here.
     async fn read(
         &self,
         path: &str,
@@ -290,22 +348,43 @@ impl RecruboClient {
         let url = self.url(path, query)?;
         let backoff = ExponentialBuilder::default()
             .with_min_delay(self.read_backoff)
-            .with_max_delay(Duration::from_secs(30))
+            .with_max_delay(MAX_INLINE_WAIT)
             .with_max_times(self.read_attempts.saturating_sub(1) as usize)
             .with_jitter();
         (|| self.send_once(Method::GET, url.clone(), None))
             .retry(backoff)
             .when(RecruboError::is_retryable)
             .adjust(|err, delay| {
-                delay.map(|delay| {
-                    err.retry_after()
-                        .map_or(delay, |after| after.max(delay / 4))
-                })
+                let delay = delay?;
+                match err.retry_after() {
+                    Some(after) if after > MAX_INLINE_WAIT => None,
+                    Some(after) => Some(after.max(delay / 4)),
+                    None => Some(delay),
+                }
             })
             .notify(|err, delay| {
                 tracing::debug!(error = %err, ?delay, "Retrying a Recrubo read");
             })
             .await
+    }
+
+    /// A GET sent once, never retried here: for callers that keep their own schedule per
+    /// resource (reconciliation backs off per run instead of sleeping in its loop).
+    async fn read_once(&self, path: &str) -> Result<RawResponse, RecruboError> {
+        let url = self.url(path, &[])?;
+        self.send_once(Method::GET, url, None).await
+    }
+
+    /// `GET /flow-runs/{id}` or `GET /flow-generations/{id}`, one attempt (see `read_once`).
+    pub async fn poll(&self, kind: PolledKind, id: &str) -> Result<Resource, RecruboError> {
+        let collection = match kind {
+            PolledKind::FlowRun => "flow-runs",
+            PolledKind::FlowGeneration => "flow-generations",
+        };
+        let response = self
+            .read_once(&format!("{collection}/{}", path_segment(id)?))
+            .await?;
+        Self::resource(response, collection)
     }
 
     /// A write (POST/PATCH/DELETE), sent once.

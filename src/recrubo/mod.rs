@@ -8,7 +8,7 @@ pub mod query;
 pub mod status;
 pub mod types;
 
-pub use client::{ClientSettings, Page, RawResponse, RecruboClient};
+pub use client::{ClientSettings, Page, PolledKind, RawResponse, RecruboClient};
 pub use error::RecruboError;
 pub use query::{FilterOp, ListQuery};
 pub use status::{FlowGenerationStatus, FlowRunStatus};

@@ -436,7 +436,11 @@ async fn api_middleware(
                 }
                 (response, Some("429".to_owned()))
             }
-            Some(ApiFault::Reset) => {
+            Some(fault @ (ApiFault::Reset | ApiFault::LoseAnswer)) => {
+                if fault == ApiFault::LoseAnswer {
+                    // Carried out, answer thrown away.
+                    drop(next.run(request).await);
+                }
                 // A body that fails mid-way makes the server drop the connection: the client
                 // sees the connection cut before a complete answer.
                 let stream = futures_util::stream::once(async {
@@ -450,7 +454,12 @@ async fn api_middleware(
                     .header(header::CONTENT_LENGTH, "100")
                     .body(Body::from_stream(stream))
                     .unwrap_or_default();
-                (response, Some("reset".to_owned()))
+                let name = if fault == ApiFault::LoseAnswer {
+                    "lost_answer"
+                } else {
+                    "reset"
+                };
+                (response, Some(name.to_owned()))
             }
             None => (next.run(request).await, None),
         }

@@ -19,8 +19,12 @@ pub struct Faults {
     pub throttle_rate: f64,
     /// The `Retry-After` of those answers, in seconds.
     pub retry_after_seconds: u64,
-    /// Share of API requests whose connection is cut before the answer is complete.
+    /// Share of API requests whose connection is cut before the answer is complete; the
+    /// request is not carried out.
     pub reset_rate: f64,
+    /// Share of API requests carried out whose answer is then lost (the connection is cut):
+    /// the client cannot tell whether a create went through.
+    pub lose_answer_rate: f64,
     /// Share of webhook deliveries never sent.
     pub drop_rate: f64,
     /// Share of webhook deliveries sent twice (same WebhookLog id).
@@ -38,6 +42,7 @@ impl Faults {
             ("error_rate", self.error_rate),
             ("throttle_rate", self.throttle_rate),
             ("reset_rate", self.reset_rate),
+            ("lose_answer_rate", self.lose_answer_rate),
             ("drop_rate", self.drop_rate),
             ("duplicate_rate", self.duplicate_rate),
             ("reorder_rate", self.reorder_rate),
@@ -68,6 +73,10 @@ impl Faults {
             Some(ApiFault::Throttle(self.retry_after_seconds))
         } else if roll < self.error_rate + self.throttle_rate + self.reset_rate {
             Some(ApiFault::Reset)
+        } else if roll
+            < self.error_rate + self.throttle_rate + self.reset_rate + self.lose_answer_rate
+        {
+            Some(ApiFault::LoseAnswer)
         } else {
             None
         }
@@ -81,8 +90,10 @@ pub enum ApiFault {
     ServerError,
     /// 429 with `Retry-After` seconds.
     Throttle(u64),
-    /// The connection is cut mid-answer.
+    /// The connection is cut mid-answer, the request not carried out.
     Reset,
+    /// The request is carried out, then the connection is cut before the answer.
+    LoseAnswer,
 }
 
 /// Whether an event with this share happens now.

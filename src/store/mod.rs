@@ -182,10 +182,36 @@ pub struct StepRecord {
     pub output: Option<Value>,
     /// Error.
     pub error: Option<String>,
+    /// Why the record is what it is, when that is not obvious (e.g. a resource adopted after an
+    /// attempt without an answer).
+    pub note: Option<String>,
     /// Started.
     pub started_at: DateTime<Utc>,
     /// Finished.
     pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// What polling a followed run found, for [`Store::mark_polled`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollMark {
+    /// Read, status unchanged (or the change was put in the inbox): poll again after
+    /// `reconcile_after`.
+    Read,
+    /// The poll failed: not polled again before this time (backoff per run).
+    Failed(DateTime<Utc>),
+    /// Recrubo answered 404: the run is gone; it is no longer polled.
+    Gone,
+}
+
+/// A webhook set aside until its run is known or `until` passes.
+#[derive(Debug, Clone)]
+pub struct Deferral {
+    /// The inbox id.
+    pub event_id: i64,
+    /// The run or generation it is about; recording that resource releases the event.
+    pub key: String,
+    /// Processed at the latest from then on.
+    pub until: DateTime<Utc>,
 }
 
 /// A run or generation flowd follows.
@@ -211,6 +237,10 @@ pub struct FollowedRun {
     pub changed_at: DateTime<Utc>,
     /// Whether the status is terminal.
     pub terminal: bool,
+    /// Polls that failed in a row (reconciliation backs off by it).
+    pub poll_failures: i64,
+    /// When Recrubo answered 404 for it: gone, no longer polled.
+    pub gone_at: Option<DateTime<Utc>>,
 }
 
 /// A status change to apply to a followed run.
@@ -306,8 +336,16 @@ pub struct TickBatch {
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// Stores events (one transaction, deduplicated by key).
     async fn insert_events(&self, events: &[NewEvent]) -> Result<Vec<InsertOutcome>, StoreError>;
-    /// Events not yet processed, oldest first.
-    async fn unprocessed_events(&self, limit: i64) -> Result<Vec<StoredEvent>, StoreError>;
+    /// Events not yet processed and not deferred past `now`, oldest first: at most `limit`, and
+    /// no more than `max_bytes` of payload (at least one event, whatever its size).
+    async fn unprocessed_events(
+        &self,
+        limit: i64,
+        max_bytes: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
+    /// Sets events aside (see [`Deferral`]).
+    async fn defer_events(&self, deferrals: &[Deferral]) -> Result<(), StoreError>;
     /// Marks events processed and stores what they caused, in one transaction. For each event,
     /// false when its `fire` pair had fired already (then only "processed" is stored for it).
     async fn complete_events(&self, batch: &[(i64, EventOutcome)])
@@ -331,25 +369,38 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn save_execution(&self, execution: &Execution, release: bool) -> Result<(), StoreError>;
     /// Records a step attempt, saves the execution's progress and (for a create) starts
     /// following what it created — one transaction, one fsync.
+    ///
+    /// Recording a followed run releases the webhooks deferred for it; `event`, when given, is
+    /// stored in the same transaction (the status a create answered with, e.g. a `sync: true`
+    /// generation already finished, goes through the inbox like a webhook).
     async fn finish_step(
         &self,
         record: &StepRecord,
         execution: &Execution,
         followed: Option<&FollowedRun>,
+        event: Option<&NewEvent>,
     ) -> Result<(), StoreError>;
     /// Records a step attempt.
     async fn record_step(&self, record: &StepRecord) -> Result<(), StoreError>;
     /// A followed run.
     async fn followed(&self, resource_id: &str) -> Result<Option<FollowedRun>, StoreError>;
     /// Followed runs that are not terminal and unchanged since `before`.
+    ///
+    /// Only runs not terminal, unchanged since `before` and not backing off at `now`, the ones
+    /// checked longest ago first.
     async fn stale_followed(
         &self,
         before: DateTime<Utc>,
+        now: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<FollowedRun>, StoreError>;
-    /// Notes that a followed run was checked (pushes `changed_at` so it is not polled again at once).
-    async fn touch_followed(&self, resource_id: &str, now: DateTime<Utc>)
-    -> Result<(), StoreError>;
+    /// Notes what polling a followed run found (see [`PollMark`]).
+    async fn mark_polled(
+        &self,
+        resource_id: &str,
+        mark: PollMark,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
     /// Adds a dead letter.
     async fn add_dead_letter(
         &self,

@@ -20,14 +20,16 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    DeadLetter, EventOutcome, EventSource, Execution, ExecutionFilter, FollowedRun, InsertOutcome,
-    NewEvent, NewExecution, RetryOutcome, StepRecord, Store, StoreError, StoredEvent, TickBatch,
+    DeadLetter, Deferral, EventOutcome, EventSource, Execution, ExecutionFilter, FollowedRun,
+    InsertOutcome, NewEvent, NewExecution, PollMark, RetryOutcome, StepRecord, Store, StoreError,
+    StoredEvent, TickBatch,
 };
 
 /// The migrations, in order; `PRAGMA user_version` counts the ones applied.
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     include_str!("../../migrations/sqlite/0001_init.sql"),
     include_str!("../../migrations/sqlite/0002_schedules.sql"),
+    include_str!("../../migrations/sqlite/0003_hardening.sql"),
 ];
 
 /// How many threads answer reads.
@@ -300,6 +302,8 @@ fn followed_from_row(row: &Row<'_>) -> Result<FollowedRun, StoreError> {
         remote_updated_at: parse_optional_time(row.get("remote_updated_at")?)?,
         changed_at: parse_time(&row.get::<_, String>("changed_at")?)?,
         terminal: row.get::<_, i64>("terminal")? != 0,
+        poll_failures: row.get("poll_failures")?,
+        gone_at: parse_optional_time(row.get("gone_at")?)?,
     })
 }
 
@@ -314,6 +318,7 @@ fn step_from_row(row: &Row<'_>) -> Result<StepRecord, StoreError> {
         input: parse_optional_json(row.get("input")?)?,
         output: parse_optional_json(row.get("output")?)?,
         error: row.get("error")?,
+        note: row.get("note")?,
         started_at: parse_time(&row.get::<_, String>("started_at")?)?,
         finished_at: parse_optional_time(row.get("finished_at")?)?,
     })
@@ -400,7 +405,7 @@ fn update_execution(
 fn insert_step(transaction: &Transaction<'_>, record: &StepRecord) -> Result<(), StoreError> {
     transaction
         .prepare_cached(
-            "INSERT INTO step_runs (execution_id, step_index, step_id, kind, status, attempts, input, output, error, started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (execution_id, step_index) DO UPDATE SET status = excluded.status, attempts = excluded.attempts, input = excluded.input, output = excluded.output, error = excluded.error, finished_at = excluded.finished_at",
+            "INSERT INTO step_runs (execution_id, step_index, step_id, kind, status, attempts, input, output, error, note, started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (execution_id, step_index) DO UPDATE SET status = excluded.status, attempts = excluded.attempts, input = excluded.input, output = excluded.output, error = excluded.error, note = excluded.note, finished_at = excluded.finished_at",
         )?
         .execute(params![
             record.execution_id,
@@ -412,6 +417,7 @@ fn insert_step(transaction: &Transaction<'_>, record: &StepRecord) -> Result<(),
             record.input.as_ref().map(Value::to_string),
             record.output.as_ref().map(Value::to_string),
             record.error,
+            record.note,
             time_text(record.started_at),
             record.finished_at.map(time_text),
         ])?;
@@ -510,12 +516,14 @@ enum WriteOp {
         lease: Duration,
     },
     SaveExecution(Box<Execution>, bool),
-    FinishStep(Box<(StepRecord, Execution, Option<FollowedRun>)>),
+    FinishStep(Box<(StepRecord, Execution, Option<FollowedRun>, Option<NewEvent>)>),
     RecordStep(Box<StepRecord>),
-    Touch {
+    MarkPolled {
         resource_id: String,
+        mark: PollMark,
         now: DateTime<Utc>,
     },
+    Defer(Vec<Deferral>),
     DeadLetter {
         execution: Box<Execution>,
         kind: String,
@@ -566,7 +574,7 @@ fn apply(transaction: &Transaction<'_>, op: &WriteOp) -> Result<WriteResult, Sto
             let lease_until =
                 time_text(*now + chrono::Duration::from_std(*lease).unwrap_or_default());
             transaction
-                .prepare_cached("UPDATE executions SET step_started_at = ?1, lease_until = ?2, updated_at = ?1 WHERE id = ?3")?
+                .prepare_cached("UPDATE executions SET step_started_at = COALESCE(step_started_at, ?1), lease_until = ?2, updated_at = ?1 WHERE id = ?3")?
                 .execute(params![time_text(*now), lease_until, execution_id])?;
             Ok(WriteResult::Done)
         }
@@ -574,19 +582,55 @@ fn apply(transaction: &Transaction<'_>, op: &WriteOp) -> Result<WriteResult, Sto
             update_execution(transaction, execution, *release).map(|_| WriteResult::Done)
         }
         WriteOp::FinishStep(parts) => {
-            let (record, execution, followed) = parts.as_ref();
+            let (record, execution, followed, event) = parts.as_ref();
             insert_step(transaction, record)?;
             update_execution(transaction, execution, false)?;
             if let Some(followed) = followed {
                 insert_followed(transaction, followed)?;
+                // Webhooks that overtook the create's answer wait no longer.
+                transaction
+                    .prepare_cached("UPDATE events SET deferred_until = NULL, defer_key = NULL WHERE defer_key = ? AND processed_at IS NULL")?
+                    .execute([&followed.resource_id])?;
+            }
+            if let Some(event) = event {
+                insert_events(transaction, std::slice::from_ref(event))?;
             }
             Ok(WriteResult::Done)
         }
         WriteOp::RecordStep(record) => insert_step(transaction, record).map(|_| WriteResult::Done),
-        WriteOp::Touch { resource_id, now } => {
-            transaction
-                .prepare_cached("UPDATE followed SET changed_at = ? WHERE resource_id = ?")?
-                .execute(params![time_text(*now), resource_id])?;
+        WriteOp::MarkPolled {
+            resource_id,
+            mark,
+            now,
+        } => {
+            let now = time_text(*now);
+            match mark {
+                // `changed_at` doubles as "last checked": a run read is not read again before
+                // `reconcile_after`.
+                PollMark::Read => transaction
+                    .prepare_cached("UPDATE followed SET changed_at = ?, poll_after = NULL, poll_failures = 0 WHERE resource_id = ?")?
+                    .execute(params![now, resource_id])?,
+                PollMark::Failed(until) => transaction
+                    .prepare_cached("UPDATE followed SET poll_after = ?, poll_failures = poll_failures + 1 WHERE resource_id = ?")?
+                    .execute(params![time_text(*until), resource_id])?,
+                PollMark::Gone => transaction
+                    .prepare_cached("UPDATE followed SET terminal = 1, gone_at = ?, poll_after = NULL WHERE resource_id = ?")?
+                    .execute(params![now, resource_id])?,
+            };
+            Ok(WriteResult::Done)
+        }
+        WriteOp::Defer(deferrals) => {
+            let mut statement = transaction.prepare_cached(
+                // Not when the run was recorded meanwhile: it released its webhooks already.
+                "UPDATE events SET deferred_until = ?1, defer_key = ?2 WHERE id = ?3 AND processed_at IS NULL AND NOT EXISTS (SELECT 1 FROM followed WHERE resource_id = ?2)",
+            )?;
+            for deferral in deferrals {
+                statement.execute(params![
+                    time_text(deferral.until),
+                    deferral.key,
+                    deferral.event_id
+                ])?;
+            }
             Ok(WriteResult::Done)
         }
         WriteOp::SetScheduleStates(states) => {
@@ -703,7 +747,7 @@ fn retry_dead_letter(transaction: &Transaction<'_>, id: i64) -> Result<RetryOutc
     }
     let now = time_text(Utc::now());
     let updated = transaction.execute(
-        "UPDATE executions SET status = 'pending', attempt = 0, next_attempt_at = ?1, last_error = NULL, lease_until = NULL, step_started_at = NULL, updated_at = ?1 WHERE id = ?2 AND status = 'failed' AND next_step = ?3",
+        "UPDATE executions SET status = 'pending', attempt = 0, next_attempt_at = ?1, last_error = NULL, lease_until = NULL, updated_at = ?1 WHERE id = ?2 AND status = 'failed' AND next_step = ?3",
         params![now, execution_id, step_index],
     )?;
     if updated == 0 {
@@ -840,16 +884,33 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn unprocessed_events(&self, limit: i64) -> Result<Vec<StoredEvent>, StoreError> {
+    async fn unprocessed_events(
+        &self,
+        limit: i64,
+        max_bytes: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let now = time_text(now);
         self.read(move |connection| {
+            // The running sum stops the page at `max_bytes` of payload; the first event always
+            // comes, however large (intake bounds one event at 1 MiB).
             rows(
                 connection,
-                "SELECT id, source, event_type, payload, received_at FROM events WHERE processed_at IS NULL ORDER BY id LIMIT ?",
-                [limit],
+                "SELECT id, source, event_type, payload, received_at FROM (SELECT id, source, event_type, payload, received_at, SUM(length(payload)) OVER (ORDER BY id) - length(payload) AS before FROM events WHERE processed_at IS NULL AND (deferred_until IS NULL OR deferred_until <= ?1) ORDER BY id LIMIT ?2) WHERE before < ?3 OR before = 0 ORDER BY id",
+                params![now, limit, max_bytes],
                 event_from_row,
             )
         })
         .await
+    }
+
+    async fn defer_events(&self, deferrals: &[Deferral]) -> Result<(), StoreError> {
+        if deferrals.is_empty() {
+            return Ok(());
+        }
+        self.write(WriteOp::Defer(deferrals.to_vec()))
+            .await
+            .map(|_| ())
     }
 
     async fn complete_events(
@@ -921,11 +982,13 @@ impl Store for SqliteStore {
         record: &StepRecord,
         execution: &Execution,
         followed: Option<&FollowedRun>,
+        event: Option<&NewEvent>,
     ) -> Result<(), StoreError> {
         self.write(WriteOp::FinishStep(Box::new((
             record.clone(),
             execution.clone(),
             followed.cloned(),
+            event.cloned(),
         ))))
         .await
         .map(|_| ())
@@ -953,26 +1016,29 @@ impl Store for SqliteStore {
     async fn stale_followed(
         &self,
         before: DateTime<Utc>,
+        now: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<FollowedRun>, StoreError> {
         self.read(move |connection| {
             rows(
                 connection,
-                "SELECT * FROM followed WHERE terminal = 0 AND changed_at < ? ORDER BY changed_at LIMIT ?",
-                params![time_text(before), limit],
+                "SELECT * FROM followed WHERE terminal = 0 AND changed_at < ?1 AND (poll_after IS NULL OR poll_after <= ?2) ORDER BY changed_at LIMIT ?3",
+                params![time_text(before), time_text(now), limit],
                 followed_from_row,
             )
         })
         .await
     }
 
-    async fn touch_followed(
+    async fn mark_polled(
         &self,
         resource_id: &str,
+        mark: PollMark,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        self.write(WriteOp::Touch {
+        self.write(WriteOp::MarkPolled {
             resource_id: resource_id.to_owned(),
+            mark,
             now,
         })
         .await

@@ -12,25 +12,36 @@ use crate::receiver::{Receiver, distinct_strings};
 use crate::recrubo_client::{client_for, sim};
 use crate::support::{Daemon, eventually};
 
-const WAIT: Duration = Duration::from_secs(15);
-const WEBHOOK_SECRET: &str = "s3cret";
-const EVENT_TOKEN: &str = "evt-token";
+pub(crate) const WAIT: Duration = Duration::from_secs(15);
+pub(crate) const WEBHOOK_SECRET: &str = "s3cret";
+pub(crate) const EVENT_TOKEN: &str = "evt-token";
 
 /// A simulator, a sink for notifications, and a daemon wired to both.
-struct World {
-    sim: SimHandle,
-    sink: Receiver,
-    daemon: Daemon,
-    client: RecruboClient,
-    _rules: tempfile::TempDir,
+pub(crate) struct World {
+    pub(crate) sim: SimHandle,
+    pub(crate) sink: Receiver,
+    pub(crate) daemon: Daemon,
+    pub(crate) client: RecruboClient,
+    pub(crate) _rules: tempfile::TempDir,
 }
 
-async fn world(rules_yaml: &str, extra_env: &[(&str, &str)]) -> World {
+pub(crate) async fn world(rules_yaml: &str, extra_env: &[(&str, &str)]) -> World {
+    world_with(rules_yaml, extra_env, SimSettings::default(), |_| None).await
+}
+
+/// [`world`] with simulator settings, and `upstream` to put something (a proxy) between the
+/// daemon and the simulator: it gets the simulator's base URL and returns the one flowd uses.
+pub(crate) async fn world_with(
+    rules_yaml: &str,
+    extra_env: &[(&str, &str)],
+    settings: SimSettings,
+    upstream: impl FnOnce(&str) -> Option<String>,
+) -> World {
     let sink = Receiver::start().await;
     let sim = sim(SimSettings {
         webhook_secret: Some(WEBHOOK_SECRET.into()),
         retry_scale: Some(0.0001),
-        ..SimSettings::default()
+        ..settings
     })
     .await;
     let rules = tempfile::tempdir().expect("rules dir");
@@ -39,7 +50,8 @@ async fn world(rules_yaml: &str, extra_env: &[(&str, &str)]) -> World {
         rules_yaml.replace("SINK_URL", &sink.url()),
     )
     .expect("write rules");
-    let base_url = sim.base_url();
+    let sim_url = sim.base_url();
+    let base_url = upstream(&sim_url).unwrap_or(sim_url);
     let mut env = vec![
         ("FLOWD_RECRUBO_BASE_URL", base_url.as_str()),
         ("RECRUBO_API_TOKEN", "t"),
@@ -74,7 +86,11 @@ async fn world(rules_yaml: &str, extra_env: &[(&str, &str)]) -> World {
     }
 }
 
-async fn post_event(daemon: &Daemon, event_type: &str, data: Value) -> reqwest::Response {
+pub(crate) async fn post_event(
+    daemon: &Daemon,
+    event_type: &str,
+    data: Value,
+) -> reqwest::Response {
     reqwest::Client::new()
         .post(daemon.public_url(&format!("/events/{event_type}")))
         .bearer_auth(EVENT_TOKEN)
@@ -94,7 +110,7 @@ async fn drive(sim: &SimHandle, run_id: &str, status: &str, state: Value) {
     assert_eq!(response.status(), 200);
 }
 
-async fn runs_on_thread(
+pub(crate) async fn runs_on_thread(
     client: &RecruboClient,
     thread: &str,
 ) -> Vec<flowd::recrubo::jsonapi::Resource> {
@@ -1013,6 +1029,17 @@ async fn smtp_sink() -> (
     std::net::SocketAddr,
     std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 ) {
+    smtp_sink_cutting(false).await
+}
+
+/// [`smtp_sink`]; with `cut_after_data`, it keeps the message and then closes the connection
+/// instead of answering `250` (the client cannot tell whether the mail was taken).
+pub(crate) async fn smtp_sink_cutting(
+    cut_after_data: bool,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -1034,6 +1061,9 @@ async fn smtp_sink() -> (
                         if line == "." {
                             in_data = false;
                             store.lock().expect("lock").push(std::mem::take(&mut data));
+                            if cut_after_data {
+                                return;
+                            }
                             let _ = write.write_all(b"250 queued\r\n").await;
                         } else {
                             data.push_str(&line);
