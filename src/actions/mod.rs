@@ -78,7 +78,10 @@ pub struct ActionDeps {
 /// The FlowGeneration a rendered `generate_flow` input asks for: `parameters` (an object),
 /// `vacancy_id` and the requirements of `from_analysis` merged in. Shared by the create and by
 /// the check for a generation an attempt without an answer may have made.
-pub fn generation_request(input: &Value, context: &Value) -> Result<NewFlowGeneration, ActionError> {
+pub fn generation_request(
+    input: &Value,
+    context: &Value,
+) -> Result<NewFlowGeneration, ActionError> {
     let mut parameters = object_or_empty(&input["parameters"]);
     if !parameters.is_object() {
         return Err(ActionError::fatal(format!(

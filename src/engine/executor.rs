@@ -101,11 +101,7 @@ pub async fn run(engine: Engine, shutdown: CancellationToken, drain: Duration) {
 /// Records an execution whose run panicked: failed, with a dead letter naming the panic.
 /// `claimed` is the copy as claimed; the stored one is newer when steps finished before the
 /// panic (its step index is the one that panicked, its in-doubt marker must stay).
-async fn fail_panicked(
-    engine: &Engine,
-    claimed: Execution,
-    panic: Box<dyn std::any::Any + Send>,
-) {
+async fn fail_panicked(engine: &Engine, claimed: Execution, panic: Box<dyn std::any::Any + Send>) {
     let mut execution = match engine.store.execution(&claimed.id).await {
         Ok(Some(stored)) => stored,
         _ => claimed,
@@ -162,15 +158,12 @@ pub fn backoff(policy: &RetryPolicy, attempt: u32, retry_after: Option<Duration>
         .min(policy.max_backoff);
     let jittered = base.mul_f64(0.5 + fastrand::f64() * 0.5);
     match retry_after {
-        // A server's `Retry-After` is honoured up to the policy's cap, and never beyond an
-        // hour whatever the policy says (DESIGN 3: durations from outside are capped).
-        Some(after) => jittered.max(after.min(policy.max_backoff.max(MAX_RETRY_AFTER))),
+        // A server's `Retry-After` is honoured up to the policy's `max_backoff` (DESIGN 3:
+        // durations from outside are capped; default 1h, at most 7d by `flowd check`).
+        Some(after) => jittered.max(after.min(policy.max_backoff)),
         None => jittered,
     }
 }
-
-/// The longest `Retry-After` honoured.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 /// The steps an execution runs, and the position path of their list.
 fn steps_of<'a>(rule: &'a Rule, execution: &Execution) -> Result<(&'a [Step], String), String> {
@@ -502,9 +495,13 @@ async fn attempt(
             dedup_key: Some(format!("emit:{id}")),
             payload: json!({ "type": event_type, "id": id, "data": redact(&input["data"], engine.secret_values()) }),
         };
-        engine.store.insert_events(&[event]).await.map_err(|err| {
-            ActionError::retryable(format!("cannot store the emitted event: {err}"))
-        })?;
+        engine
+            .store
+            .insert_events(vec![event])
+            .await
+            .map_err(|err| {
+                ActionError::retryable(format!("cannot store the emitted event: {err}"))
+            })?;
         engine.events_waiting.notify_one();
         return Ok(json!({ "event_id": id }));
     }
@@ -736,12 +733,21 @@ mod tests {
         assert!(backoff(&policy, 20, None) <= Duration::from_secs(30));
         assert_eq!(
             backoff(&policy, 1, Some(Duration::from_secs(9_000_000_000_000))),
-            MAX_RETRY_AFTER,
-            "a huge Retry-After is capped"
+            policy.max_backoff,
+            "a huge Retry-After is capped by max_backoff"
         );
         assert_eq!(
-            backoff(&policy, 1, Some(Duration::from_secs(60))),
-            Duration::from_secs(60)
+            backoff(&policy, 1, Some(Duration::from_secs(20))),
+            Duration::from_secs(20)
+        );
+        assert_eq!(
+            backoff(
+                &RetryPolicy::default(),
+                1,
+                Some(Duration::from_secs(u64::MAX))
+            ),
+            Duration::from_secs(3600),
+            "the default cap is an hour"
         );
     }
 }

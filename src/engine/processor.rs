@@ -52,11 +52,7 @@ pub async fn run(engine: Engine, shutdown: CancellationToken) {
         // A full page processed means more may be waiting (a backlog, or 10,000 schedule ticks
         // recorded at once): go on at once instead of waiting for the next wake-up.
         let mut more = false;
-        match engine
-            .store
-            .unprocessed_events(PAGE, PAGE_BYTES, now)
-            .await
-        {
+        match engine.store.unprocessed_events(PAGE, PAGE_BYTES, now).await {
             Ok(events) => {
                 let full = !events.is_empty();
                 let mut failed = false;

@@ -119,7 +119,7 @@ async fn queue_change(
         dedup_key: Some(key),
         payload,
     };
-    match engine.store.insert_events(&[event]).await {
+    match engine.store.insert_events(vec![event]).await {
         Ok(_) => true,
         Err(err) => {
             warn!(resource = %followed.resource_id, error = %err, "Cannot store a status found by polling; it is found again next time");

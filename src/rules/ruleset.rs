@@ -373,7 +373,8 @@ impl Default for RetryPolicy {
         RetryPolicy {
             attempts: 5,
             backoff: Duration::from_secs(2),
-            max_backoff: Duration::from_secs(600),
+            // DESIGN 3: a server's `Retry-After` is capped by `max_backoff`, default 1h.
+            max_backoff: Duration::from_secs(3600),
         }
     }
 }

@@ -215,6 +215,7 @@ impl Template {
                 kind: TemplateKind::Path(segments),
             });
         }
+        check_size(source)?;
         let compiled = handlebars::Template::compile(source).map_err(|err| {
             let reason = err.reason().to_string();
             let message = match err.pos() {
@@ -462,6 +463,56 @@ fn refuse_partial_secrets(source: &str) -> Result<(), TemplateCompileError> {
                     "use the whole secret (`{{secrets.NAME}}`), which is redacted everywhere"
                         .to_owned(),
                 ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The most `{{...}}` expressions in one template: handlebars' compile time grows with the
+/// square of their number (10,000 took 30 s, found by fuzzing), and no real template has more.
+pub const MAX_EXPRESSIONS: usize = 1000;
+/// The deepest nesting of subexpressions `(...)` or blocks `{{#...}}`: handlebars compiles
+/// them recursively, and ~1,000 levels overflowed a 2 MiB stack (found by fuzzing).
+pub const MAX_NESTING: usize = 32;
+
+/// Refuses templates too large or too deep to compile safely, before handlebars sees them.
+fn check_size(source: &str) -> Result<(), TemplateCompileError> {
+    let count = expressions(source).count();
+    if count > MAX_EXPRESSIONS {
+        return Err(TemplateCompileError {
+            message: format!(
+                "the template has {count} `{{{{...}}}}` expressions; at most {MAX_EXPRESSIONS} are allowed"
+            ),
+            hint: Some("split it over several fields or steps".to_owned()),
+        });
+    }
+    let mut blocks = 0usize;
+    for expression in expressions(source) {
+        let trimmed = expression.trim_start_matches('~').trim_start();
+        if trimmed.starts_with('#') {
+            blocks += 1;
+        } else if trimmed.starts_with('/') {
+            blocks = blocks.saturating_sub(1);
+        }
+        let mut depth = 0usize;
+        let mut deepest = 0usize;
+        for c in expression.chars() {
+            match c {
+                '(' => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                }
+                ')' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        if deepest > MAX_NESTING || blocks > MAX_NESTING {
+            return Err(TemplateCompileError {
+                message: format!(
+                    "the template nests subexpressions or blocks deeper than {MAX_NESTING} levels"
+                ),
+                hint: Some("flatten it, or compute the value in an earlier step".to_owned()),
             });
         }
     }
@@ -914,6 +965,21 @@ impl HelperDef for RelativeTimeHelper {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn templates_too_deep_or_too_large_are_refused_before_handlebars() {
+        let deep = format!("{{{{{}x{}}}}}", "(json ".repeat(5000), ")".repeat(5000));
+        let err = Template::compile(&deep).unwrap_err();
+        assert!(err.message.contains("deeper than 32"), "{}", err.message);
+        let blocks = format!("{}x{}", "{{#if a}}".repeat(100), "{{/if}}".repeat(100));
+        let err = Template::compile(&blocks).unwrap_err();
+        assert!(err.message.contains("deeper than 32"), "{}", err.message);
+        let many = "{{a}} ".repeat(MAX_EXPRESSIONS + 1);
+        let err = Template::compile(&many).unwrap_err();
+        assert!(err.message.contains("at most 1000"), "{}", err.message);
+        assert!(Template::compile(&"{{a}} ".repeat(MAX_EXPRESSIONS)).is_ok());
+        assert!(Template::compile("{{default (json (urlencode a)) 'x'}}").is_ok());
+    }
     use serde_json::json;
 
     fn render(source: &str, context: Value) -> Result<Value, TemplateRenderError> {

@@ -16,6 +16,10 @@ use serde_json::{Map, Value};
 
 use super::diagnostic::{Diagnostic, backticked, did_you_mean};
 use super::duration::parse_duration;
+
+/// The longest `retry.backoff` / `retry.max_backoff`: a retry a week away is already a dead
+/// letter in all but name.
+const MAX_RETRY_DELAY: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 use super::expr::Condition;
 use super::load::LoadedFiles;
 use super::located::{Located, LocatedMap, Pos, ShortOrFull, ValueModel};
@@ -1341,6 +1345,15 @@ impl Validator {
             ] {
                 if let Some(text) = value {
                     match parse_duration(&text.value) {
+                        Ok(duration) if duration > MAX_RETRY_DELAY => {
+                            self.error(
+                                ctx,
+                                text.at,
+                                &format!("{retry_field}.{name}"),
+                                "range",
+                                format!("`{name}` must be at most 7d, not `{}`", text.value),
+                            );
+                        }
                         Ok(duration) => *target = duration,
                         Err(message) => {
                             self.error(

@@ -335,7 +335,9 @@ pub struct TickBatch {
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// Stores events (one transaction, deduplicated by key).
-    async fn insert_events(&self, events: &[NewEvent]) -> Result<Vec<InsertOutcome>, StoreError>;
+    ///
+    /// Takes the events by value: a batch of payloads is moved to the writer, never copied.
+    async fn insert_events(&self, events: Vec<NewEvent>) -> Result<Vec<InsertOutcome>, StoreError>;
     /// Events not yet processed and not deferred past `now`, oldest first: at most `limit`, and
     /// no more than `max_bytes` of payload (at least one event, whatever its size).
     async fn unprocessed_events(

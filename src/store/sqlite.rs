@@ -873,14 +873,11 @@ impl SqliteStore {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn insert_events(&self, events: &[NewEvent]) -> Result<Vec<InsertOutcome>, StoreError> {
-        self.expect(
-            WriteOp::InsertEvents(events.to_vec()),
-            |result| match result {
-                WriteResult::Inserted(outcomes) => Some(outcomes),
-                _ => None,
-            },
-        )
+    async fn insert_events(&self, events: Vec<NewEvent>) -> Result<Vec<InsertOutcome>, StoreError> {
+        self.expect(WriteOp::InsertEvents(events), |result| match result {
+            WriteResult::Inserted(outcomes) => Some(outcomes),
+            _ => None,
+        })
         .await
     }
 

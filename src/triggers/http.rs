@@ -147,8 +147,7 @@ impl Intake {
                     }
                 }
                 let result: Result<Vec<InsertOutcome>, StoreError> =
-                    store.insert_events(&events).await;
-                events.clear();
+                    store.insert_events(std::mem::take(&mut events)).await;
                 queued.fetch_sub(bytes, Ordering::Relaxed);
                 match result {
                     Ok(outcomes) => {
@@ -287,35 +286,78 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Reads the body after the credentials were checked: at most [`MAX_BODY_BYTES`] (413 above,
-/// told by `Content-Length` before anything is read), within [`BODY_TIMEOUT`] (408).
-async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, Response> {
+/// told by `Content-Length` before anything is stored), within [`BODY_TIMEOUT`] (408). A body
+/// refused for its size is drained (discarded, bounded by [`LINGER_BYTES`] and
+/// [`LINGER_TIME`]) before the answer, so the client reads the 413 rather than a reset.
+async fn read_body(headers: &HeaderMap, mut body: Body) -> Result<Bytes, Response> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
-        return Err(problem(
+    let too_large = || {
+        let mut response = problem(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("the body is larger than {MAX_BODY_BYTES} bytes"),
-        ));
+        );
+        response.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+        response
+    };
+    let deadline = tokio::time::Instant::now() + BODY_TIMEOUT;
+    // Refused bodies are read on (and thrown away) for a little while before the answer: a
+    // client still sending when the server closes sees a reset instead of the 413.
+    let mut lingering = declared
+        .is_some_and(|length| length > MAX_BODY_BYTES as u64)
+        .then(|| tokio::time::Instant::now() + LINGER_TIME);
+    let mut collected = Vec::new();
+    let mut discarded = 0usize;
+    loop {
+        let until = lingering.map_or(deadline, |linger| linger.min(deadline));
+        let frame = match tokio::time::timeout_at(until, body.frame()).await {
+            Err(_) if lingering.is_some() => return Err(too_large()),
+            Err(_) => {
+                return Err(problem(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!("the body did not arrive within {}s", BODY_TIMEOUT.as_secs()),
+                ));
+            }
+            Ok(None) => break,
+            Ok(Some(Err(_))) if lingering.is_some() => return Err(too_large()),
+            Ok(Some(Err(_))) => {
+                return Err(problem(
+                    StatusCode::BAD_REQUEST,
+                    "the body could not be read",
+                ));
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if lingering.is_some() {
+            discarded += data.len();
+            if discarded > LINGER_BYTES {
+                return Err(too_large());
+            }
+        } else if collected.len() + data.len() > MAX_BODY_BYTES {
+            lingering = Some(tokio::time::Instant::now() + LINGER_TIME);
+            discarded = data.len();
+            collected = Vec::new();
+        } else {
+            collected.extend_from_slice(&data);
+        }
     }
-    let limited = http_body_util::Limited::new(body, MAX_BODY_BYTES);
-    match tokio::time::timeout(BODY_TIMEOUT, limited.collect()).await {
-        Err(_) => Err(problem(
-            StatusCode::REQUEST_TIMEOUT,
-            format!("the body did not arrive within {}s", BODY_TIMEOUT.as_secs()),
-        )),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => Err(problem(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the body is larger than {MAX_BODY_BYTES} bytes"),
-        )),
-        Ok(Err(_)) => Err(problem(
-            StatusCode::BAD_REQUEST,
-            "the body could not be read",
-        )),
+    if lingering.is_some() {
+        return Err(too_large());
     }
+    Ok(Bytes::from(collected))
 }
+
+/// How much of a refused body is read and thrown away at most before the 413, and for how long.
+const LINGER_BYTES: usize = 8 << 20;
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// `POST /webhooks/recrubo`.
 pub async fn recrubo_webhook(

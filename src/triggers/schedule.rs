@@ -721,7 +721,11 @@ mod tests {
         store: &crate::store::sqlite::SqliteStore,
     ) -> std::collections::BTreeMap<String, Vec<String>> {
         let mut ticks = std::collections::BTreeMap::<String, Vec<String>>::new();
-        for event in store.unprocessed_events(100_000, i64::MAX, Utc::now()).await.expect("events") {
+        for event in store
+            .unprocessed_events(100_000, i64::MAX, Utc::now())
+            .await
+            .expect("events")
+        {
             let rule = event.payload["rule"].as_str().expect("rule").to_owned();
             let scheduled = utc(event.payload["scheduled_at"].as_str().expect("scheduled"));
             let fired = utc(event.payload["fired_at"].as_str().expect("fired"));

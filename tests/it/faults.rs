@@ -22,20 +22,24 @@ async fn get_json(url: &str) -> Option<Value> {
 
 /// The executions of `rule` once `count` of them are no longer pending.
 async fn settled(world: &World, rule: &str, count: usize) -> Vec<Value> {
-    eventually(WAIT, &format!("{count} executions of `{rule}` settle"), || async {
-        let listed = get_json(
-            &world
-                .daemon
-                .admin_url(&format!("/api/v1/executions?rule={rule}&limit=1000")),
-        )
-        .await?;
-        let executions = listed["executions"].as_array()?.clone();
-        let done: Vec<Value> = executions
-            .into_iter()
-            .filter(|e| e["status"] != "pending")
-            .collect();
-        (done.len() >= count).then_some(done)
-    })
+    eventually(
+        WAIT,
+        &format!("{count} executions of `{rule}` settle"),
+        || async {
+            let listed = get_json(
+                &world
+                    .daemon
+                    .admin_url(&format!("/api/v1/executions?rule={rule}&limit=1000")),
+            )
+            .await?;
+            let executions = listed["executions"].as_array()?.clone();
+            let done: Vec<Value> = executions
+                .into_iter()
+                .filter(|e| e["status"] != "pending")
+                .collect();
+            (done.len() >= count).then_some(done)
+        },
+    )
     .await
 }
 
@@ -159,7 +163,9 @@ rules:
         "{steps:?}"
     );
     // The adopted resources are followed like created ones.
-    let runs = get_json(&world.daemon.admin_url("/api/v1/runs")).await.unwrap();
+    let runs = get_json(&world.daemon.admin_url("/api/v1/runs"))
+        .await
+        .unwrap();
     let followed: Vec<&str> = runs["runs"]
         .as_array()
         .unwrap()
@@ -195,24 +201,34 @@ rules:
         },
     )
     .await;
-    post_event(&world.daemon, "application.created", json!({"thread": "t-1"})).await;
-    post_event(&world.daemon, "application.patient", json!({"thread": "t-2"})).await;
+    post_event(
+        &world.daemon,
+        "application.created",
+        json!({"thread": "t-1"}),
+    )
+    .await;
+    post_event(
+        &world.daemon,
+        "application.patient",
+        json!({"thread": "t-2"}),
+    )
+    .await;
     let first = settled(&world, "screen", 1).await;
     assert_eq!(first[0]["status"], "failed", "{first:?}");
     // The one that may retry waits at most the cap (an hour), it does not overflow.
-    let waiting = eventually(WAIT, "the patient execution waits for its retry", || async {
-        let listed = get_json(
-            &world
-                .daemon
-                .admin_url("/api/v1/executions?rule=patient"),
-        )
-        .await?;
-        let execution = listed["executions"].as_array()?.first()?.clone();
-        (execution["attempt"] == 1).then_some(execution)
-    })
+    let waiting = eventually(
+        WAIT,
+        "the patient execution waits for its retry",
+        || async {
+            let listed =
+                get_json(&world.daemon.admin_url("/api/v1/executions?rule=patient")).await?;
+            let execution = listed["executions"].as_array()?.first()?.clone();
+            (execution["attempt"] == 1).then_some(execution)
+        },
+    )
     .await;
-    let at = chrono::DateTime::parse_from_rfc3339(waiting["next_attempt_at"].as_str().unwrap())
-        .unwrap();
+    let at =
+        chrono::DateTime::parse_from_rfc3339(waiting["next_attempt_at"].as_str().unwrap()).unwrap();
     let wait = at.with_timezone(&chrono::Utc) - chrono::Utc::now();
     assert!(
         wait <= chrono::TimeDelta::minutes(61) && wait >= chrono::TimeDelta::minutes(55),
@@ -220,18 +236,23 @@ rules:
     );
     // The rule's slot is free: the next execution runs.
     set_faults(&world, Faults::default()).await;
-    post_event(&world.daemon, "application.created", json!({"thread": "t-3"})).await;
+    post_event(
+        &world.daemon,
+        "application.created",
+        json!({"thread": "t-3"}),
+    )
+    .await;
     let both = settled(&world, "screen", 2).await;
-    assert!(
-        both.iter().any(|e| e["status"] == "succeeded"),
-        "{both:?}"
-    );
+    assert!(both.iter().any(|e| e["status"] == "succeeded"), "{both:?}");
     let dead = get_json(&world.daemon.admin_url("/api/v1/dead-letters"))
         .await
         .unwrap();
     let dead = dead["dead_letters"].as_array().unwrap();
     assert_eq!(dead.len(), 1, "{dead:?}");
-    assert!(dead[0]["error"].as_str().unwrap().contains("429"), "{dead:?}");
+    assert!(
+        dead[0]["error"].as_str().unwrap().contains("429"),
+        "{dead:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -370,17 +391,25 @@ rules:
     assert!(statuses.iter().all(|s| s.is_success()), "{statuses:?}");
     let posted = std::time::Instant::now();
     post_event(&world.daemon, "ping", json!({"n": "after"})).await;
-    eventually(WAIT, "the event after the webhooks is processed", || async {
-        world
-            .sink
-            .received()
-            .iter()
-            .any(|r| r.body["n"] == "after")
-            .then_some(())
-    })
+    eventually(
+        WAIT,
+        "the event after the webhooks is processed",
+        || async {
+            world
+                .sink
+                .received()
+                .iter()
+                .any(|r| r.body["n"] == "after")
+                .then_some(())
+        },
+    )
     .await;
     // Well within the grace period: nothing waited behind the deferred webhooks.
-    assert!(posted.elapsed() < Duration::from_secs(10), "{:?}", posted.elapsed());
+    assert!(
+        posted.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        posted.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -408,19 +437,32 @@ rules:
     .await;
     post_event(&world.daemon, "vacancy.published", json!({})).await;
     let flow = eventually(WAIT, "the finished handler ran", || async {
-        world.sink.received().first().map(|r| r.body["flow"].clone())
+        world
+            .sink
+            .received()
+            .first()
+            .map(|r| r.body["flow"].clone())
     })
     .await;
     assert!(flow.as_str().is_some_and(|f| !f.is_empty()), "{flow}");
-    let runs = eventually(WAIT, "the generation is no longer followed as open", || async {
-        let listed = get_json(&world.daemon.admin_url("/api/v1/runs")).await?;
-        let run = listed["runs"].as_array()?.first()?.clone();
-        (run["terminal"] == true).then_some(run)
-    })
+    let runs = eventually(
+        WAIT,
+        "the generation is no longer followed as open",
+        || async {
+            let listed = get_json(&world.daemon.admin_url("/api/v1/runs")).await?;
+            let run = listed["runs"].as_array()?.first()?.clone();
+            (run["terminal"] == true).then_some(run)
+        },
+    )
     .await;
     assert_eq!(runs["status"], "finished");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(world.sink.received().len(), 1, "{:?}", world.sink.received());
+    assert_eq!(
+        world.sink.received().len(),
+        1,
+        "{:?}",
+        world.sink.received()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -565,7 +607,11 @@ async fn a_full_disk_answers_503_loses_nothing_and_intake_resumes() {
             break;
         }
     }
-    assert!(refused >= 20, "a full disk was never refused ({} accepted)", accepted.len());
+    assert!(
+        refused >= 20,
+        "a full disk was never refused ({} accepted)",
+        accepted.len()
+    );
     // Space returns: intake resumes.
     std::fs::remove_file(&filler).unwrap();
     let resumed = eventually(WAIT, "the intake accepts again", || {

@@ -28,7 +28,7 @@ async fn history_filters_pages_and_prunes() {
         .await
         .expect("store");
     let stored = store
-        .insert_events(&[NewEvent {
+        .insert_events(vec![NewEvent {
             source: EventSource::Event,
             event_type: "x".into(),
             dedup_key: Some("k".into()),
@@ -40,7 +40,7 @@ async fn history_filters_pages_and_prunes() {
         panic!("stored")
     };
     let again = store
-        .insert_events(&[NewEvent {
+        .insert_events(vec![NewEvent {
             source: EventSource::Event,
             event_type: "x".into(),
             dedup_key: Some("k".into()),
