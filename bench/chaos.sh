@@ -35,7 +35,11 @@ trap cleanup EXIT
 trap 'exit 124' INT TERM
 began=$(date +%s)
 
-cargo build --release --quiet
+# FLOWD_BIN: a flowd binary to test instead of building this tree. Either way it is copied
+# first, so a rebuild during the run cannot swap the binary between two restarts.
+if [ -z "${FLOWD_BIN:-}" ]; then cargo build --release --quiet; FLOWD_BIN=target/release/flowd; fi
+cp "$FLOWD_BIN" "$work/flowd"
+flowd="$work/flowd"
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 public_port=$(free_port)
 admin_port=$(free_port)
@@ -63,7 +67,7 @@ faults:
   duplicate_rate: 0.07
   reorder_rate: 0.06
 YAML
-./target/release/flowd sim --listen 127.0.0.1:0 --script "$work/sim.yaml" > "$work/sim.out" 2> "$work/sim.log" &
+"$flowd" sim --listen 127.0.0.1:0 --script "$work/sim.yaml" > "$work/sim.out" 2> "$work/sim.log" &
 sim=$!
 for _ in $(seq 100); do grep -q 'base_url to' "$work/sim.out" 2>/dev/null && break; sleep 0.1; done
 base=$(sed -n 's/.*base_url to //p' "$work/sim.out")
@@ -87,7 +91,7 @@ rules:
             - notify: { url: "$sink_url", body: { run: "{{run.id}}", status: finished } }
               retry: { attempts: 20, backoff: 1s, max_backoff: 5s }
 YAML
-./target/release/flowd check "$work/rules" > /dev/null
+"$flowd" check "$work/rules" > /dev/null
 
 incarnation=0
 start_daemon() {
@@ -95,7 +99,7 @@ start_daemon() {
   local log="$work/daemon.$incarnation.log"
   RECRUBO_WEBHOOK_SECRET=$secret RECRUBO_API_TOKEN=$api_token FLOWD_RECRUBO_BASE_URL="$base" \
     FLOWD_RECRUBO_RATE_LIMIT=0 FLOWD_EVENTS_TOKENS=$events_token FLOWD_RECRUBO_RECONCILE_AFTER=2s \
-    ./target/release/flowd run --rules "$work/rules" --listen "127.0.0.1:$public_port" \
+    "$flowd" run --rules "$work/rules" --listen "127.0.0.1:$public_port" \
     --admin-listen "127.0.0.1:$admin_port" --database "sqlite://$work/flowd.db" \
     --log-format json --log-level info 2> "$log" &
   daemon=$!

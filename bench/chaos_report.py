@@ -305,19 +305,60 @@ def report(args):
     else:
         print(f"drain:                  NOT DRAINED within {args.timeout} s of the end of posting")
 
-    # Evidence for whoever looks into a failure.
+    # Evidence for whoever looks into a failure: the simulator's journals, the store, the logs.
+    root = args.sim.rsplit("/public/v2", 1)[0]
+    deliveries = sim_get(f"{root}/_sim/deliveries", args.token)
+    requests = sim_get(f"{root}/_sim/requests", args.token)
+    folder = args.details.rsplit("/", 1)[0]
+    json.dump(deliveries, open(f"{folder}/sim_deliveries.json", "w"))
+    json.dump(requests, open(f"{folder}/sim_requests.json", "w"))
+    attempts = Counter("dropped" if "dropped" in (d.get("error") or "") else
+                       "answered 2xx" if (d.get("response_status") or 0) // 100 == 2 else
+                       "failed" for d in deliveries)
+    print(f"webhook deliveries:     {len(deliveries)} attempts ({fmt(attempts)})")
+
+    def deliveries_of(run):
+        return [f"{d['status']}#{d['attempt']}@{d['at_ms'] / 1000:.1f}s:"
+                f"{d.get('response_status') or d.get('error')}"
+                for d in deliveries if d["resource"].endswith(run)]
+
+    def polls_of(run):
+        return [f"{r['method']}@{r['at_ms'] / 1000:.1f}s:{r.get('fault') or r['status']}"
+                for r in requests if r["path"].endswith(run)]
+
+    def executions_of(run, status):
+        return [dict(row) for row in conn.execute(
+            "SELECT e.id, e.event_id, e.status, e.created_at, ev.source, ev.dedup_key, "
+            "ev.received_at FROM executions e LEFT JOIN events ev ON ev.id = e.event_id "
+            "WHERE json_extract(e.context, '$.run.id') = ? AND e.handler_status = ?",
+            (run, status))]
+
+    def thread_evidence(thread, rs):
+        rows = [dict(row) for row in conn.execute(
+            "SELECT e.id, e.status, s.attempts, s.status AS step, s.note, s.error, s.output "
+            "FROM executions e LEFT JOIN step_runs s ON s.execution_id = e.id "
+            "WHERE e.handler_status IS NULL AND json_extract(e.context, '$.event.data.thread') = ?",
+            (thread,))]
+        return (f"{thread}: runs " + ", ".join(f"{r['id']} created {r['attributes'].get('createdAt')}"
+                                              for r in rs)
+                + f"; rule execution(s): {json.dumps(rows)[:800]}")
+
     def show(title, items):
         if items:
             print(f"{title} (first {min(5, len(items))} of {len(items)}):")
             for item in items[:5]:
                 print(f"  {item}")
 
-    show("duplicate threads", [f"{t}: " + ", ".join(f"{r['id']} {r['attributes'].get('createdAt')} "
-                                                    f"{r['attributes'].get('status')}" for r in rs)
-                               for t, rs in sorted(duplicates.items())])
+    show("evidence: handlers never fired (webhook deliveries; API requests for the run)",
+         [f"{run} {s}: deliveries {deliveries_of(run)}; requests {polls_of(run)}"
+          for run, s in never])
+    show("evidence: handlers fired more than once (executions and the events behind them)",
+         [f"{run} {s}: {json.dumps(executions_of(run, s))}; deliveries {deliveries_of(run)}"
+          for run, s in twice])
+    show("evidence: duplicate threads",
+         [thread_evidence(t, rs) for t, rs in sorted(duplicates.items())])
+
     show("lost threads", lost)
-    show("handlers fired more than once", [f"{p} x{pairs[p]}" for p in twice])
-    show("handlers never fired", never)
     show("runs not followed", not_followed)
     show("expected but never at the sink", sink_missing)
     with open(args.details, "w") as f:

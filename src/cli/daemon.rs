@@ -280,6 +280,10 @@ pub async fn serve_with(
             settings.database
         );
     };
+    reloader
+        .attach_store(store.clone())
+        .await
+        .map_err(|err| anyhow::anyhow!("cannot store the rule versions: {err}"))?;
     let engine = Engine {
         store: store.clone(),
         reloader: reloader.clone(),

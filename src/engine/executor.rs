@@ -20,6 +20,7 @@ use tracing::{error, info, warn};
 
 use super::Engine;
 use super::processor::evaluation_context;
+use super::reload::VersionError;
 use super::render::{redact, render_step};
 use crate::actions::{ActionError, perform};
 use futures_util::FutureExt as _;
@@ -185,15 +186,26 @@ fn steps_of<'a>(rule: &'a Rule, execution: &Execution) -> Result<(&'a [Step], St
 }
 
 async fn run_execution(engine: &Engine, mut execution: Execution) -> Result<(), StoreError> {
-    let set = engine.reloader.current();
-    let Some(rule) = set.get(&execution.rule).cloned() else {
-        return finish(
-            engine,
-            execution,
-            "orphaned",
-            Some("the rule is no longer in the rule set".to_owned()),
-        )
+    // The rule version the execution was created with, whatever is in force now (DESIGN 3).
+    let found = engine
+        .reloader
+        .rule_version(&execution.rule, execution.rule_version.as_deref())
         .await;
+    let rule = match found {
+        Ok(Some(rule)) => rule,
+        Ok(None) => {
+            return finish(
+                engine,
+                execution,
+                "orphaned",
+                Some("the rule is no longer in the rule set".to_owned()),
+            )
+            .await;
+        }
+        Err(VersionError::Gone(reason)) => {
+            return finish(engine, execution, "orphaned", Some(reason)).await;
+        }
+        Err(VersionError::Store(reason)) => return Err(StoreError::Database(reason)),
     };
     if execution.handler_step.as_deref() == Some(super::processor::SWEEP) {
         return run_sweep(engine, &rule, execution).await;

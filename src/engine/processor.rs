@@ -387,6 +387,7 @@ fn pending(rule: &Rule, event_id: i64, context: Value) -> NewExecution {
         status: "pending".into(),
         context,
         note: None,
+        rule_version: Some(rule.version.clone()),
     }
 }
 
@@ -669,6 +670,7 @@ fn handler_execution(
         status: "pending".into(),
         context: Value::Null,
         note: None,
+        rule_version: None,
     };
     let Some(rule) = set.get(&followed.rule) else {
         warn!(rule = %followed.rule, run = %followed.resource_id, "The rule that started this run is gone; orphaned");
@@ -699,10 +701,12 @@ fn handler_execution(
         });
     };
     step.on_status.iter().find(|(s, _)| s == status)?;
-    // Handlers read the rule's vars as they are now.
+    // Handlers read the rule's vars as they are now, and run the rule version in force now
+    // (DESIGN 3: `on_status` handlers are looked up when the status changes) to their end.
     context.insert("vars".into(), Value::Object((*rule.vars).clone()));
     Some(NewExecution {
         context: Value::Object(context),
+        rule_version: Some(rule.version.clone()),
         ..base
     })
 }

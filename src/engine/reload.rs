@@ -23,7 +23,37 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::rules::load::folder_digest;
-use crate::rules::{Diagnostic, RuleSet, load_rule_set};
+use crate::rules::{Diagnostic, Rule, RuleSet, load_rule_set};
+use crate::store::{RuleVersion, Store};
+
+/// Stores the version of every rule of `set` that `known` does not have already (the store
+/// keeps each version once anyway; this spares a reload of 100,000 rules that changed one).
+async fn save_versions(
+    store: &dyn Store,
+    set: &RuleSet,
+    known: Option<&RuleSet>,
+) -> Result<(), String> {
+    let stored: std::collections::HashSet<&str> = known
+        .map(|known| known.rules().iter().map(|r| r.version.as_str()).collect())
+        .unwrap_or_default();
+    let versions: Vec<RuleVersion> = set
+        .rules()
+        .iter()
+        .filter(|rule| !stored.contains(rule.version.as_str()))
+        .map(|rule| RuleVersion {
+            hash: rule.version.clone(),
+            rule: rule.name.clone(),
+            definition: rule.definition.clone(),
+        })
+        .collect();
+    for chunk in versions.chunks(1000) {
+        store
+            .save_rule_versions(chunk)
+            .await
+            .map_err(|err| err.to_string())?;
+    }
+    Ok(())
+}
 
 /// What started a reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -92,6 +122,19 @@ pub struct Reloader {
     /// [`folder_digest`] of the files the set in force was loaded from; `None` until a reload
     /// has loaded it, and after a failed one.
     disk_digest: Mutex<Option<String>>,
+    /// Where rule versions are stored; a set is swapped in only once its versions are.
+    store: std::sync::OnceLock<Arc<dyn Store>>,
+    /// Rule versions no longer in force that executions asked for, rebuilt from the store.
+    old_versions: Mutex<std::collections::HashMap<String, Arc<Rule>>>,
+}
+
+/// Why the rule version an execution names cannot be had.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VersionError {
+    /// The store failed: try again later.
+    Store(String),
+    /// The version is not stored, or no longer builds: the execution cannot go on.
+    Gone(String),
 }
 
 impl std::fmt::Debug for Reloader {
@@ -120,7 +163,80 @@ impl Reloader {
             }),
             serialize: tokio::sync::Mutex::new(()),
             disk_digest: Mutex::new(None),
+            store: std::sync::OnceLock::new(),
+            old_versions: Mutex::new(std::collections::HashMap::new()),
         })
+    }
+
+    /// Stores the versions of the set in force and those of every later set (before it is
+    /// swapped in), so that any execution's version can be found again after a restart.
+    pub async fn attach_store(&self, store: Arc<dyn Store>) -> Result<(), String> {
+        save_versions(&*store, &self.current(), None).await?;
+        let _ = self.store.set(store);
+        Ok(())
+    }
+
+    /// The rule an execution runs: the rule named `name` in the version `version` — the one in
+    /// force when it is that version (or when no version is recorded), else the stored version
+    /// rebuilt (DESIGN 3: an execution runs the rule version it matched, to its end). `Ok(None)`
+    /// when no version is recorded and the rule is gone.
+    pub async fn rule_version(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Option<Arc<Rule>>, VersionError> {
+        let set = self.current();
+        let current = set.get(name).cloned();
+        let Some(version) = version else {
+            return Ok(current);
+        };
+        if let Some(rule) = current.filter(|rule| rule.version == version) {
+            return Ok(Some(rule));
+        }
+        if let Some(rule) = self
+            .old_versions
+            .lock()
+            .ok()
+            .and_then(|cache| cache.get(version).cloned())
+        {
+            return Ok(Some(rule));
+        }
+        let Some(store) = self.store.get() else {
+            return Err(VersionError::Gone(format!(
+                "rule `{name}` changed and its version {version} is not stored"
+            )));
+        };
+        let definition = store
+            .rule_version(version)
+            .await
+            .map_err(|err| VersionError::Store(err.to_string()))?
+            .ok_or_else(|| {
+                VersionError::Gone(format!(
+                    "rule `{name}` changed and its version {} is not stored",
+                    &version[..version.len().min(12)]
+                ))
+            })?;
+        let rule =
+            tokio::task::spawn_blocking(move || crate::rules::validate::rebuild(&definition))
+                .await
+                .map_err(|err| {
+                    VersionError::Gone(format!("rebuilding the rule version failed: {err}"))
+                })?
+                .map_err(VersionError::Gone)?;
+        if rule.version != version {
+            return Err(VersionError::Gone(format!(
+                "the stored version of rule `{name}` rebuilds as another version"
+            )));
+        }
+        let rule = Arc::new(rule);
+        if let Ok(mut cache) = self.old_versions.lock() {
+            // Old versions are asked for only by executions that outlived a reload: few.
+            if cache.len() >= 1024 {
+                cache.clear();
+            }
+            cache.insert(version.to_owned(), rule.clone());
+        }
+        Ok(Some(rule))
     }
 
     /// The rule set in force (cheap: an `Arc` clone).
@@ -180,6 +296,22 @@ impl Reloader {
                     let hash = set.hash.clone();
                     if hash == self.current.load().hash {
                         ReloadOutcome::Unchanged { rules, hash }
+                    } else if let Some(Err(err)) = match self.store.get() {
+                        Some(store) => {
+                            Some(save_versions(&**store, &set, Some(&self.current())).await)
+                        }
+                        None => None,
+                    } {
+                        // Without its versions stored, the set's executions could not be
+                        // resumed after a restart: the set in force stays.
+                        ReloadOutcome::Invalid {
+                            diagnostics: vec![Diagnostic::new(
+                                &self.rules_dir,
+                                Default::default(),
+                                "store",
+                                format!("cannot store the rule versions: {err}"),
+                            )],
+                        }
                     } else {
                         self.current.store(Arc::new(set));
                         self.changed.notify_waiters();

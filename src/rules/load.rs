@@ -352,6 +352,18 @@ fn parse_options() -> serde_saphyr::Options {
     options
 }
 
+/// Each rule of a parsed source as plain JSON (the YAML as written, aliases resolved), in file
+/// order: what a rule version is made of (see [`crate::rules::ruleset::Rule::version`]).
+pub fn raw_rules(source: &SourceFile) -> Vec<serde_json::Value> {
+    match serde_saphyr::from_str_with_options::<serde_json::Value>(&source.text, parse_options()) {
+        Ok(serde_json::Value::Object(mut file)) => match file.remove("rules") {
+            Some(serde_json::Value::Array(rules)) => rules,
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    }
+}
+
 /// Parses one source into the rule file model.
 pub fn parse_source(source: &SourceFile) -> Result<RuleFileModel, Diagnostic> {
     if source.text.trim().is_empty() || is_only_comments(&source.text) {

@@ -97,6 +97,31 @@ pub struct Rule {
     pub vars: Arc<serde_json::Map<String, serde_json::Value>>,
     /// Unit tests.
     pub tests: Vec<RuleTest>,
+    /// The rule version: SHA-256 (hex) of [`Rule::definition`]. Executions record it and run
+    /// that version's steps to the end, across reloads and restarts (DESIGN 3).
+    pub version: String,
+    /// The version's definition, canonical JSON: `{"rule": the rule as written without its
+    /// tests and description, "vars": the file's vars}`. A rule rebuilt from it
+    /// ([`crate::rules::validate::rebuild`]) runs exactly as this one.
+    pub definition: Arc<str>,
+}
+
+/// The canonical definition of a rule (as written, `tests` and `description` left out: they do
+/// not change what runs) with its file's vars, and its hash.
+pub fn rule_version(
+    raw_rule: &serde_json::Value,
+    vars: &serde_json::Map<String, serde_json::Value>,
+) -> (String, Arc<str>) {
+    use sha2::Digest as _;
+    let mut rule = raw_rule.clone();
+    if let Some(map) = rule.as_object_mut() {
+        map.remove("tests");
+        map.remove("description");
+    }
+    // serde_json's maps are sorted by key: the text is canonical.
+    let definition = serde_json::json!({ "rule": rule, "vars": vars }).to_string();
+    let hash = hex::encode(sha2::Sha256::digest(definition.as_bytes()));
+    (hash, Arc::from(definition))
 }
 
 impl Rule {

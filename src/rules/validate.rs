@@ -105,7 +105,8 @@ pub fn validate(loaded: &LoadedFiles) -> Result<RuleSet, Vec<Diagnostic>> {
         let mut metas = Vec::new();
         for file in chunk {
             if let Some(model) = &file.model {
-                validator.file(&file.source.path, model, &mut rules, &mut metas);
+                let raw = super::load::raw_rules(&file.source);
+                validator.file(&file.source.path, model, &raw, &mut rules, &mut metas);
             }
         }
         (validator, rules, metas)
@@ -139,6 +140,35 @@ pub fn validate(loaded: &LoadedFiles) -> Result<RuleSet, Vec<Diagnostic>> {
         diagnostics.dedup();
         Err(diagnostics)
     }
+}
+
+/// Rebuilds the rule of a stored version from its definition ([`Rule::definition`]): validated
+/// like a file holding only that rule (checks between rules do not apply: the version already
+/// passed them when it was loaded). The result has the same version, or this is an error.
+pub fn rebuild(definition: &str) -> Result<Rule, String> {
+    let parsed: Value = serde_json::from_str(definition)
+        .map_err(|err| format!("the stored rule version is not JSON: {err}"))?;
+    // JSON is YAML: the rule file parser reads it, with the same budgets as any rule file.
+    let text = serde_json::json!({ "vars": parsed["vars"], "rules": [parsed["rule"]] }).to_string();
+    let source = super::load::SourceFile {
+        path: PathBuf::from("(stored rule version)"),
+        text: Arc::from(text),
+    };
+    let model = super::load::parse_source(&source).map_err(|d| d.one_line())?;
+    let mut validator = Validator::default();
+    let (mut rules, mut metas) = (Vec::new(), Vec::new());
+    let raw = super::load::raw_rules(&source);
+    validator.file(&source.path, &model, &raw, &mut rules, &mut metas);
+    if let Some(problem) = validator.diagnostics.first() {
+        return Err(format!(
+            "the stored rule version no longer validates: {}",
+            problem.one_line()
+        ));
+    }
+    let rule = rules
+        .pop()
+        .ok_or_else(|| "the stored rule version holds no rule".to_owned())?;
+    Ok(rule)
 }
 
 /// What the cross-rule checks need to know of each rule.
@@ -237,6 +267,7 @@ impl Validator {
         &mut self,
         path: &Path,
         model: &RuleFileModel,
+        raw: &[Value],
         rules: &mut Vec<Rule>,
         metas: &mut Vec<RuleMeta>,
     ) {
@@ -272,10 +303,17 @@ impl Validator {
             .hint = Some("add `rules:` with at least one rule".to_owned());
         }
         let vars = Arc::new(vars);
-        for rule_model in &model.rules {
+        for (index, rule_model) in model.rules.iter().enumerate() {
             // The meta is kept for invalid rules too: their names and links still take part in
             // the whole-set checks (a duplicate name is a duplicate even if both rules are broken).
-            let (rule, meta) = self.rule(path, &vars, rule_model);
+            let (mut rule, meta) = self.rule(path, &vars, rule_model);
+            if let Some(rule) = &mut rule {
+                let fallback = serde_json::json!({ "name": rule.name });
+                let (version, definition) =
+                    super::ruleset::rule_version(raw.get(index).unwrap_or(&fallback), &vars);
+                rule.version = version;
+                rule.definition = definition;
+            }
             rules.extend(rule);
             metas.push(meta);
         }
@@ -391,6 +429,9 @@ impl Validator {
             steps,
             vars: vars.clone(),
             tests,
+            // Set by `file`, which has the rule as written.
+            version: String::new(),
+            definition: Arc::from(""),
         };
         (Some(rule), meta)
     }
@@ -2161,5 +2202,56 @@ fn find_cycles<'a>(
             find_cycles(next, edges, path, found, depth + 1);
             path.pop();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> RuleSet {
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::write(dir.path().join("r.yaml"), text).expect("write");
+        super::super::load_rule_set(&[dir.path().to_path_buf()])
+            .result
+            .expect("valid")
+    }
+
+    const RULES: &str = r#"
+vars: { flow: screening, n: 1.5 }
+rules:
+  - name: screen
+    description: words do not change the version
+    on: { flow_run: { status: finished, started_by: other } }
+    do:
+      - id: again
+        retry: { attempts: 3, backoff: 1s }
+        start_flow_run: { flow: "{{vars.flow}}", message_thread: "{{run.messageThreadId}}" }
+        on_status:
+          finished: [ { log: "done {{run.id}}" } ]
+  - name: other
+    on: { event: x }
+    do: [ { start_flow_run: { flow: f, message_thread: t } } ]
+"#;
+
+    #[test]
+    fn a_rule_version_rebuilds_to_the_same_rule() {
+        let set = load(RULES);
+        let rule = set.get("screen").expect("rule");
+        let rebuilt = rebuild(&rule.definition).expect("rebuilds");
+        assert_eq!(rebuilt.version, rule.version);
+        assert_eq!(rebuilt.steps.len(), 1);
+        assert_eq!(rebuilt.steps[0].on_status.len(), 1);
+        assert_eq!(rebuilt.vars, rule.vars);
+        // The description and the tests are not part of the version; the steps are.
+        let reworded = load(&RULES.replace("words do not change", "other words"));
+        assert_eq!(reworded.get("screen").expect("rule").version, rule.version);
+        let changed = load(&RULES.replace("attempts: 3", "attempts: 4"));
+        assert_ne!(changed.get("screen").expect("rule").version, rule.version);
+        let other_vars = load(&RULES.replace("n: 1.5", "n: 2"));
+        assert_ne!(
+            other_vars.get("screen").expect("rule").version,
+            rule.version
+        );
     }
 }

@@ -126,6 +126,8 @@ pub struct NewExecution {
     pub context: Value,
     /// Why it was skipped or orphaned.
     pub note: Option<String>,
+    /// The rule version it runs ([`crate::rules::Rule::version`]).
+    pub rule_version: Option<String>,
 }
 
 /// An execution as stored.
@@ -155,6 +157,8 @@ pub struct Execution {
     pub step_started_at: Option<DateTime<Utc>>,
     /// The last error.
     pub last_error: Option<String>,
+    /// The rule version it runs; `None` for executions stored before versions were.
+    pub rule_version: Option<String>,
     /// Created.
     pub created_at: DateTime<Utc>,
     /// Updated.
@@ -201,6 +205,17 @@ pub enum PollMark {
     Failed(DateTime<Utc>),
     /// Recrubo answered 404: the run is gone; it is no longer polled.
     Gone,
+}
+
+/// A rule version to store.
+#[derive(Debug, Clone)]
+pub struct RuleVersion {
+    /// SHA-256 of the definition.
+    pub hash: String,
+    /// The rule's name.
+    pub rule: String,
+    /// Canonical JSON.
+    pub definition: std::sync::Arc<str>,
 }
 
 /// A webhook set aside until its run is known or `until` passes.
@@ -346,6 +361,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         max_bytes: i64,
         now: DateTime<Utc>,
     ) -> Result<Vec<StoredEvent>, StoreError>;
+    /// Stores rule versions (hash, rule name, definition); a version stored before is kept.
+    async fn save_rule_versions(&self, versions: &[RuleVersion]) -> Result<(), StoreError>;
+    /// The definition of a stored rule version.
+    async fn rule_version(&self, hash: &str) -> Result<Option<String>, StoreError>;
     /// Sets events aside (see [`Deferral`]).
     async fn defer_events(&self, deferrals: &[Deferral]) -> Result<(), StoreError>;
     /// Marks events processed and stores what they caused, in one transaction. For each event,

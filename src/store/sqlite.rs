@@ -21,15 +21,16 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     DeadLetter, Deferral, EventOutcome, EventSource, Execution, ExecutionFilter, FollowedRun,
-    InsertOutcome, NewEvent, NewExecution, PollMark, RetryOutcome, StepRecord, Store, StoreError,
-    StoredEvent, TickBatch,
+    InsertOutcome, NewEvent, NewExecution, PollMark, RetryOutcome, RuleVersion, StepRecord, Store,
+    StoreError, StoredEvent, TickBatch,
 };
 
 /// The migrations, in order; `PRAGMA user_version` counts the ones applied.
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 4] = [
     include_str!("../../migrations/sqlite/0001_init.sql"),
     include_str!("../../migrations/sqlite/0002_schedules.sql"),
     include_str!("../../migrations/sqlite/0003_hardening.sql"),
+    include_str!("../../migrations/sqlite/0004_rule_versions.sql"),
 ];
 
 /// How many threads answer reads.
@@ -269,7 +270,7 @@ fn read_loop(connection: &Connection, reads: &Mutex<std::sync::mpsc::Receiver<Re
     }
 }
 
-const EXECUTION_COLUMNS: &str = "id, rule, event_id, handler_step, handler_status, status, context, next_step, attempt, next_attempt_at, step_started_at, last_error, created_at, updated_at";
+const EXECUTION_COLUMNS: &str = "id, rule, event_id, handler_step, handler_status, status, context, next_step, attempt, next_attempt_at, step_started_at, last_error, rule_version, created_at, updated_at";
 
 fn execution_from_row(row: &Row<'_>) -> Result<Execution, StoreError> {
     Ok(Execution {
@@ -285,6 +286,7 @@ fn execution_from_row(row: &Row<'_>) -> Result<Execution, StoreError> {
         next_attempt_at: parse_time(&row.get::<_, String>("next_attempt_at")?)?,
         step_started_at: parse_optional_time(row.get("step_started_at")?)?,
         last_error: row.get("last_error")?,
+        rule_version: row.get("rule_version")?,
         created_at: parse_time(&row.get::<_, String>("created_at")?)?,
         updated_at: parse_time(&row.get::<_, String>("updated_at")?)?,
     })
@@ -455,7 +457,7 @@ fn insert_execution(
 ) -> Result<(), StoreError> {
     transaction
         .prepare_cached(
-            "INSERT INTO executions (id, rule, event_id, handler_step, handler_status, status, context, next_step, attempt, next_attempt_at, last_error, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, 0, ?8, ?9, ?8, ?8) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO executions (id, rule, event_id, handler_step, handler_status, status, context, next_step, attempt, next_attempt_at, last_error, rule_version, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, 0, ?8, ?9, ?10, ?8, ?8) ON CONFLICT (id) DO NOTHING",
         )?
         .execute(params![
             execution.id,
@@ -467,6 +469,7 @@ fn insert_execution(
             execution.context.to_string(),
             now,
             execution.note,
+            execution.rule_version,
         ])?;
     Ok(())
 }
@@ -524,6 +527,7 @@ enum WriteOp {
         now: DateTime<Utc>,
     },
     Defer(Vec<Deferral>),
+    SaveRuleVersions(Vec<RuleVersion>),
     DeadLetter {
         execution: Box<Execution>,
         kind: String,
@@ -617,6 +621,21 @@ fn apply(transaction: &Transaction<'_>, op: &WriteOp) -> Result<WriteResult, Sto
                     .prepare_cached("UPDATE followed SET terminal = 1, gone_at = ?, poll_after = NULL WHERE resource_id = ?")?
                     .execute(params![now, resource_id])?,
             };
+            Ok(WriteResult::Done)
+        }
+        WriteOp::SaveRuleVersions(versions) => {
+            let now = time_text(Utc::now());
+            let mut statement = transaction.prepare_cached(
+                "INSERT INTO rule_versions (hash, rule, definition, first_seen) VALUES (?, ?, ?, ?) ON CONFLICT (hash) DO NOTHING",
+            )?;
+            for version in versions {
+                statement.execute(params![
+                    version.hash,
+                    version.rule,
+                    &*version.definition,
+                    now
+                ])?;
+            }
             Ok(WriteResult::Done)
         }
         WriteOp::Defer(deferrals) => {
@@ -897,6 +916,26 @@ impl Store for SqliteStore {
                 params![now, limit, max_bytes],
                 event_from_row,
             )
+        })
+        .await
+    }
+
+    async fn save_rule_versions(&self, versions: &[RuleVersion]) -> Result<(), StoreError> {
+        if versions.is_empty() {
+            return Ok(());
+        }
+        self.write(WriteOp::SaveRuleVersions(versions.to_vec()))
+            .await
+            .map(|_| ())
+    }
+
+    async fn rule_version(&self, hash: &str) -> Result<Option<String>, StoreError> {
+        let hash = hash.to_owned();
+        self.read(move |connection| {
+            Ok(connection
+                .prepare_cached("SELECT definition FROM rule_versions WHERE hash = ?")?
+                .query_row([hash], |row| row.get::<_, String>(0))
+                .optional()?)
         })
         .await
     }

@@ -25,6 +25,27 @@ pub(crate) struct World {
     pub(crate) _rules: tempfile::TempDir,
 }
 
+impl World {
+    /// Kills the daemon with SIGKILL; its state folder comes back for [`World::start_again`].
+    pub(crate) fn kill_daemon(&mut self) -> tempfile::TempDir {
+        std::mem::replace(&mut self.daemon, placeholder_daemon()).kill()
+    }
+
+    /// Starts the daemon again on the state of a killed one, with the same rules folder.
+    pub(crate) fn start_again(&mut self, state: tempfile::TempDir) {
+        let database = format!("sqlite://{}", state.path().join("flowd.db").display());
+        let base_url = self.sim.base_url();
+        let env = [
+            ("FLOWD_RECRUBO_BASE_URL", base_url.as_str()),
+            ("RECRUBO_API_TOKEN", "t"),
+            ("RECRUBO_WEBHOOK_SECRET", WEBHOOK_SECRET),
+            ("FLOWD_EVENTS_TOKENS", EVENT_TOKEN),
+            ("FLOWD_RECRUBO_RATE_LIMIT", "0"),
+        ];
+        self.daemon = Daemon::start_with_database(self._rules.path(), &env, &database, state);
+    }
+}
+
 pub(crate) async fn world(rules_yaml: &str, extra_env: &[(&str, &str)]) -> World {
     world_with(rules_yaml, extra_env, SimSettings::default(), |_| None).await
 }
@@ -701,7 +722,7 @@ async fn a_killed_daemon_loses_no_accepted_event_and_creates_no_run_twice() {
         (accepted.lock().expect("lock").len() >= 300).then_some(())
     })
     .await;
-    let state = std::mem::replace(&mut world.daemon, placeholder_daemon()).kill();
+    let state = world.kill_daemon();
     for sender in senders {
         let _ = sender.await;
     }
@@ -713,16 +734,7 @@ async fn a_killed_daemon_loses_no_accepted_event_and_creates_no_run_twice() {
     );
 
     // Restart on the same database: everything accepted is processed, nothing twice.
-    let database = format!("sqlite://{}", state.path().join("flowd.db").display());
-    let base_url = world.sim.base_url();
-    let env = [
-        ("FLOWD_RECRUBO_BASE_URL", base_url.as_str()),
-        ("RECRUBO_API_TOKEN", "t"),
-        ("RECRUBO_WEBHOOK_SECRET", WEBHOOK_SECRET),
-        ("FLOWD_EVENTS_TOKENS", EVENT_TOKEN),
-        ("FLOWD_RECRUBO_RATE_LIMIT", "0"),
-    ];
-    world.daemon = Daemon::start_with_database(world._rules.path(), &env, &database, state);
+    world.start_again(state);
     let runs = wait_for_runs(&world.client, accepted.len()).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let runs = wait_for_runs(&world.client, runs.len()).await;
@@ -778,17 +790,10 @@ rules:
     );
 
     // Down for 3 s, then back on the same database: `latest` fires one tick for the gap.
-    let state = std::mem::replace(&mut world.daemon, placeholder_daemon()).kill();
+    let state = world.kill_daemon();
     let before = world.sink.received().len();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let database = format!("sqlite://{}", state.path().join("flowd.db").display());
-    let base_url = world.sim.base_url();
-    let env = [
-        ("FLOWD_RECRUBO_BASE_URL", base_url.as_str()),
-        ("RECRUBO_API_TOKEN", "t"),
-        ("FLOWD_EVENTS_TOKENS", EVENT_TOKEN),
-    ];
-    world.daemon = Daemon::start_with_database(world._rules.path(), &env, &database, state);
+    world.start_again(state);
     let after = eventually(WAIT, "the caught-up tick", || async {
         let received = world.sink.received();
         (received.len() > before).then_some(received)
@@ -1147,17 +1152,9 @@ async fn a_sweep_killed_halfway_resumes_without_doubles_or_gaps() {
         (flow_run_pages(&world.sim).await >= 8).then_some(())
     })
     .await;
-    let state = std::mem::replace(&mut world.daemon, placeholder_daemon()).kill();
+    let state = world.kill_daemon();
     crate::recrubo_client::set_faults(&world.sim, json!({})).await;
-    let database = format!("sqlite://{}", state.path().join("flowd.db").display());
-    let base_url = world.sim.base_url();
-    let env = [
-        ("FLOWD_RECRUBO_BASE_URL", base_url.as_str()),
-        ("RECRUBO_API_TOKEN", "t"),
-        ("FLOWD_EVENTS_TOKENS", EVENT_TOKEN),
-        ("FLOWD_RECRUBO_RATE_LIMIT", "0"),
-    ];
-    world.daemon = Daemon::start_with_database(world._rules.path(), &env, &database, state);
+    world.start_again(state);
     let executions = eventually(
         Duration::from_secs(60),
         "one execution per item",

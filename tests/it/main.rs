@@ -16,3 +16,4 @@ mod shipped;
 mod simulator;
 mod store;
 mod support;
+mod versions;

@@ -18,6 +18,7 @@ fn execution(id: &str, rule: &str, status: &str) -> NewExecution {
         status: status.to_owned(),
         context: json!({}),
         note: None,
+        rule_version: None,
     }
 }
 
