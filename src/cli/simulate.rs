@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use super::{EXIT_INVALID_CONFIG, default_rule_paths};
 use crate::engine::dry_run::run_test;
+use crate::engine::matcher::{Incoming as Matched, why_not};
 use crate::recrubo::jsonapi::WebhookPayload;
 use crate::rules::Trigger;
 use crate::rules::load_rule_set;
@@ -78,96 +79,36 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
     };
     let mut matched = 0;
     for rule in set.rules() {
-        let (event, why_not) = match (&incoming, &rule.trigger) {
-            (Incoming::External { event_type, event }, Trigger::Event { event_type: wanted }) => {
-                if wanted == event_type {
-                    (event.clone(), None)
-                } else {
-                    (
-                        Value::Null,
-                        Some(format!("it listens to `{wanted}`, not `{event_type}`")),
-                    )
-                }
-            }
-            (Incoming::Webhook(payload), Trigger::Recrubo(trigger)) => {
-                let attributes = &payload.data.attributes;
-                let fields = attributes.fields.clone().unwrap_or_default();
-                if trigger.resource != attributes.resource.resource_type {
-                    (
-                        Value::Null,
-                        Some(format!(
-                            "it listens to `{}`, not `{}`",
-                            trigger.resource, attributes.resource.resource_type
-                        )),
-                    )
-                } else if !trigger.events.is_empty() && !trigger.events.contains(&attributes.event)
-                {
-                    (
-                        Value::Null,
-                        Some(format!(
-                            "it listens to {:?}, not `{}`",
-                            trigger.events, attributes.event
-                        )),
-                    )
-                } else if !trigger.fields.is_empty()
-                    && !trigger.fields.iter().any(|f| fields.contains(f))
-                {
-                    (
-                        Value::Null,
-                        Some(format!("none of its fields {:?} changed", trigger.fields)),
-                    )
-                } else {
-                    (attributes.resource.to_json(), None)
-                }
-            }
-            (Incoming::Webhook(payload), Trigger::FlowRun(trigger)) => {
-                let resource = &payload.data.attributes.resource;
-                let status = resource.str_attribute("status").unwrap_or_default();
-                if resource.resource_type != "flowRuns" {
-                    (Value::Null, Some("it follows FlowRuns".to_owned()))
-                } else if !trigger.statuses.iter().any(|s| s.as_str() == status) {
-                    (
-                        Value::Null,
-                        Some(format!("the status `{status}` is not one it reacts to")),
-                    )
-                } else if trigger
-                    .flow
-                    .as_deref()
-                    .is_some_and(|flow| Some(flow) != resource.str_attribute("flowId"))
-                {
-                    (Value::Null, Some("the run is of another flow".to_owned()))
-                } else if trigger.started_by.is_some() {
-                    (
-                        Value::Null,
-                        Some(
-                            "`started_by` needs a run started by flowd; a simulation has none"
-                                .to_owned(),
-                        ),
-                    )
-                } else {
-                    (resource.to_json(), None)
-                }
-            }
-            (Incoming::Webhook(payload), Trigger::FlowGeneration(trigger)) => {
-                let resource = &payload.data.attributes.resource;
-                let status = resource.str_attribute("status").unwrap_or_default();
-                if resource.resource_type != "flowGenerations" {
-                    (Value::Null, Some("it follows FlowGenerations".to_owned()))
-                } else if !trigger.statuses.iter().any(|s| s.as_str() == status) {
-                    (
-                        Value::Null,
-                        Some(format!("the status `{status}` is not one it reacts to")),
-                    )
-                } else if trigger.started_by.is_some() {
-                    (Value::Null, Some("`started_by` needs a generation started by flowd; a simulation has none".to_owned()))
-                } else {
-                    (resource.to_json(), None)
-                }
-            }
-            (_, trigger) => (
-                Value::Null,
-                Some(format!("its trigger is `{}`", trigger.kind())),
+        // The daemon's own decision (engine::matcher::why_not); a simulation has no run that
+        // flowd started, so `started_by` cannot be met.
+        let (event, why_not) = match &incoming {
+            Incoming::External { event_type, event } => (
+                event.clone(),
+                why_not(&rule.trigger, &Matched::External { event_type }, false),
             ),
+            Incoming::Webhook(payload) => {
+                let attributes = &payload.data.attributes;
+                let resource = &attributes.resource;
+                let fields = attributes.fields.clone().unwrap_or_default();
+                let status = resource.str_attribute("status").unwrap_or_default();
+                let as_seen = match (&rule.trigger, resource.resource_type.as_str()) {
+                    (Trigger::FlowRun(_), "flowRuns") => Matched::FlowRun {
+                        status,
+                        flow_id: resource.str_attribute("flowId"),
+                        starter: None,
+                    },
+                    (Trigger::FlowGeneration(_), "flowGenerations") => Matched::FlowGeneration {
+                        status,
+                        starter: None,
+                    },
+                    _ => Matched::Webhook {
+                        resource: &resource.resource_type,
+                        event: &attributes.event,
+                        fields: &fields,
+                    },
+                };
+                (resource.to_json(), why_not(&rule.trigger, &as_seen, false))
+            }
         };
         if let Some(reason) = why_not {
             println!("✗ {} — no match: {reason}", rule.name);

@@ -1,6 +1,10 @@
 //! Matching events to rules, through an index built once per rule set: by event type, by
 //! Recrubo resource, by run status. The cost of matching an event does not grow with the number
 //! of rules that cannot match it. Pure: no I/O.
+//!
+//! Whether one trigger takes one event is decided in one place, [`why_not`]: the index narrows
+//! the candidates, then asks it; `flowd test` and `flowd simulate` ask it too, so they can never
+//! drift from the daemon.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,6 +30,146 @@ pub struct Starter<'a> {
     pub rule: &'a str,
     /// The step id.
     pub step: Option<&'a str>,
+}
+
+/// An event as the triggers see it.
+#[derive(Debug, Clone, Copy)]
+pub enum Incoming<'a> {
+    /// An external or emitted event of a type.
+    External {
+        /// Its type.
+        event_type: &'a str,
+    },
+    /// A Recrubo webhook about a resource.
+    Webhook {
+        /// The JSON:API type of the resource (`flowRuns`, `candidates`).
+        resource: &'a str,
+        /// `create`, `update` or `delete`.
+        event: &'a str,
+        /// The changed fields, for updates.
+        fields: &'a [String],
+    },
+    /// A FlowRun's status (from a webhook or a poll).
+    FlowRun {
+        /// Its status.
+        status: &'a str,
+        /// Its `flowId`.
+        flow_id: Option<&'a str>,
+        /// Who started it, when flowd did; `None` with `assume_started_by` for tests.
+        starter: Option<Starter<'a>>,
+    },
+    /// A FlowGeneration's status.
+    FlowGeneration {
+        /// Its status.
+        status: &'a str,
+        /// Who started it, when flowd did.
+        starter: Option<Starter<'a>>,
+    },
+    /// A schedule tick of the rule.
+    Tick,
+    /// A manual trigger of the rule.
+    Manual,
+}
+
+/// Why `trigger` does not take `incoming`, or `None` when it does. `started_by` is checked
+/// against the starter unless `trust_started_by` (a test stands for a run its rule started).
+pub fn why_not(trigger: &Trigger, incoming: &Incoming, trust_started_by: bool) -> Option<String> {
+    let started = |filter: &Option<StartedBy>, starter: Option<Starter>| {
+        if trust_started_by || started_by_matches(filter, starter) {
+            None
+        } else {
+            Some(match filter {
+                Some(filter) => format!(
+                    "it reacts only to runs started by `{}{}`",
+                    filter.rule,
+                    filter
+                        .step
+                        .as_deref()
+                        .map(|s| format!("/{s}"))
+                        .unwrap_or_default()
+                ),
+                None => String::new(),
+            })
+        }
+    };
+    match (trigger, incoming) {
+        (Trigger::Event { event_type: wanted }, Incoming::External { event_type }) => {
+            (wanted != event_type).then(|| format!("it listens to `{wanted}`, not `{event_type}`"))
+        }
+        (
+            Trigger::Recrubo(trigger),
+            Incoming::Webhook {
+                resource,
+                event,
+                fields,
+            },
+        ) => {
+            if trigger.resource != *resource {
+                Some(format!(
+                    "it listens to `{}`, not `{resource}`",
+                    trigger.resource
+                ))
+            } else if !trigger.events.is_empty() && !trigger.events.iter().any(|e| e == event) {
+                Some(format!(
+                    "it listens to {}, not `{event}`",
+                    trigger.events.join("/")
+                ))
+            } else if !trigger.fields.is_empty()
+                && !trigger.fields.iter().any(|f| fields.contains(f))
+            {
+                Some(format!(
+                    "none of its fields ({}) changed",
+                    trigger.fields.join(", ")
+                ))
+            } else {
+                None
+            }
+        }
+        (
+            Trigger::FlowRun(trigger),
+            Incoming::FlowRun {
+                status,
+                flow_id,
+                starter,
+            },
+        ) => {
+            if !trigger.statuses.iter().any(|s| s.as_str() == *status) {
+                Some(format!("the status `{status}` is not one it reacts to"))
+            } else if let Some(flow) = trigger.flow.as_deref()
+                && Some(flow) != *flow_id
+            {
+                Some(format!(
+                    "it reacts to runs of flow `{flow}`, not `{}`",
+                    flow_id.unwrap_or("(none)")
+                ))
+            } else {
+                started(&trigger.started_by, *starter)
+            }
+        }
+        (Trigger::FlowGeneration(trigger), Incoming::FlowGeneration { status, starter }) => {
+            if !trigger.statuses.iter().any(|s| s.as_str() == *status) {
+                Some(format!("the status `{status}` is not one it reacts to"))
+            } else {
+                started(&trigger.started_by, *starter)
+            }
+        }
+        (Trigger::Schedule(_) | Trigger::Every(_), Incoming::Tick) => None,
+        // Any rule can be run by hand (the admin API refuses it for rules that are not
+        // `manual`; `flowd simulate --manual` runs any).
+        (_, Incoming::Manual) => None,
+        (trigger, incoming) => Some(format!(
+            "its trigger is `{}`, and this is {}",
+            trigger.kind(),
+            match incoming {
+                Incoming::External { .. } => "an event",
+                Incoming::Webhook { .. } => "a Recrubo webhook",
+                Incoming::FlowRun { .. } => "a FlowRun status",
+                Incoming::FlowGeneration { .. } => "a FlowGeneration status",
+                Incoming::Tick => "a schedule tick",
+                Incoming::Manual => "a manual trigger",
+            }
+        )),
+    }
 }
 
 fn started_by_matches(filter: &Option<StartedBy>, starter: Option<Starter>) -> bool {
@@ -108,15 +252,13 @@ impl MatchIndex {
         event: &str,
         fields: &[String],
     ) -> Vec<&'a Arc<Rule>> {
+        let incoming = Incoming::Webhook {
+            resource,
+            event,
+            fields,
+        };
         Self::rules(set, self.by_resource.get(resource))
-            .filter(|rule| match &rule.trigger {
-                Trigger::Recrubo(trigger) => {
-                    (trigger.events.is_empty() || trigger.events.iter().any(|e| e == event))
-                        && (trigger.fields.is_empty()
-                            || trigger.fields.iter().any(|f| fields.contains(f)))
-                }
-                _ => false,
-            })
+            .filter(|rule| why_not(&rule.trigger, &incoming, false).is_none())
             .collect()
     }
 
@@ -128,17 +270,13 @@ impl MatchIndex {
         flow_id: Option<&str>,
         starter: Option<Starter>,
     ) -> Vec<&'a Arc<Rule>> {
+        let incoming = Incoming::FlowRun {
+            status,
+            flow_id,
+            starter,
+        };
         Self::rules(set, self.flow_run_by_status.get(status))
-            .filter(|rule| match &rule.trigger {
-                Trigger::FlowRun(trigger) => {
-                    trigger
-                        .flow
-                        .as_deref()
-                        .is_none_or(|flow| Some(flow) == flow_id)
-                        && started_by_matches(&trigger.started_by, starter)
-                }
-                _ => false,
-            })
+            .filter(|rule| why_not(&rule.trigger, &incoming, false).is_none())
             .collect()
     }
 
@@ -149,13 +287,9 @@ impl MatchIndex {
         status: &str,
         starter: Option<Starter>,
     ) -> Vec<&'a Arc<Rule>> {
+        let incoming = Incoming::FlowGeneration { status, starter };
         Self::rules(set, self.generation_by_status.get(status))
-            .filter(|rule| match &rule.trigger {
-                Trigger::FlowGeneration(trigger) => {
-                    started_by_matches(&trigger.started_by, starter)
-                }
-                _ => false,
-            })
+            .filter(|rule| why_not(&rule.trigger, &incoming, false).is_none())
             .collect()
     }
 }

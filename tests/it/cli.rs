@@ -190,6 +190,62 @@ fn a_failing_rule_test_exits_1_with_expected_and_actual() {
 }
 
 #[test]
+fn a_rule_test_whose_event_the_trigger_would_not_take_runs_nothing_and_says_why() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("a.yaml"),
+        r#"rules:
+  - name: greet
+    on: { event: hello }
+    do: [ { log: "hi {{event.data.name}}" } ]
+    tests:
+      - name: another event type
+        event: { type: goodbye, data: { name: Ana } }
+        expect: { steps: [ { log: {} } ] }
+      - name: another event type runs nothing
+        event: { type: goodbye, data: { name: Ana } }
+        expect: { steps: [] }
+  - name: on-finish
+    on: { flow_run: { status: finished, flow: screening } }
+    do: [ { log: "done" } ]
+    tests:
+      - name: a timeout is not a finish
+        event: { id: r-1, type: flowRuns, attributes: { status: timeout, flowId: screening } }
+        expect: { steps: [ { log: {} } ] }
+      - name: another flow
+        event: { id: r-1, status: finished, flowId: onboarding }
+        expect: { steps: [ { log: {} } ] }
+      - name: the status it reacts to
+        event: { id: r-1, status: finished, flowId: screening }
+        expect: { steps: [ { log: { text: done } } ] }
+"#,
+    )
+    .expect("write");
+    let (code, out) = flowd(&["test", dir.path().to_str().expect("utf-8")]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("it listens to `hello`, not `goodbye`"),
+        "{out}"
+    );
+    assert!(
+        out.contains("test greet::another event type runs nothing ... ok"),
+        "{out}"
+    );
+    assert!(
+        out.contains("the status `timeout` is not one it reacts to"),
+        "{out}"
+    );
+    assert!(
+        out.contains("it reacts to runs of flow `screening`, not `onboarding`"),
+        "{out}"
+    );
+    assert!(
+        out.contains("test result: FAILED. 2 passed; 3 failed"),
+        "{out}"
+    );
+}
+
+#[test]
 fn the_demo_runs_the_quickstart_scenario_to_its_end() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_flowd"))
         .args(["demo", "--exit-when-done"])
