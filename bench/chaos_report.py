@@ -251,6 +251,13 @@ def report(args):
     twice = sorted(p for p in expected if pairs.get(p, 0) > 1)
     never = sorted(p for p in expected if p not in pairs)
     never_by_status = Counter(s for _, s in never)
+    # A status flowd was told about (a webhook or a poll in its inbox) but fired no handler for,
+    # versus one it never learned of (webhook dropped and no poll saw the run in that status).
+    seen = {(row[0], row[1]) for row in conn.execute(
+        "SELECT json_extract(payload, '$.data.attributes.resource.id'), "
+        "json_extract(payload, '$.data.attributes.resource.attributes.status') "
+        "FROM events WHERE source != 'event'")}
+    never_seen = [p for p in never if p in seen]
     stray = sorted(p for p in pairs if p not in expected)
     not_followed = sorted(sim_ids - followed)
 
@@ -291,7 +298,8 @@ def report(args):
     print(f"LOST:                   {len(lost)} threads with no FlowRun")
     print(f"runs not followed:      {len(not_followed)}")
     print(f"handler pairs:          {len(expected)} (run, status) expected: {once} fired once, "
-          f"{len(twice)} more than once, {len(never)} never ({fmt(never_by_status)}); "
+          f"{len(twice)} more than once, {len(never)} never ({fmt(never_by_status)}; "
+          f"{len(never_seen)} of them with that status in flowd's inbox); "
           f"{len(stray)} for runs outside these threads")
     print(f"sink notifications:     {lines} received, {len(received)} distinct (run, status), "
           f"{len(sink_dup)} received more than once (at-least-once, allowed), "
@@ -349,9 +357,27 @@ def report(args):
             for item in items[:5]:
                 print(f"  {item}")
 
-    show("evidence: handlers never fired (webhook deliveries; API requests for the run)",
+    def inbox_of(run):
+        return [f"#{row[0]} {row[1]} {row[2]} received {row[3][11:23]} processed "
+                f"{(row[4] or '-')[11:23]}" for row in conn.execute(
+                    "SELECT id, source, json_extract(payload, "
+                    "'$.data.attributes.resource.attributes.status'), received_at, processed_at "
+                    "FROM events WHERE source != 'event' AND "
+                    "json_extract(payload, '$.data.attributes.resource.id') = ? ORDER BY id", (run,))]
+
+    def followed_of(run):
+        row = conn.execute("SELECT f.remote_updated_at, f.changed_at, s.note FROM followed f "
+                           "LEFT JOIN step_runs s ON s.execution_id = f.execution_id "
+                           "WHERE f.resource_id = ?", (run,)).fetchone()
+        return (f"recorded {row[1][11:23]} with updatedAt {row[0][11:23]}"
+                + ("; adopted after a lost answer" if row[2] and row[2].startswith("adopted")
+                   else "")) if row else "not followed"
+
+    show("evidence: handlers never fired although flowd's inbox had the status (inbox; followed)",
+         [f"{run} {s}: inbox {inbox_of(run)}; {followed_of(run)}" for run, s in never_seen])
+    show("evidence: handlers never fired, status never reached flowd (deliveries; API requests)",
          [f"{run} {s}: deliveries {deliveries_of(run)}; requests {polls_of(run)}"
-          for run, s in never])
+          for run, s in never if (run, s) not in seen])
     show("evidence: handlers fired more than once (executions and the events behind them)",
          [f"{run} {s}: {json.dumps(executions_of(run, s))}; deliveries {deliveries_of(run)}"
           for run, s in twice])
@@ -365,7 +391,7 @@ def report(args):
         json.dump({"duplicates": {t: [r["id"] for r in rs] for t, rs in duplicates.items()},
                    "lost": lost, "twice": twice, "never": never, "not_followed": not_followed,
                    "sink_duplicates": [list(p) + [n] for p, n in sink_dup.items()],
-                   "sink_missing": sink_missing, "stray": stray}, f)
+                   "sink_missing": sink_missing, "stray": stray, "never_seen": never_seen}, f)
     return 1 if duplicates or lost else 0
 
 

@@ -156,7 +156,7 @@ impl Runner<'_> {
             StepKind::AnalyzeVacancy { .. } => json!({
                 "id": format!("analysis-{n}"), "type": "vacancyAnalyses",
                 "inputText": fields["text"],
-                "analyzeResult": crate::sim::lifecycle::analyze(fields["text"].as_str().unwrap_or_default()),
+                "analyzeResult": crate::recrubo::sample::analyze(fields["text"].as_str().unwrap_or_default()),
             }),
             StepKind::UpdateFlowRun { .. } => {
                 json!({ "id": fields["id"], "type": "flowRuns", "state": fields["state"], "status": fields["status"] })

@@ -241,6 +241,8 @@ async fn run_execution(engine: &Engine, mut execution: Execution) -> Result<(), 
                 record.status = "skipped".to_owned();
                 record.error = Some(match outcome {
                     crate::rules::expr::ConditionOutcome::Failed(reason) => {
+                        // Logged like a rule-level condition that fails.
+                        info!(rule = %execution.rule, execution = %execution.id, step = step.kind.name(), reason = %reason, "Step condition failed to evaluate; counted as false");
                         format!("condition failed to evaluate: {reason}")
                     }
                     _ => format!("condition `{}` is false", condition.source()),

@@ -5,6 +5,7 @@ pub mod client;
 pub mod error;
 pub mod jsonapi;
 pub mod query;
+pub mod sample;
 pub mod status;
 pub mod types;
 

@@ -171,6 +171,9 @@ pub fn rebuild(definition: &str) -> Result<Rule, String> {
     Ok(rule)
 }
 
+/// The parameters Recrubo requires of a `vacancy_application_flow` (recrubo-api.md 6.3).
+const REQUIRED_GENERATION_PARAMETERS: [&str; 2] = ["knockoutRequirements", "preferredRequirements"];
+
 /// What the cross-rule checks need to know of each rule.
 struct RuleMeta {
     name: String,
@@ -245,6 +248,49 @@ fn suggest_rule_name(name: &str) -> String {
 }
 
 impl Validator {
+    /// A trigger field that is a template of `vars` only, resolved now (a trigger is matched
+    /// before any event data exists: `flow: "{{vars.screening}}"` was compared literally and
+    /// never matched).
+    fn load_time_text(&mut self, ctx: Ctx, text: &Located<String>, field: &str) -> Option<String> {
+        if !text.value.contains("{{") {
+            return Some(text.value.clone());
+        }
+        let rendered = Template::compile(&text.value)
+            .map_err(|err| err.message)
+            .and_then(|template| {
+                template
+                    .render(&serde_json::json!({ "vars": ctx.vars }))
+                    .map_err(|err| err.to_string())
+            });
+        match rendered {
+            Ok(Value::String(resolved)) if !resolved.is_empty() => Some(resolved),
+            Ok(other) => {
+                self.error(
+                    ctx,
+                    text.at,
+                    field,
+                    "template",
+                    format!("`{}` resolves to {other}, not a flow id", text.value),
+                );
+                None
+            }
+            Err(reason) => {
+                self.error(
+                    ctx,
+                    text.at,
+                    field,
+                    "template",
+                    format!(
+                        "`{}` is resolved when the rules load, so it may use `vars` only: {reason}",
+                        text.value
+                    ),
+                )
+                .hint = Some("a trigger is matched before there is event data; filter on run data with `if:`".to_owned());
+                None
+            }
+        }
+    }
+
     fn error(
         &mut self,
         ctx: Ctx,
@@ -564,7 +610,10 @@ impl Validator {
                         meta.started_by = Some((parsed.clone(), started_by.at, "start_flow_run"));
                     })
             });
-            let flow = value.flow.as_ref().map(|flow| flow.value.clone());
+            let flow = value
+                .flow
+                .as_ref()
+                .and_then(|flow| self.load_time_text(ctx, flow, "on.flow_run.flow"));
             return Some(Trigger::FlowRun(FlowRunTrigger {
                 statuses: statuses.iter().map(|s| FlowRunStatus::parse(s)).collect(),
                 flow,
@@ -1628,6 +1677,45 @@ impl Validator {
             if v.from_analysis.is_some() && from_analysis.is_none() {
                 return None;
             }
+            // recrubo-api.md 6.3: a vacancy_application_flow needs both requirement lists (`[]`
+            // for none). Without `from_analysis` to supply them, a literal `parameters` mapping
+            // must name them, or Recrubo answers 422 at run time. A templated `parameters` is
+            // only known then.
+            let is_vacancy_flow = v
+                .flow_type
+                .as_ref()
+                .is_none_or(|t| t.value == "vacancy_application_flow");
+            if is_vacancy_flow && v.from_analysis.is_none() {
+                let (present, at): (Vec<&str>, Pos) = match &v.parameters {
+                    Some(parameters) => match &parameters.value {
+                        ValueModel::Object(map) => (
+                            map.iter().map(|(k, _)| k.value.as_str()).collect(),
+                            parameters.at,
+                        ),
+                        _ => (REQUIRED_GENERATION_PARAMETERS.to_vec(), parameters.at),
+                    },
+                    None => (Vec::new(), step.at),
+                };
+                let missing: Vec<&str> = REQUIRED_GENERATION_PARAMETERS
+                    .iter()
+                    .copied()
+                    .filter(|name| !present.contains(name))
+                    .collect();
+                if !missing.is_empty() {
+                    self.error(
+                        ctx,
+                        at,
+                        &format!("{f}.parameters"),
+                        "required",
+                        format!(
+                            "a vacancy_application_flow needs {} in `parameters` (or `from_analysis`)",
+                            backticked(missing.iter().copied())
+                        ),
+                    )
+                    .hint = Some("write `knockoutRequirements: []` and `preferredRequirements: []` for none, or take them from an `analyze_vacancy` step with `from_analysis`".to_owned());
+                    return None;
+                }
+            }
             return Some(StepKind::GenerateFlow {
                 flow_type: flow_type?,
                 parameters: parameters.map(|s| s.ok_or(())).transpose().ok()?,
@@ -2233,6 +2321,56 @@ rules:
     on: { event: x }
     do: [ { start_flow_run: { flow: f, message_thread: t } } ]
 "#;
+
+    fn problems(text: &str) -> Vec<Diagnostic> {
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::write(dir.path().join("r.yaml"), text).expect("write");
+        super::super::load_rule_set(&[dir.path().to_path_buf()])
+            .result
+            .expect_err("invalid")
+    }
+
+    #[test]
+    fn a_flow_filter_of_vars_is_resolved_at_load_and_one_of_run_data_is_refused() {
+        let set = load(
+            "vars: { screening: flow-7 }\nrules:\n  - name: a\n    on: { flow_run: { status: finished, flow: \"{{vars.screening}}\" } }\n    do: [ { log: x } ]\n",
+        );
+        match &set.get("a").expect("rule").trigger {
+            Trigger::FlowRun(trigger) => assert_eq!(trigger.flow.as_deref(), Some("flow-7")),
+            other => panic!("{other:?}"),
+        }
+        let errors = problems(
+            "rules:\n  - name: a\n    on: { flow_run: { status: finished, flow: \"{{run.flowId}}\" } }\n    do: [ { log: x } ]\n",
+        );
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].message.contains("may use `vars` only"),
+            "{errors:?}"
+        );
+        assert_eq!(errors[0].field.as_deref(), Some("on.flow_run.flow"));
+    }
+
+    #[test]
+    fn a_vacancy_flow_without_its_required_parameters_is_a_check_error() {
+        let rule = |step: &str| {
+            format!("rules:\n  - name: g\n    on: {{ event: v }}\n    do:\n      - {step}\n")
+        };
+        let errors = problems(&rule("generate_flow: { parameters: { language: nl } }"));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0]
+                .message
+                .contains("`knockoutRequirements`, `preferredRequirements`"),
+            "{errors:?}"
+        );
+        let errors = problems(&rule("generate_flow: { vacancy_id: v-1 }"));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        load(&rule(
+            "generate_flow: { parameters: { knockoutRequirements: [], preferredRequirements: [] } }",
+        ));
+        load(&rule("generate_flow: { parameters: \"{{event.data.p}}\" }"));
+        load(&rule("generate_flow: { flow_type: other_flow }"));
+    }
 
     #[test]
     fn a_rule_version_rebuilds_to_the_same_rule() {

@@ -317,9 +317,10 @@ impl SimState {
             .with_collection("vacancy-analyses", |analyses| {
                 let analysis = analyses.get_mut(id)?;
                 let text = analysis.str_attribute("inputText").unwrap_or("").to_owned();
-                analysis
-                    .attributes
-                    .insert("analyzeResult".into(), lifecycle::analyze(&text));
+                analysis.attributes.insert(
+                    "analyzeResult".into(),
+                    crate::recrubo::sample::analyze(&text),
+                );
                 analysis
                     .attributes
                     .insert("updatedAt".into(), Value::String(now_text()));

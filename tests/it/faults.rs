@@ -420,7 +420,7 @@ rules:
     on: { event: vacancy.published }
     do:
       - id: generation
-        generate_flow: { flow_type: vacancy_application_flow, parameters: { vacancyId: v-1 } }
+        generate_flow: { flow_type: vacancy_application_flow, parameters: { vacancyId: v-1, knockoutRequirements: [], preferredRequirements: [] } }
         on_status:
           finished:
             - notify: { url: SINK_URL, body: { flow: "{{generation.flowId}}" } }
