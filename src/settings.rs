@@ -203,6 +203,10 @@ pub struct RecruboSettings {
     pub rate_limit: f64,
     /// Poll followed runs that have not changed for this long (a duration like `10m`).
     pub reconcile_after: String,
+    /// How long a webhook for a run flowd does not know waits for the create that may have made
+    /// it to be recorded (Recrubo's webhook can overtake the create's answer; the docs do not
+    /// say by how much). A duration, default `30s`.
+    pub unknown_run_grace: String,
     /// The attributes of `POST /webhooks`, whose shape Recrubo does not document
     /// (recrubo-api.md §9.3): a JSON object whose strings are templates over `resource`,
     /// `event`, `fields` and `url`. Attributes that render to null are left out.
@@ -218,6 +222,7 @@ impl Default for RecruboSettings {
             sync: false,
             rate_limit: 20.0,
             reconcile_after: "10m".to_owned(),
+            unknown_run_grace: "30s".to_owned(),
             subscription_body: None,
         }
     }
@@ -327,6 +332,7 @@ pub const SETTING_PATHS: &[&str] = &[
     "recrubo.sync",
     "recrubo.rate_limit",
     "recrubo.reconcile_after",
+    "recrubo.unknown_run_grace",
     "events.tokens",
     "events.hmac_secret",
     "smtp.host",

@@ -81,6 +81,21 @@ impl Mailer {
             ),
         }
         .map_err(|err| ActionError::fatal(format!("cannot build the mail: {err}")))?;
+        // The server is checked first (a session to it, then NOOP): a failure here sent nothing
+        // and is retried, which narrows "may have been sent" to the message's own session.
+        match self.transport.test_connection().await {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(ActionError::retryable(
+                    "SMTP: the server did not answer a NOOP; nothing was sent",
+                ));
+            }
+            Err(err) => {
+                return Err(ActionError::retryable(format!(
+                    "SMTP: {err}; nothing was sent"
+                )));
+            }
+        }
         self.transport.send(message).await.map_err(smtp_failure)?;
         Ok(json!({ "message_id": message_id }))
     }

@@ -171,6 +171,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             }
         };
 
+    if let Err(err) = crate::rules::duration::parse_duration(&settings.recrubo.unknown_run_grace) {
+        eprintln!("error: recrubo.unknown_run_grace: {err}");
+        return Ok(ExitCode::from(EXIT_INVALID_CONFIG));
+    }
     if let Err(err) = crate::rules::duration::parse_duration(&settings.shutdown_timeout) {
         eprintln!("error: shutdown_timeout: {err}");
         return Ok(ExitCode::from(EXIT_INVALID_CONFIG));
@@ -297,6 +301,11 @@ pub async fn serve_with(
             // Look for stale runs often enough that one is polled soon after it goes stale.
             reconcile_every: (reconcile_after / 4)
                 .clamp(Duration::from_millis(200), Duration::from_secs(30)),
+            // Checked at start (`run`); the demo passes settings it made itself.
+            unknown_run_grace: crate::rules::duration::parse_duration(
+                &settings.recrubo.unknown_run_grace,
+            )
+            .unwrap_or(Duration::from_secs(30)),
             ..EngineSettings::default()
         },
         events_waiting: Arc::new(Notify::new()),

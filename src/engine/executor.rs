@@ -34,6 +34,9 @@ use crate::store::{EventSource, Execution, FollowedRun, NewEvent, StepRecord, St
 pub async fn run(engine: Engine, shutdown: CancellationToken, drain: Duration) {
     let permits = Arc::new(Semaphore::new(engine.settings.max_steps_in_flight.max(1)));
     let in_flight = Arc::new(Mutex::new(HashMap::<String, u32>::new()));
+    // Executions running in this process: one claimed again (its lease ran out while a long
+    // step ran) is not started a second time.
+    let running = Arc::new(Mutex::new(std::collections::HashSet::<String>::new()));
     loop {
         let free = permits.available_permits();
         if free > 0 {
@@ -45,6 +48,13 @@ pub async fn run(engine: Engine, shutdown: CancellationToken, drain: Duration) {
                 Ok(claimed) => {
                     let set = engine.reloader.current();
                     for mut execution in claimed {
+                        if !running
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(execution.id.clone())
+                        {
+                            continue;
+                        }
                         // Per-rule `concurrency`: over the limit, the execution waits its turn.
                         let limit = set.get(&execution.rule).and_then(|rule| rule.concurrency);
                         if !try_enter(&in_flight, &execution.rule, limit) {
@@ -53,6 +63,10 @@ pub async fn run(engine: Engine, shutdown: CancellationToken, drain: Duration) {
                             if let Err(err) = engine.store.save_execution(&execution, true).await {
                                 error!(execution = %execution.id, error = %err, "Cannot postpone an execution");
                             }
+                            running
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .remove(&execution.id);
                             continue;
                         }
                         let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -60,10 +74,14 @@ pub async fn run(engine: Engine, shutdown: CancellationToken, drain: Duration) {
                         };
                         let engine = engine.clone();
                         let in_flight = in_flight.clone();
+                        let running = running.clone();
                         tokio::spawn(async move {
                             let id = execution.id.clone();
                             let rule = execution.rule.clone();
                             let claimed = execution.clone();
+                            // The lease is renewed while the execution runs (an analysis may
+                            // take minutes): no other worker claims it meanwhile.
+                            let heartbeat = tokio::spawn(renew_lease(engine.clone(), id.clone()));
                             // Each execution runs isolated: a panic fails it (dead letter with
                             // the reason) and its concurrency slot is released below; it never
                             // wedges the rule (DESIGN 3).
@@ -71,6 +89,7 @@ pub async fn run(engine: Engine, shutdown: CancellationToken, drain: Duration) {
                                 std::panic::AssertUnwindSafe(run_execution(&engine, execution))
                                     .catch_unwind()
                                     .await;
+                            heartbeat.abort();
                             match outcome {
                                 Ok(Ok(())) => {}
                                 Ok(Err(err)) => {
@@ -79,6 +98,10 @@ pub async fn run(engine: Engine, shutdown: CancellationToken, drain: Duration) {
                                 Err(panic) => fail_panicked(&engine, claimed, panic).await,
                             }
                             leave(&in_flight, &rule);
+                            running
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .remove(&id);
                             drop(permit);
                             // A free slot: claim more work now rather than at the next tick.
                             engine.executions_waiting.notify_one();
@@ -128,6 +151,22 @@ async fn fail_panicked(engine: &Engine, claimed: Execution, panic: Box<dyn std::
         error!(execution = %execution.id, error = %err, "Cannot store a panicked execution");
     }
     metrics::counter!("flowd_executions_total", "rule" => execution.rule.clone(), "status" => "failed").increment(1);
+}
+
+/// Renews an execution's lease every third of the lease, until aborted.
+async fn renew_lease(engine: Engine, execution_id: String) {
+    let lease = engine.settings.lease;
+    let every = (lease / 3).max(Duration::from_millis(100));
+    loop {
+        tokio::time::sleep(every).await;
+        let until = chrono::TimeDelta::from_std(lease)
+            .ok()
+            .and_then(|lease| Utc::now().checked_add_signed(lease))
+            .unwrap_or_else(Utc::now);
+        if let Err(err) = engine.store.renew_lease(&execution_id, until).await {
+            warn!(execution = %execution_id, error = %err, "Cannot renew an execution's lease");
+        }
+    }
 }
 
 fn try_enter(in_flight: &Mutex<HashMap<String, u32>>, rule: &str, limit: Option<u32>) -> bool {
@@ -286,8 +325,10 @@ async fn run_execution(engine: &Engine, mut execution: Execution) -> Result<(), 
         }
         execution.attempt += 1;
         record.attempts = execution.attempt;
+        let mut adopted_now = false;
         let result = match adopt_existing(engine, step, &input, &context, in_doubt).await {
             Ok(Some(adopted)) => {
+                adopted_now = true;
                 info!(rule = %rule.name, execution = %execution.id, resource = %adopted.id, "A resource created by an attempt without an answer was found and adopted");
                 record.note = Some(format!(
                     "adopted {} {}: an earlier attempt created it but its answer was lost (found by a list query, not created again)",
@@ -313,7 +354,14 @@ async fn run_execution(engine: &Engine, mut execution: Execution) -> Result<(), 
                     // Outputs join the stored context: a secret echoed by a peer is redacted here.
                     steps.insert(id.clone(), redact(&output, engine.secret_values()));
                 }
-                let followed = followed_run(&execution, step, &key, &output);
+                let mut followed = followed_run(&execution, step, &key, &output);
+                if adopted_now && let Some(followed) = &mut followed {
+                    // What the adopted resource went through while nobody knew it comes as
+                    // webhooks (held while the create was in doubt) or by polling, in order:
+                    // it is recorded as new, not at its current status, so none is skipped.
+                    followed.status = "queued".to_owned();
+                    followed.remote_updated_at = None;
+                }
                 // A create answered with a status already past the first (a `sync: true`
                 // generation comes back finished): that status goes through the inbox like a
                 // webhook, in the same transaction, so its handlers fire once (DESIGN 3).
@@ -539,23 +587,23 @@ struct Adopted {
     unfinished_analysis: Option<crate::recrubo::VacancyAnalysis>,
 }
 
-/// How many of the newest resources of a kind are compared with what the step sends.
-const ADOPTION_CANDIDATES: u32 = 20;
+/// Candidates read at most when looking for what a lost create made (pages of 100).
+const ADOPTION_PAGES: u32 = 10;
 
 /// For a create whose last attempt got no answer: what that attempt may have created. The
 /// check never creates a second resource on a guess: when the list query itself fails, the step
-/// is retried (still in doubt) rather than sent again.
+/// is retried (still in doubt) rather than sent again, and when several resources could be the
+/// lost one the step fails (dead letter) rather than pick one or make another.
 ///
 /// Recrubo's docs say nothing of idempotency keys, so a resource counts as the lost one when it
-/// was created no earlier than 60 s (clock skew) before the first attempt without an answer and
-/// it is what the step sends:
+/// was created no earlier than 60 s (clock skew) before the first attempt without an answer,
+/// flowd does not follow it already (another execution's), and it is what the step sends:
 /// - a FlowRun: the same `messageThreadId` and `flowId` (filtered by the API);
 /// - a FlowGeneration: the same `flowType` (filtered), and every key of the `parameters` and
 ///   `context` sent present with the same value (the docs do not say whether Recrubo echoes them
-///   unchanged or adds defaults, so keys it adds are allowed);
-/// - a VacancyAnalysis: the same `inputText`.
-///
-/// Among those the newest is adopted.
+///   unchanged or adds defaults, so keys and list entries' keys it adds are allowed, and an
+///   empty object sent matches one left out);
+/// - a VacancyAnalysis: the same `inputText` (the oldest such; analyses are not followed).
 async fn adopt_existing(
     engine: &Engine,
     step: &Step,
@@ -573,12 +621,6 @@ async fn adopt_existing(
         .checked_sub_signed(chrono::Duration::seconds(60))
         .unwrap_or(since)
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let recent = |query: ListQuery| {
-        query
-            .filter_op("createdAt", FilterOp::Gte, since.clone())
-            .sort("-createdAt")
-            .page_size(ADOPTION_CANDIDATES)
-    };
     let unchecked = |err: crate::recrubo::RecruboError| ActionError {
         outcome_unknown: true,
         retry_after: err.retry_after(),
@@ -586,80 +628,121 @@ async fn adopt_existing(
             "an earlier attempt got no answer and whether it created the resource cannot be checked ({err}); it is not created again before it can be"
         ))
     };
-    match &step.kind {
-        StepKind::StartFlowRun { .. } => {
-            let query = recent(
-                ListQuery::new()
-                    .filter(
-                        "messageThreadId",
-                        input["message_thread"].as_str().unwrap_or_default(),
-                    )
-                    .filter("flowId", input["flow"].as_str().unwrap_or_default()),
-            );
-            let page = client.list_flow_runs(&query).await.map_err(unchecked)?;
-            Ok(page.items.first().map(|run| Adopted {
-                kind: "flowRuns",
-                id: run.id.clone(),
-                output: crate::recrubo::types::flattened(run),
-                unfinished_analysis: None,
-            }))
-        }
-        StepKind::GenerateFlow { .. } => {
-            let request = crate::actions::generation_request(input, context)?;
-            let query = recent(ListQuery::new().filter("flowType", request.flow_type.clone()));
-            let page = client
-                .list_flow_generations(&query)
-                .await
-                .map_err(unchecked)?;
-            Ok(page
-                .items
-                .iter()
-                .find(|generation| {
-                    contains(&generation.attributes["parameters"], &request.parameters)
-                        && contains(&generation.attributes["context"], &request.context)
-                })
-                .map(|generation| Adopted {
-                    kind: "flowGenerations",
-                    id: generation.id.clone(),
-                    output: crate::recrubo::types::flattened(generation),
-                    unfinished_analysis: None,
-                }))
-        }
+    let request = match &step.kind {
+        StepKind::GenerateFlow { .. } => Some(crate::actions::generation_request(input, context)?),
+        _ => None,
+    };
+    let (collection, kind, base, follows): (&str, &'static str, ListQuery, bool) = match &step.kind
+    {
+        StepKind::StartFlowRun { .. } => (
+            "flow-runs",
+            "flowRuns",
+            ListQuery::new()
+                .filter(
+                    "messageThreadId",
+                    input["message_thread"].as_str().unwrap_or_default(),
+                )
+                .filter("flowId", input["flow"].as_str().unwrap_or_default()),
+            true,
+        ),
+        StepKind::GenerateFlow { .. } => (
+            "flow-generations",
+            "flowGenerations",
+            ListQuery::new().filter(
+                "flowType",
+                request
+                    .as_ref()
+                    .map(|r| r.flow_type.clone())
+                    .unwrap_or_default(),
+            ),
+            true,
+        ),
+        StepKind::AnalyzeVacancy { .. } => (
+            "vacancy-analyses",
+            "vacancyAnalyses",
+            ListQuery::new(),
+            false,
+        ),
+        _ => return Ok(None),
+    };
+    let fits = |resource: &crate::recrubo::jsonapi::Resource| match &step.kind {
+        StepKind::GenerateFlow { .. } => request.as_ref().is_some_and(|request| {
+            let attribute = |key: &str| resource.attributes.get(key).unwrap_or(&Value::Null);
+            contains(attribute("parameters"), &request.parameters)
+                && contains(attribute("context"), &request.context)
+        }),
         StepKind::AnalyzeVacancy { .. } => {
-            let text = input["text"].as_str().unwrap_or_default();
-            let page = client
-                .list("vacancy-analyses", &recent(ListQuery::new()))
-                .await
-                .map_err(unchecked)?;
-            Ok(page
-                .items
-                .iter()
-                .find(|analysis| analysis.str_attribute("inputText") == Some(text))
-                .map(|analysis| {
-                    let analysis = crate::recrubo::VacancyAnalysis {
-                        resource: analysis.clone(),
-                    };
-                    Adopted {
-                        kind: "vacancyAnalyses",
-                        id: analysis.resource.id.clone(),
-                        output: crate::recrubo::types::flattened(&analysis.resource),
-                        unfinished_analysis: (!analysis.is_done()).then_some(analysis),
-                    }
-                }))
+            resource.str_attribute("inputText") == input["text"].as_str()
         }
-        _ => Ok(None),
+        _ => true,
+    };
+    let mut found = Vec::new();
+    for number in 1..=ADOPTION_PAGES {
+        let query = base
+            .clone()
+            .filter_op("createdAt", FilterOp::Gte, since.clone())
+            .sort("createdAt")
+            .page_size(100)
+            .page_number(number);
+        let page = client.list(collection, &query).await.map_err(unchecked)?;
+        for resource in page.items {
+            if !fits(&resource) {
+                continue;
+            }
+            if follows {
+                let known = engine.store.followed(&resource.id).await.map_err(|err| {
+                    ActionError::retryable(format!("cannot read the store: {err}"))
+                })?;
+                if known.is_some() {
+                    continue;
+                }
+            }
+            found.push(resource);
+        }
+        if !page.has_more || (!follows && !found.is_empty()) {
+            break;
+        }
     }
+    if follows && found.len() > 1 {
+        let ids: Vec<&str> = found.iter().map(|r| r.id.as_str()).collect();
+        return Err(ActionError {
+            outcome_unknown: true,
+            ..ActionError::fatal(format!(
+                "an earlier attempt got no answer, and {} {kind} could be the one it created ({}); flowd does not guess and does not create another: check them, then retry the dead letter",
+                ids.len(),
+                ids.join(", ")
+            ))
+        });
+    }
+    Ok(found.into_iter().next().map(|resource| {
+        let output = crate::recrubo::types::flattened(&resource);
+        let unfinished_analysis = (kind == "vacancyAnalyses")
+            .then(|| crate::recrubo::VacancyAnalysis {
+                resource: resource.clone(),
+            })
+            .filter(|analysis| !analysis.is_done());
+        Adopted {
+            kind,
+            id: resource.id,
+            output,
+            unfinished_analysis,
+        }
+    }))
 }
 
-/// Whether `found` holds every key of `sent` with the same value (objects compared key by key,
-/// anything else by equality).
+/// Whether `found` holds what was `sent`: objects key by key (keys added by Recrubo allowed),
+/// lists entry by entry, an empty object or list matching one left out (`null`), anything else
+/// by equality.
 fn contains(found: &Value, sent: &Value) -> bool {
     match (found, sent) {
-        (Value::Object(found), Value::Object(sent)) => sent.iter().all(|(key, value)| {
-            found
-                .get(key)
-                .is_some_and(|present| contains(present, value))
-        }),
+        (Value::Null, Value::Object(sent)) => sent.is_empty(),
+        (Value::Null, Value::Array(sent)) => sent.is_empty(),
+        (Value::Object(found), Value::Object(sent)) => sent
+            .iter()
+            .all(|(key, value)| contains(found.get(key).unwrap_or(&Value::Null), value)),
+        (Value::Array(found), Value::Array(sent)) => {
+            found.len() == sent.len() && found.iter().zip(sent).all(|(f, s)| contains(f, s))
+        }
         (found, sent) => found == sent,
     }
 }

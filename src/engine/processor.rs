@@ -9,7 +9,6 @@
 //! change for a run flowd does not know yet is held back for a short grace period, because
 //! Recrubo's webhook may overtake the answer to the create that started the run.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -30,6 +29,9 @@ use crate::store::{
     StoredEvent,
 };
 
+/// How long at most a webhook for an unknown run waits while some create is in doubt.
+const IN_DOUBT_HOLD: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+
 /// Events read from the inbox at a time.
 const PAGE: i64 = 500;
 /// Payload bytes read from the inbox at a time (at least one event, whatever its size): 500
@@ -39,16 +41,12 @@ const PAGE_BYTES: i64 = 8 << 20;
 /// Runs until `shutdown`.
 pub async fn run(engine: Engine, shutdown: CancellationToken) {
     let mut index = MatchIndex::default();
-    // Runs whose webhooks were deferred by this processor: a later event for one of them must
-    // not overtake the deferred ones once the run is known (see `Outcome::Reread`).
-    let mut deferred: HashMap<String, DateTime<Utc>> = HashMap::new();
     loop {
         let set = engine.reloader.current();
         if index.hash != set.hash {
             index = MatchIndex::new(&set);
         }
         let now = Utc::now();
-        deferred.retain(|_, until| *until > now);
         // A full page processed means more may be waiting (a backlog, or 10,000 schedule ticks
         // recorded at once): go on at once instead of waiting for the next wake-up.
         let mut more = false;
@@ -60,7 +58,7 @@ pub async fn run(engine: Engine, shutdown: CancellationToken) {
                 let mut batch: Vec<(i64, EventOutcome)> = Vec::new();
                 let mut deferrals: Vec<Deferral> = Vec::new();
                 for event in events {
-                    match outcome_of(&engine, &set, &index, &event, &deferred).await {
+                    match outcome_of(&engine, &set, &index, &event).await {
                         Ok(Outcome::Done(outcome)) => {
                             created |= !outcome.executions.is_empty();
                             batch.push((event.id, outcome));
@@ -80,17 +78,15 @@ pub async fn run(engine: Engine, shutdown: CancellationToken) {
                         Ok(Outcome::Defer { key, until }) => {
                             // Set aside in the store, not held at the head of the inbox:
                             // later events go on at once (no head-of-line wait).
-                            deferred.insert(key.clone(), until);
                             deferrals.push(Deferral {
                                 event_id: event.id,
                                 key,
                                 until,
                             });
                         }
-                        Ok(Outcome::Reread(key)) => {
+                        Ok(Outcome::Reread) => {
                             // The run is known now and its deferred webhooks were released
                             // with it: read the page again so they come first, in order.
-                            deferred.remove(&key);
                             break;
                         }
                         Err(err) => {
@@ -121,8 +117,8 @@ pub async fn run(engine: Engine, shutdown: CancellationToken) {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = engine.events_waiting.notified() => {}
-            // Deferred events come due by time alone: look again soon while there are some.
-            _ = tokio::time::sleep(std::time::Duration::from_millis(if deferred.is_empty() { 1000 } else { 250 })) => {}
+            // Deferred events come due by time alone: they are found at the next look.
+            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
         }
     }
 }
@@ -427,7 +423,7 @@ enum Outcome {
         until: DateTime<Utc>,
     },
     /// The run of deferred events is known now: read the inbox again from its head.
-    Reread(String),
+    Reread,
 }
 
 /// What an event causes.
@@ -436,7 +432,6 @@ async fn outcome_of(
     set: &Arc<RuleSet>,
     index: &MatchIndex,
     event: &StoredEvent,
-    deferred: &HashMap<String, DateTime<Utc>>,
 ) -> Result<Outcome, StoreError> {
     let now = Utc::now();
     match event.source {
@@ -522,14 +517,14 @@ async fn outcome_of(
                 "flowRuns" | "flowGenerations"
             );
             if tracks_status && attributes.event != "delete" {
-                match status_change(engine, set, index, event, resource, now, deferred).await? {
+                match status_change(engine, set, index, event, resource, now).await? {
                     StatusOutcome::Hold { until } => {
                         return Ok(Outcome::Defer {
                             key: resource.id.clone(),
                             until,
                         });
                     }
-                    StatusOutcome::Reread => return Ok(Outcome::Reread(resource.id.clone())),
+                    StatusOutcome::Reread => return Ok(Outcome::Reread),
                     StatusOutcome::Ignore => {}
                     StatusOutcome::Fire {
                         executions,
@@ -572,7 +567,6 @@ async fn status_change(
     event: &StoredEvent,
     resource: &Resource,
     now: DateTime<Utc>,
-    deferred: &HashMap<String, DateTime<Utc>>,
 ) -> Result<StatusOutcome, StoreError> {
     let Some(status) = resource.str_attribute("status").map(str::to_owned) else {
         return Ok(StatusOutcome::Ignore);
@@ -588,16 +582,34 @@ async fn status_change(
         .received_at
         .checked_add_signed(grace)
         .unwrap_or(event.received_at);
-    match &followed {
-        // The step that created this run may not have recorded it yet. Later webhooks of a run
-        // with deferred ones wait behind them, so they are judged in order.
-        None if now < until => return Ok(StatusOutcome::Hold { until }),
-        None if deferred.contains_key(&resource.id) => {
+    // Earlier webhooks of this run not processed yet (deferred, or released when the run was
+    // recorded): this one waits behind them, so a run's changes are judged in order — also
+    // after a restart, since the store, not memory, knows them.
+    let earlier = engine
+        .store
+        .earlier_deferred(&resource.id, event.id)
+        .await?;
+    match (&followed, earlier) {
+        // The step that created this run may not have recorded it yet.
+        (None, _) if now < until => return Ok(StatusOutcome::Hold { until }),
+        (None, Some(Some(theirs))) if theirs > now => {
+            return Ok(StatusOutcome::Hold { until: theirs });
+        }
+        // Deferred earlier in this very page (written at its end): wait a moment behind it.
+        (None, Some(None)) => {
             return Ok(StatusOutcome::Hold {
-                until: deferred[&resource.id].max(now),
+                until: now + chrono::TimeDelta::seconds(1),
             });
         }
-        Some(_) if deferred.contains_key(&resource.id) => return Ok(StatusOutcome::Reread),
+        // A create whose answer was lost may have made this run: while one is in doubt, the
+        // webhook waits (at most `IN_DOUBT_HOLD`) so the run, once adopted, gets its handlers.
+        (None, _)
+            if now < event.received_at + IN_DOUBT_HOLD
+                && engine.store.creates_in_doubt().await? =>
+        {
+            return Ok(StatusOutcome::Hold { until: now + grace });
+        }
+        (Some(_), Some(None)) => return Ok(StatusOutcome::Reread),
         _ => {}
     }
     if let (Some(followed), Some(updated_at)) = (&followed, updated_at)

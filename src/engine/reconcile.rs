@@ -6,8 +6,9 @@
 //! The loop never waits on one run: each poll is one request (no retry sleeping inline, whatever
 //! `Retry-After` says). A failed poll backs that run off (`poll_after`, doubling from
 //! `reconcile_every` up to an hour, or the server's `Retry-After` if longer), so the next tick
-//! reads the others. A run Recrubo answers 404 for is marked gone and no longer polled; without
-//! that, the same oldest runs were selected every tick and nothing else was reconciled.
+//! reads the others. A run Recrubo answers 404 for, after two failed polls before, is marked
+//! gone and no longer polled; without that, the same oldest runs were selected every tick and
+//! nothing else was reconciled.
 
 use std::time::Duration;
 
@@ -64,8 +65,10 @@ pub async fn run(engine: Engine, shutdown: CancellationToken) {
                     }
                     PollMark::Read
                 }
-                Err(err) if err.status() == Some(404) => {
-                    warn!(resource = %followed.resource_id, rule = %followed.rule, "Recrubo no longer knows a followed run (404); it is marked gone and no longer polled");
+                // One 404 could be a proxy or a wrong `base_url`: gone only when the polls before
+                // it failed too (the third failure in a row, spaced by the backoff).
+                Err(err) if err.status() == Some(404) && followed.poll_failures >= 2 => {
+                    warn!(resource = %followed.resource_id, rule = %followed.rule, "Recrubo no longer knows a followed run (404 again); it is marked gone and no longer polled");
                     metrics::counter!("flowd_reconcile_gone_total").increment(1);
                     PollMark::Gone
                 }

@@ -264,9 +264,23 @@ impl RecruboClient {
         })?;
         let status = response.status();
         let headers = response.headers().clone();
+        // A write whose answer cannot be read may still have been carried out: its outcome is
+        // unknown (a create is then looked up before it is sent again), never a plain failure.
+        let write = method != Method::GET;
+        let unreadable = |reason: String| RecruboError::NoAnswer {
+            method: method.to_string(),
+            url: url.to_string(),
+            reason: format!(
+                "the answer could not be read ({reason}); the request may have been carried out"
+            ),
+        };
         let bytes = read_capped(response, MAX_ANSWER_BYTES)
             .await
             .map_err(|reason| match reason {
+                CappedRead::TooLarge if write => unreadable(format!(
+                    "larger than {} MiB",
+                    MAX_ANSWER_BYTES >> 20
+                )),
                 CappedRead::Broke(err) => RecruboError::NoAnswer {
                     method: method.to_string(),
                     url: url.to_string(),
@@ -285,10 +299,16 @@ impl RecruboClient {
             let body = if bytes.is_empty() || status == StatusCode::NO_CONTENT {
                 Value::Null
             } else {
-                serde_json::from_slice(&bytes).map_err(|err| RecruboError::InvalidBody {
-                    method: method.to_string(),
-                    url: url.to_string(),
-                    reason: format!("not JSON: {err}"),
+                serde_json::from_slice(&bytes).map_err(|err| {
+                    if write {
+                        unreadable(format!("not JSON: {err}"))
+                    } else {
+                        RecruboError::InvalidBody {
+                            method: method.to_string(),
+                            url: url.to_string(),
+                            reason: format!("not JSON: {err}"),
+                        }
+                    }
                 })?
             };
             return Ok(RawResponse {
@@ -407,6 +427,16 @@ impl RecruboClient {
         }
     }
 
+    /// The resource a create answered 2xx with. An answer that is not one leaves the create's
+    /// outcome unknown (it succeeded, but flowd cannot tell what it made): looked up, not redone.
+    fn created(response: RawResponse, what: &str) -> Result<Resource, RecruboError> {
+        Self::resource(response, what).map_err(|err| RecruboError::NoAnswer {
+            method: "POST".to_owned(),
+            url: what.to_owned(),
+            reason: format!("{err}; the create went through but its answer cannot be used"),
+        })
+    }
+
     fn resource(response: RawResponse, what: &str) -> Result<Resource, RecruboError> {
         serde_json::from_value::<Document<Resource>>(response.body)
             .map(|document| document.data)
@@ -425,7 +455,7 @@ impl RecruboClient {
         let response = self
             .write(Method::POST, "flow-runs", &[], Some(&body))
             .await?;
-        Self::resource(response, "flow-runs").map(|resource| FlowRun { resource })
+        Self::created(response, "flow-runs").map(|resource| FlowRun { resource })
     }
 
     /// `GET /flow-runs/{id}`.
@@ -475,7 +505,7 @@ impl RecruboClient {
                 Some(&body),
             )
             .await?;
-        Self::resource(response, "flow-generations").map(|resource| FlowGeneration { resource })
+        Self::created(response, "flow-generations").map(|resource| FlowGeneration { resource })
     }
 
     /// `GET /flow-generations/{id}`.
@@ -510,7 +540,7 @@ impl RecruboClient {
                 Some(&body),
             )
             .await?;
-        Self::resource(response, "vacancy-analyses").map(|resource| VacancyAnalysis { resource })
+        Self::created(response, "vacancy-analyses").map(|resource| VacancyAnalysis { resource })
     }
 
     /// `GET /vacancy-analyses/{id}`.

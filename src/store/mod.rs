@@ -365,6 +365,20 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn save_rule_versions(&self, versions: &[RuleVersion]) -> Result<(), StoreError>;
     /// The definition of a stored rule version.
     async fn rule_version(&self, hash: &str) -> Result<Option<String>, StoreError>;
+    /// Whether events of `key` older than the event `before` are still unprocessed, and if so
+    /// the latest time one of them is deferred until (`None`: released, due now).
+    async fn earlier_deferred(
+        &self,
+        key: &str,
+        before: i64,
+    ) -> Result<Option<Option<DateTime<Utc>>>, StoreError>;
+    /// Whether some create's outcome is unknown (an execution in doubt): a webhook for a run
+    /// flowd does not know may be about the run it made.
+    async fn creates_in_doubt(&self) -> Result<bool, StoreError>;
+    /// Extends the lease of an execution that is still running (a long step must not be
+    /// claimed a second time).
+    async fn renew_lease(&self, execution_id: &str, until: DateTime<Utc>)
+    -> Result<(), StoreError>;
     /// Sets events aside (see [`Deferral`]).
     async fn defer_events(&self, deferrals: &[Deferral]) -> Result<(), StoreError>;
     /// Marks events processed and stores what they caused, in one transaction. For each event,

@@ -528,6 +528,10 @@ enum WriteOp {
     },
     Defer(Vec<Deferral>),
     SaveRuleVersions(Vec<RuleVersion>),
+    RenewLease {
+        execution_id: String,
+        until: DateTime<Utc>,
+    },
     DeadLetter {
         execution: Box<Execution>,
         kind: String,
@@ -593,7 +597,9 @@ fn apply(transaction: &Transaction<'_>, op: &WriteOp) -> Result<WriteResult, Sto
                 insert_followed(transaction, followed)?;
                 // Webhooks that overtook the create's answer wait no longer.
                 transaction
-                    .prepare_cached("UPDATE events SET deferred_until = NULL, defer_key = NULL WHERE defer_key = ? AND processed_at IS NULL")?
+                    // `defer_key` stays: a later webhook of the run finds these still unprocessed
+                    // and lets them go first.
+                    .prepare_cached("UPDATE events SET deferred_until = NULL WHERE defer_key = ? AND processed_at IS NULL")?
                     .execute([&followed.resource_id])?;
             }
             if let Some(event) = event {
@@ -621,6 +627,15 @@ fn apply(transaction: &Transaction<'_>, op: &WriteOp) -> Result<WriteResult, Sto
                     .prepare_cached("UPDATE followed SET terminal = 1, gone_at = ?, poll_after = NULL WHERE resource_id = ?")?
                     .execute(params![now, resource_id])?,
             };
+            Ok(WriteResult::Done)
+        }
+        WriteOp::RenewLease {
+            execution_id,
+            until,
+        } => {
+            transaction
+                .prepare_cached("UPDATE executions SET lease_until = ? WHERE id = ? AND status = 'pending' AND lease_until IS NOT NULL")?
+                .execute(params![time_text(*until), execution_id])?;
             Ok(WriteResult::Done)
         }
         WriteOp::SaveRuleVersions(versions) => {
@@ -859,6 +874,17 @@ fn complete_events(
         if let Some((resource_id, status)) = &outcome.fire
             && fire.execute(params![resource_id, status, now])? == 0
         {
+            // Fired before (e.g. while the run was not known yet): nothing runs again, but a
+            // terminal status still ends the following, or the run is polled forever.
+            if let Some(status_change) = outcome.status_change.as_ref().filter(|c| c.terminal) {
+                change.execute(params![
+                    status_change.status,
+                    status_change.remote_updated_at.map(time_text),
+                    now,
+                    1,
+                    status_change.resource_id,
+                ])?;
+            }
             fired_now.push(false);
             continue;
         }
@@ -912,7 +938,7 @@ impl Store for SqliteStore {
             // comes, however large (intake bounds one event at 1 MiB).
             rows(
                 connection,
-                "SELECT id, source, event_type, payload, received_at FROM (SELECT id, source, event_type, payload, received_at, SUM(length(payload)) OVER (ORDER BY id) - length(payload) AS before FROM events WHERE processed_at IS NULL AND (deferred_until IS NULL OR deferred_until <= ?1) ORDER BY id LIMIT ?2) WHERE before < ?3 OR before = 0 ORDER BY id",
+                "SELECT id, source, event_type, payload, received_at FROM (SELECT id, source, event_type, payload, received_at, SUM(length(CAST(payload AS BLOB))) OVER (ORDER BY id) - length(CAST(payload AS BLOB)) AS before FROM events WHERE processed_at IS NULL AND (deferred_until IS NULL OR deferred_until <= ?1) ORDER BY id LIMIT ?2) WHERE before < ?3 OR before = 0 ORDER BY id",
                 params![now, limit, max_bytes],
                 event_from_row,
             )
@@ -938,6 +964,44 @@ impl Store for SqliteStore {
                 .optional()?)
         })
         .await
+    }
+
+    async fn earlier_deferred(
+        &self,
+        key: &str,
+        before: i64,
+    ) -> Result<Option<Option<DateTime<Utc>>>, StoreError> {
+        let key = key.to_owned();
+        self.read(move |connection| {
+            let found: Option<Option<String>> = connection
+                .prepare_cached("SELECT MAX(deferred_until) FROM events WHERE defer_key = ?1 AND processed_at IS NULL AND id < ?2 HAVING COUNT(*) > 0")?
+                .query_row(params![key, before], |row| row.get(0))
+                .optional()?;
+            found.map(parse_optional_time).transpose()
+        })
+        .await
+    }
+
+    async fn creates_in_doubt(&self) -> Result<bool, StoreError> {
+        self.read(|connection| {
+            Ok(connection
+                .prepare_cached("SELECT EXISTS (SELECT 1 FROM executions WHERE status = 'pending' AND step_started_at IS NOT NULL)")?
+                .query_row([], |row| row.get::<_, bool>(0))?)
+        })
+        .await
+    }
+
+    async fn renew_lease(
+        &self,
+        execution_id: &str,
+        until: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.write(WriteOp::RenewLease {
+            execution_id: execution_id.to_owned(),
+            until,
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn defer_events(&self, deferrals: &[Deferral]) -> Result<(), StoreError> {

@@ -639,3 +639,158 @@ async fn a_full_disk_answers_503_loses_nothing_and_intake_resumes() {
     )
     .await;
 }
+
+/// A world whose `POST /flow-runs` answers number `lose` (1 for the first) are lost on the way
+/// back (the runs are made).
+async fn world_losing_run_answers(
+    rules: &str,
+    env: &[(&str, &str)],
+    lose: &'static [usize],
+) -> (World, DropProxy) {
+    let posts = Arc::new(Mutex::new(0usize));
+    let rule: crate::proxy::DropRule = Arc::new(move |method, path| {
+        if method != "POST" || !path.ends_with("/flow-runs") {
+            return false;
+        }
+        let mut posts = posts.lock().unwrap();
+        *posts += 1;
+        lose.contains(&*posts)
+    });
+    let mut proxy = None;
+    let world = world_with(rules, env, SimSettings::default(), |sim_url| {
+        let url = url::Url::parse(sim_url).unwrap();
+        let upstream: SocketAddr = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap())
+            .parse()
+            .unwrap();
+        let started = DropProxy::start(upstream, rule);
+        let base = started.base_for(sim_url);
+        proxy = Some(started);
+        Some(base)
+    })
+    .await;
+    (world, proxy.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_adopted_run_gets_the_handlers_of_what_it_went_through_meanwhile() {
+    let rules = r#"
+rules:
+  - name: screen
+    on: { event: application.created }
+    do:
+      - id: screening
+        retry: { attempts: 5, backoff: 3s }
+        start_flow_run: { flow: screening-flow, message_thread: "{{event.data.thread}}" }
+        on_status:
+          running:
+            - notify: { url: SINK_URL, body: { status: running, run: "{{run.id}}" } }
+          finished:
+            - notify: { url: SINK_URL, body: { status: finished, run: "{{run.id}}" } }
+"#;
+    // The grace for unknown runs (1 s) is far shorter than the retry (3 s): the webhooks of the
+    // run whose answer was lost wait because a create is in doubt, not because of the grace.
+    let (world, proxy) =
+        world_losing_run_answers(rules, &[("FLOWD_RECRUBO_UNKNOWN_RUN_GRACE", "1s")], &[1]).await;
+    post_event(
+        &world.daemon,
+        "application.created",
+        json!({"thread": "thread-meanwhile"}),
+    )
+    .await;
+    let run = eventually(WAIT, "the run exists at Recrubo", || async {
+        runs_on_thread(&world.client, "thread-meanwhile")
+            .await
+            .first()
+            .map(|r| r.id.clone())
+    })
+    .await;
+    assert_eq!(proxy.dropped().len(), 1);
+    // While flowd waits to retry, the run starts and finishes; both webhooks are delivered.
+    for status in ["running", "finished"] {
+        let response = reqwest::Client::new()
+            .post(world.sim.url(&format!("/_sim/flow-runs/{run}/status")))
+            .json(&json!({ "status": status }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let received = eventually(WAIT, "both handlers ran", || async {
+        let received = world.sink.received();
+        (received.len() >= 2).then_some(received)
+    })
+    .await;
+    let statuses: Vec<&str> = received
+        .iter()
+        .filter_map(|r| r.body["status"].as_str())
+        .collect();
+    assert_eq!(statuses, ["running", "finished"], "{received:?}");
+    assert!(received.iter().all(|r| r.body["run"] == run.as_str()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(world.sink.received().len(), 2, "each handler once");
+    assert_eq!(
+        runs_on_thread(&world.client, "thread-meanwhile")
+            .await
+            .len(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn adoption_never_takes_a_run_another_execution_follows() {
+    let rules = r#"
+rules:
+  - name: screen
+    on: { event: application.created }
+    do:
+      - id: screening
+        retry: { attempts: 5, backoff: 200ms }
+        start_flow_run: { flow: screening-flow, message_thread: "{{event.data.thread}}" }
+"#;
+    let (world, proxy) = world_losing_run_answers(rules, &[], &[2]).await;
+    // A first application on the thread: its run is created and followed.
+    post_event(
+        &world.daemon,
+        "application.created",
+        json!({"thread": "shared"}),
+    )
+    .await;
+    settled(&world, "screen", 1).await;
+    // A second application on the same thread and flow, whose answer is lost: the newest
+    // unfollowed run is its own, the first run belongs to the first execution.
+    post_event(
+        &world.daemon,
+        "application.created",
+        json!({"thread": "shared"}),
+    )
+    .await;
+    let both = settled(&world, "screen", 2).await;
+    assert!(both.iter().all(|e| e["status"] == "succeeded"), "{both:?}");
+    assert_eq!(proxy.dropped().len(), 1);
+    // Two applications, two runs, each execution following its own.
+    let runs = runs_on_thread(&world.client, "shared").await;
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    let followed = get_json(&world.daemon.admin_url("/api/v1/runs"))
+        .await
+        .unwrap();
+    let mut pairs: Vec<(String, String)> = followed["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["resource_id"].as_str().unwrap().to_owned(),
+                r["execution_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    pairs.sort();
+    let mut made: Vec<String> = runs.iter().map(|r| r.id.clone()).collect();
+    made.sort();
+    assert_eq!(
+        pairs.iter().map(|(run, _)| run.clone()).collect::<Vec<_>>(),
+        made
+    );
+    assert_ne!(pairs[0].1, pairs[1].1, "each run has its own execution");
+}
