@@ -75,6 +75,17 @@ pub async fn run(engine: Engine, shutdown: CancellationToken) {
                                 break;
                             }
                         }
+                        Ok(Outcome::Implied(implied, outcome)) => {
+                            // A status the run must have passed through first (its webhook
+                            // was lost): its handlers fire first, in its own outcome.
+                            created = true;
+                            batch.push((event.id, *implied));
+                            batch.push((event.id, outcome));
+                            if !flush(&engine, &mut batch).await {
+                                failed = true;
+                                break;
+                            }
+                        }
                         Ok(Outcome::Defer { key, until }) => {
                             // Set aside in the store, not held at the head of the inbox:
                             // later events go on at once (no head-of-line wait).
@@ -424,6 +435,8 @@ enum Outcome {
     },
     /// The run of deferred events is known now: read the inbox again from its head.
     Reread,
+    /// Store the first (a status the run passed through unseen), then the second.
+    Implied(Box<EventOutcome>, EventOutcome),
 }
 
 /// What an event causes.
@@ -526,14 +539,13 @@ async fn outcome_of(
                     }
                     StatusOutcome::Reread => return Ok(Outcome::Reread),
                     StatusOutcome::Ignore => {}
-                    StatusOutcome::Fire {
-                        executions,
-                        change,
-                        fire,
-                    } => {
-                        outcome.executions.extend(executions);
-                        outcome.status_change = change;
-                        outcome.fire = Some(fire);
+                    StatusOutcome::Fire { fired, implied } => {
+                        outcome.executions.extend(fired.executions);
+                        outcome.status_change = fired.status_change;
+                        outcome.fire = fired.fire;
+                        if let Some(implied) = implied {
+                            return Ok(Outcome::Implied(implied, outcome));
+                        }
                     }
                 }
             }
@@ -552,11 +564,10 @@ enum StatusOutcome {
     Reread,
     /// Nothing to do (no status, or an older delivery).
     Ignore,
-    /// Fire for (resource, status).
+    /// Fire for (resource, status); `implied` first when there is one.
     Fire {
-        executions: Vec<NewExecution>,
-        change: Option<StatusChange>,
-        fire: (String, String),
+        fired: EventOutcome,
+        implied: Option<Box<EventOutcome>>,
     },
 }
 
@@ -619,47 +630,118 @@ async fn status_change(
         debug!(resource = %resource.id, status = %status, "Delivery older than what is known; ignored");
         return Ok(StatusOutcome::Ignore);
     }
+    // A run that finished ran: when flowd knows it only as not started yet (the `running`
+    // webhook was lost, and polling sees only the status now), the `running` handlers fire
+    // first, as if that webhook had come (DESIGN 3: handlers fire even when a delivery never
+    // came). Only `finished` implies it; a timeout or an exception may come without a start.
+    let implied = match &followed {
+        Some(followed)
+            if is_run
+                && FlowRunStatus::parse(&status) == FlowRunStatus::Finished
+                && matches!(
+                    FlowRunStatus::parse(&followed.status),
+                    FlowRunStatus::Queued | FlowRunStatus::Created
+                ) =>
+        {
+            let mut running = resource.clone();
+            running
+                .attributes
+                .insert("status".into(), Value::String("running".into()));
+            info!(resource = %resource.id, "A run finished whose start flowd never saw; its `running` handlers fire first");
+            Some(Box::new(fire_for(
+                engine,
+                set,
+                index,
+                event,
+                &running,
+                &followed_run_starter(followed),
+                Some(followed),
+                "running",
+                None,
+                now,
+            )))
+        }
+        _ => None,
+    };
+    let fired = fire_for(
+        engine,
+        set,
+        index,
+        event,
+        resource,
+        &followed
+            .as_ref()
+            .map(followed_run_starter)
+            .unwrap_or_default(),
+        followed.as_ref(),
+        &status,
+        updated_at,
+        now,
+    );
+    Ok(StatusOutcome::Fire { fired, implied })
+}
+
+/// Who started a followed run, as the matcher wants it: (rule, step key).
+fn followed_run_starter(followed: &FollowedRun) -> (String, Option<String>) {
+    (followed.rule.clone(), followed.step_id.clone())
+}
+
+/// What firing (resource, status) stores: the executions of the rules that react to it and the
+/// followed run's handler, the status change of the followed run, and the fire-once key.
+#[allow(clippy::too_many_arguments)]
+fn fire_for(
+    engine: &Engine,
+    set: &Arc<RuleSet>,
+    index: &MatchIndex,
+    event: &StoredEvent,
+    resource: &Resource,
+    starter: &(String, Option<String>),
+    followed: Option<&FollowedRun>,
+    status: &str,
+    updated_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> EventOutcome {
+    let is_run = resource.resource_type == "flowRuns";
     let resource_context = flattened(resource);
     let key = if is_run { "run" } else { "generation" };
     let mut executions = Vec::new();
-
-    let starter = followed.as_ref().map(|f| Starter {
-        rule: f.rule.as_str(),
-        step: f.step_id.as_deref(),
+    let starter = followed.map(|_| Starter {
+        rule: starter.0.as_str(),
+        step: starter.1.as_deref(),
     });
     let matching = if is_run {
-        index.flow_run(set, &status, resource.str_attribute("flowId"), starter)
+        index.flow_run(set, status, resource.str_attribute("flowId"), starter)
     } else {
-        index.flow_generation(set, &status, starter)
+        index.flow_generation(set, status, starter)
     };
     for rule in matching {
         let mut context = base_context(rule, resource.to_json());
         context.insert(key.into(), resource_context.clone());
         executions.extend(executions_for(engine, rule, event.id, context, now));
     }
-    if let Some(followed) = &followed
+    if let Some(followed) = followed
         && let Some(handler) =
-            handler_execution(set, followed, &status, key, &resource_context, event.id)
+            handler_execution(set, followed, status, key, &resource_context, event.id)
     {
         executions.insert(0, handler);
     }
     let terminal = if is_run {
-        FlowRunStatus::parse(&status).is_terminal()
+        FlowRunStatus::parse(status).is_terminal()
     } else {
-        FlowGenerationStatus::parse(&status) == FlowGenerationStatus::Finished
+        FlowGenerationStatus::parse(status) == FlowGenerationStatus::Finished
     };
-    let change = followed.as_ref().map(|f| StatusChange {
+    let status_change = followed.map(|f| StatusChange {
         resource_id: f.resource_id.clone(),
-        status: status.clone(),
+        status: status.to_owned(),
         remote_updated_at: updated_at,
         terminal,
     });
     info!(resource = %resource.id, status = %status, executions = executions.len(), "Status changed");
-    Ok(StatusOutcome::Fire {
+    EventOutcome {
         executions,
-        change,
-        fire: (resource.id.clone(), status),
-    })
+        status_change,
+        fire: Some((resource.id.clone(), status.to_owned())),
+    }
 }
 
 /// The `on_status` handler execution of a followed run, looked up in the rule set in force.

@@ -721,11 +721,13 @@ rules:
         (received.len() >= 2).then_some(received)
     })
     .await;
-    let statuses: Vec<&str> = received
+    // Two handler executions: they may run in either order.
+    let mut statuses: Vec<&str> = received
         .iter()
         .filter_map(|r| r.body["status"].as_str())
         .collect();
-    assert_eq!(statuses, ["running", "finished"], "{received:?}");
+    statuses.sort_unstable();
+    assert_eq!(statuses, ["finished", "running"], "{received:?}");
     assert!(received.iter().all(|r| r.body["run"] == run.as_str()));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(world.sink.received().len(), 2, "each handler once");
@@ -793,4 +795,81 @@ rules:
         made
     );
     assert_ne!(pairs[0].1, pairs[1].1, "each run has its own execution");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_finish_whose_start_was_never_seen_fires_the_running_handlers_too() {
+    let rules = r#"
+rules:
+  - name: screen
+    on: { event: application.created }
+    do:
+      - id: screening
+        start_flow_run: { flow: screening-flow, message_thread: "{{event.data.thread}}" }
+        on_status:
+          running:
+            - notify: { url: SINK_URL, body: { status: running, seen: "{{run.status}}" } }
+          finished:
+            - notify: { url: SINK_URL, body: { status: finished, seen: "{{run.status}}" } }
+"#;
+    let world = world(rules, &[]).await;
+    post_event(
+        &world.daemon,
+        "application.created",
+        json!({"thread": "t-unseen"}),
+    )
+    .await;
+    settled(&world, "screen", 1).await;
+    let run = runs_on_thread(&world.client, "t-unseen").await[0]
+        .id
+        .clone();
+    let drive = |status: &'static str| {
+        let url = world.sim.url(&format!("/_sim/flow-runs/{run}/status"));
+        async move {
+            let response = reqwest::Client::new()
+                .post(url)
+                .json(&json!({ "status": status }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+        }
+    };
+    // The `running` webhook is lost; the `finished` one arrives.
+    set_faults(
+        &world,
+        Faults {
+            drop_rate: 1.0,
+            ..Faults::default()
+        },
+    )
+    .await;
+    drive("running").await;
+    set_faults(&world, Faults::default()).await;
+    drive("finished").await;
+    let received = eventually(WAIT, "both handlers ran", || async {
+        let received = world.sink.received();
+        (received.len() >= 2).then_some(received)
+    })
+    .await;
+    // Two executions: they may run in either order; each sees its own status.
+    let mut bodies: Vec<(String, String)> = received
+        .iter()
+        .map(|r| {
+            (
+                r.body["status"].as_str().unwrap_or_default().to_owned(),
+                r.body["seen"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    bodies.sort();
+    assert_eq!(
+        bodies,
+        [
+            ("finished".to_owned(), "finished".to_owned()),
+            ("running".to_owned(), "running".to_owned())
+        ]
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(world.sink.received().len(), 2, "each handler once");
 }
