@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
-use super::api::SimState;
+use super::state::SimState;
 use crate::rules::expr::Condition;
 
 fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {

@@ -12,6 +12,7 @@
 pub mod api;
 pub mod faults;
 pub mod lifecycle;
+pub mod state;
 pub mod store;
 pub mod webhooks;
 
@@ -63,7 +64,7 @@ pub struct SimHandle {
     /// Where it listens.
     pub addr: SocketAddr,
     /// The shared state (for in-process tests).
-    pub state: Arc<api::SimState>,
+    pub state: Arc<state::SimState>,
     shutdown: CancellationToken,
     server: tokio::task::JoinHandle<()>,
 }
@@ -91,7 +92,7 @@ pub async fn start(listen: SocketAddr, settings: SimSettings) -> std::io::Result
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
-    let state = api::SimState::new(settings, shutdown.clone());
+    let state = state::SimState::new(settings, shutdown.clone());
     let router = api::router(state.clone());
     let server_shutdown = shutdown.clone();
     let server = tokio::spawn(async move {
