@@ -736,7 +736,8 @@ fn fire_for(
         remote_updated_at: updated_at,
         terminal,
     });
-    info!(resource = %resource.id, status = %status, executions = executions.len(), "Status changed");
+    // Judged, not yet stored: the store's fire-once key may still drop it (a duplicate).
+    debug!(resource = %resource.id, status = %status, executions = executions.len(), "Status change");
     EventOutcome {
         executions,
         status_change,
