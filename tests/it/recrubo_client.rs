@@ -433,6 +433,48 @@ async fn reads_are_retried_on_5xx_and_429_honouring_retry_after() {
     sim.stop().await;
 }
 
+/// A server that answers every request 200 with a JSON body of `size` bytes.
+async fn oversized_server(size: usize) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = socket.read(&mut request).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/vnd.api+json\r\ncontent-length: {size}\r\nconnection: close\r\n\r\n"
+                );
+                let _ = socket.write_all(head.as_bytes()).await;
+                let mut body = vec![b' '; size];
+                body[0] = b'[';
+                body[size - 1] = b']';
+                let _ = socket.write_all(&body).await;
+            });
+        }
+    });
+    format!("http://{addr}/public/v2")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_over_the_cap_is_refused_and_a_create_s_is_in_doubt() {
+    let base = oversized_server(flowd::recrubo::client::MAX_ANSWER_BYTES + 1).await;
+    let mut settings = ClientSettings::new(base, Secret::new("t".to_owned()));
+    settings.rate_limit = 0.0;
+    settings.read_attempts = 1;
+    let client = RecruboClient::new(&settings).expect("client");
+    let err = client.get_flow_run("r-1").await.unwrap_err();
+    assert!(matches!(err, RecruboError::InvalidBody { .. }), "{err:?}");
+    assert!(err.to_string().contains("larger than 8 MiB"), "{err}");
+    // A create whose answer cannot be read may have been carried out.
+    let err = client
+        .create_flow_run(&new_run("f", "t"))
+        .await
+        .unwrap_err();
+    assert!(err.outcome_unknown(), "{err:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reset_connection_is_an_unknown_outcome() {
     let sim = sim(SimSettings::default()).await;

@@ -181,3 +181,32 @@ async fn pruning_keeps_the_tick_rows_that_guard_against_a_second_fire() {
         [vec![true]]
     );
 }
+
+#[tokio::test]
+async fn inbox_pages_stop_at_their_byte_bound_but_never_come_back_empty() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = SqliteStore::open(&format!("sqlite://{}", dir.path().join("s.db").display()))
+        .await
+        .expect("store");
+    // Ten events of ~1 MiB each (non-ASCII: bytes, not characters, count).
+    let big = "é".repeat(512 * 1024);
+    let events = (0..10)
+        .map(|n| NewEvent {
+            source: EventSource::Event,
+            event_type: "x".into(),
+            dedup_key: Some(format!("k{n}")),
+            payload: json!({ "pad": big }),
+        })
+        .collect();
+    store.insert_events(events).await.expect("insert");
+    let page = store
+        .unprocessed_events(500, 3 << 20, Utc::now())
+        .await
+        .expect("page");
+    assert_eq!(page.len(), 3, "3 MiB hold three 1 MiB events");
+    let tiny = store
+        .unprocessed_events(500, 10, Utc::now())
+        .await
+        .expect("page");
+    assert_eq!(tiny.len(), 1, "the first event comes whatever its size");
+}
