@@ -102,7 +102,8 @@ pub enum AdminCommand {
     Reload(AdminConnection),
 }
 
-fn parse_input(text: &str) -> anyhow::Result<(String, Value)> {
+/// `NAME=VALUE`: the value as JSON when it parses, else as text.
+pub(crate) fn parse_input(text: &str) -> anyhow::Result<(String, Value)> {
     let (name, value) = text
         .split_once('=')
         .with_context(|| format!("`{text}` is not NAME=VALUE"))?;

@@ -232,6 +232,26 @@ impl Runner<'_> {
     }
 }
 
+/// Runs `steps` of `rule` (an `on_status` handler) against `context` offline, as the daemon
+/// would run a handler execution: for `flowd simulate --run-status`.
+pub fn run_handler(
+    rule: &Rule,
+    steps: &[Step],
+    context: Value,
+    now: chrono::DateTime<chrono::Utc>,
+) -> DryRun {
+    let mut runner = Runner {
+        rule,
+        now: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        result: DryRun::default(),
+        started: Vec::new(),
+        counter: 0,
+    };
+    let mut context = context;
+    runner.run_steps(steps, &mut context);
+    runner.result
+}
+
 /// Runs one test of a rule.
 pub fn run_test(rule: &Rule, test: &RuleTest) -> DryRun {
     let now = test

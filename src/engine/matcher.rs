@@ -154,9 +154,8 @@ pub fn why_not(trigger: &Trigger, incoming: &Incoming, trust_started_by: bool) -
             }
         }
         (Trigger::Schedule(_) | Trigger::Every(_), Incoming::Tick) => None,
-        // Any rule can be run by hand (the admin API refuses it for rules that are not
-        // `manual`; `flowd simulate --manual` runs any).
-        (_, Incoming::Manual) => None,
+        // Only `manual` rules run by hand (DESIGN 4.3; the admin API answers 409 otherwise).
+        (Trigger::Manual(_), Incoming::Manual) => None,
         (trigger, incoming) => Some(format!(
             "its trigger is `{}`, and this is {}",
             trigger.kind(),

@@ -365,48 +365,7 @@ async fn retry_dead_letter(
     }
 }
 
-/// Checks and completes the inputs of a manual run against the rule's declared inputs.
-fn manual_inputs(
-    rule: &crate::rules::Rule,
-    trigger: &crate::rules::ruleset::ManualTrigger,
-    given: serde_json::Map<String, serde_json::Value>,
-) -> Result<serde_json::Value, String> {
-    let mut inputs = given;
-    for input in &trigger.inputs {
-        match inputs.get(&input.name) {
-            None => match &input.default {
-                Some(default) => {
-                    inputs.insert(input.name.clone(), default.clone());
-                }
-                None if input.required => {
-                    return Err(format!("input `{}` is required", input.name));
-                }
-                None => {}
-            },
-            Some(value) => {
-                let fits = match input.input_type.as_str() {
-                    "number" => value.is_number(),
-                    "boolean" => value.is_boolean(),
-                    "object" => value.is_object(),
-                    _ => value.is_string(),
-                };
-                if !fits {
-                    return Err(format!(
-                        "input `{}` must be a {}",
-                        input.name, input.input_type
-                    ));
-                }
-            }
-        }
-    }
-    for name in inputs.keys() {
-        if !trigger.inputs.iter().any(|input| &input.name == name) {
-            return Err(format!("rule `{}` has no input `{name}`", rule.name));
-        }
-    }
-    Ok(serde_json::Value::Object(inputs))
-}
-
+/// `POST /api/v1/rules/{name}/trigger`: runs a `manual` rule with the inputs given.
 async fn trigger_rule(
     State(state): State<AppState>,
     axum::extract::Path(name): axum::extract::Path<String>,
@@ -458,7 +417,7 @@ async fn trigger_rule(
                 .into_response();
         }
     };
-    let inputs = match manual_inputs(rule, trigger, given) {
+    let inputs = match trigger.resolve(&rule.name, given) {
         Ok(inputs) => inputs,
         Err(reason) => {
             return (

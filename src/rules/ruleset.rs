@@ -351,6 +351,52 @@ pub struct ManualTrigger {
     pub inputs: Vec<ManualInput>,
 }
 
+impl ManualTrigger {
+    /// The inputs a manual run gets: `given` checked against the declared inputs (types,
+    /// required ones), defaults filled in, unknown names refused. Shared by the admin API's
+    /// `trigger` and `flowd simulate --manual`.
+    pub fn resolve(
+        &self,
+        rule: &str,
+        given: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<serde_json::Value, String> {
+        let mut inputs = given;
+        for input in &self.inputs {
+            match inputs.get(&input.name) {
+                None => match &input.default {
+                    Some(default) => {
+                        inputs.insert(input.name.clone(), default.clone());
+                    }
+                    None if input.required => {
+                        return Err(format!("input `{}` is required", input.name));
+                    }
+                    None => {}
+                },
+                Some(value) => {
+                    let fits = match input.input_type.as_str() {
+                        "number" => value.is_number(),
+                        "boolean" => value.is_boolean(),
+                        "object" => value.is_object(),
+                        _ => value.is_string(),
+                    };
+                    if !fits {
+                        return Err(format!(
+                            "input `{}` must be a {}",
+                            input.name, input.input_type
+                        ));
+                    }
+                }
+            }
+        }
+        for name in inputs.keys() {
+            if !self.inputs.iter().any(|input| &input.name == name) {
+                return Err(format!("rule `{rule}` has no input `{name}`"));
+            }
+        }
+        Ok(serde_json::Value::Object(inputs))
+    }
+}
+
 /// One declared input of a manual trigger.
 #[derive(Debug, Clone, Serialize)]
 pub struct ManualInput {

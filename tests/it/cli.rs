@@ -246,6 +246,109 @@ fn a_rule_test_whose_event_the_trigger_would_not_take_runs_nothing_and_says_why(
 }
 
 #[test]
+fn simulate_runs_ticks_manual_runs_and_status_changes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).expect("mkdir");
+    std::fs::write(
+        rules.join("r.yaml"),
+        r#"rules:
+  - name: screen
+    on: { event: application.created }
+    do:
+      - id: screening
+        start_flow_run: { flow: screening-flow, message_thread: "{{event.data.thread}}" }
+        on_status:
+          finished:
+            - log: "run {{run.id}} scored {{run.state.score}}"
+  - name: morning
+    on: { schedule: "0 8 * * 1-5" }
+    do: [ { log: "good morning at {{event.scheduled_at}}" } ]
+  - name: resend
+    on: { manual: { inputs: { thread: { type: string, required: true } } } }
+    do: [ { log: "resend to {{event.data.thread}}" } ]
+  - name: after-screening
+    on: { flow_run: { status: finished, started_by: screen } }
+    do: [ { log: "finished {{run.id}}" } ]
+"#,
+    )
+    .expect("write");
+    let run = dir.path().join("run.json");
+    std::fs::write(
+        &run,
+        r#"{"id":"run-1","type":"flowRuns","attributes":{"status":"running","flowId":"screening-flow","state":{"score":7}}}"#,
+    )
+    .expect("write");
+    let rules = rules.to_str().expect("utf-8");
+    let (code, out) = flowd(&[
+        "simulate",
+        "--rules",
+        rules,
+        "--tick",
+        "morning",
+        "--at",
+        "2026-12-07T08:00:00Z",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(r#"log: {"text":"good morning at 2026-12-07T08:00:00Z"}"#),
+        "{out}"
+    );
+    let (code, out) = flowd(&["simulate", "--rules", rules, "--tick", "screen"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("✗ screen — no match: its trigger is `event`"),
+        "{out}"
+    );
+    let (_, out) = flowd(&[
+        "simulate",
+        "--rules",
+        rules,
+        "--manual",
+        "resend",
+        "--input",
+        "thread=t-9",
+    ]);
+    assert!(out.contains(r#"log: {"text":"resend to t-9"}"#), "{out}");
+    let (_, out) = flowd(&["simulate", "--rules", rules, "--manual", "resend"]);
+    assert!(out.contains("input `thread` is required"), "{out}");
+    let run = run.to_str().expect("utf-8");
+    let (_, out) = flowd(&[
+        "simulate",
+        "--rules",
+        rules,
+        "--run-status",
+        "finished",
+        "--run",
+        run,
+        "--started-by",
+        "screen/screening",
+    ]);
+    assert!(
+        out.contains("✓ screen/screening on_status.finished — runs"),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#"log: {"text":"run run-1 scored 7"}"#),
+        "{out}"
+    );
+    assert!(out.contains("✓ after-screening — matches"), "{out}");
+    let (_, out) = flowd(&[
+        "simulate",
+        "--rules",
+        rules,
+        "--run-status",
+        "finished",
+        "--run",
+        run,
+    ]);
+    assert!(
+        out.contains("✗ after-screening — no match: it reacts only to runs started by `screen`"),
+        "{out}"
+    );
+}
+
+#[test]
 fn the_demo_runs_the_quickstart_scenario_to_its_end() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_flowd"))
         .args(["demo", "--exit-when-done"])
