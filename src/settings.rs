@@ -306,7 +306,34 @@ pub enum LogFormat {
     Json,
 }
 
+/// The durations of the settings, parsed once (they are text in the settings so that files,
+/// variables and flags all write `10m`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timings {
+    /// `recrubo.reconcile_after`.
+    pub reconcile_after: std::time::Duration,
+    /// `recrubo.unknown_run_grace`.
+    pub unknown_run_grace: std::time::Duration,
+    /// `shutdown_timeout`.
+    pub shutdown_timeout: std::time::Duration,
+    /// `history.max_age`.
+    pub history_max_age: std::time::Duration,
+}
+
 impl Settings {
+    /// Parses every duration setting; the error names the setting and what to write.
+    pub fn timings(&self) -> Result<Timings, String> {
+        let parse = |name: &str, text: &str| {
+            crate::rules::duration::parse_duration(text).map_err(|err| format!("{name}: {err}"))
+        };
+        Ok(Timings {
+            reconcile_after: parse("recrubo.reconcile_after", &self.recrubo.reconcile_after)?,
+            unknown_run_grace: parse("recrubo.unknown_run_grace", &self.recrubo.unknown_run_grace)?,
+            shutdown_timeout: parse("shutdown_timeout", &self.shutdown_timeout)?,
+            history_max_age: parse("history.max_age", &self.history.max_age)?,
+        })
+    }
+
     /// Every secret setting that has a value (for redaction).
     pub fn secret_values(&self) -> Vec<&Secret<String>> {
         let mut values: Vec<&Secret<String>> = Vec::new();

@@ -135,14 +135,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         Err(diagnostics) => anyhow::bail!("{}", loaded.render_diagnostics(diagnostics)),
     };
     let stop = CancellationToken::new();
-    let daemon = tokio::spawn(super::daemon::serve_with(
-        settings,
-        rule_set,
-        BTreeMap::new(),
-        Duration::from_secs(600),
-        Some((public, admin)),
-        stop.clone(),
-    ));
+    let daemon =
+        crate::daemon::Daemon::build_on(settings, rule_set, BTreeMap::new(), public, admin).await?;
+    let daemon = tokio::spawn(daemon.run(stop.clone().cancelled_owned()));
 
     // Point the simulator's webhooks at the daemon, as `flowd webhooks set-destination` would.
     let client = RecruboClient::new(&ClientSettings::new(

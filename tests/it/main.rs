@@ -5,6 +5,7 @@
 mod admin_guard;
 mod cli;
 mod corpus;
+mod daemon;
 mod engine;
 mod faults;
 mod proxy;
