@@ -207,7 +207,7 @@ pub fn folder_digest(paths: &[PathBuf]) -> String {
 /// Reads and parses every rule file below `paths`, in parallel.
 pub fn load_paths(paths: &[PathBuf]) -> LoadedFiles {
     let (found, mut diagnostics) = find_rule_files(paths);
-    let parsed: Vec<Vec<(ParsedFile, Option<Diagnostic>)>> = on_parser_threads(&found, |chunk| {
+    let parsed: Vec<Vec<(ParsedFile, Vec<Diagnostic>)>> = on_parser_threads(&found, |chunk| {
         chunk.iter().map(|path| load_file(path)).collect()
     });
     let mut hasher = Sha256::new();
@@ -227,15 +227,15 @@ pub fn load_paths(paths: &[PathBuf]) -> LoadedFiles {
     }
 }
 
-fn load_file(path: &Path) -> (ParsedFile, Option<Diagnostic>) {
+fn load_file(path: &Path) -> (ParsedFile, Vec<Diagnostic>) {
     let (source, read_problem) = read_source(path);
-    if read_problem.is_some() {
+    if let Some(problem) = read_problem {
         return (
             ParsedFile {
                 source,
                 model: None,
             },
-            read_problem,
+            vec![problem],
         );
     }
     match parse_source(&source) {
@@ -244,16 +244,48 @@ fn load_file(path: &Path) -> (ParsedFile, Option<Diagnostic>) {
                 source,
                 model: Some(model),
             },
-            None,
+            Vec::new(),
         ),
-        Err(problem) => (
-            ParsedFile {
-                source,
-                model: None,
-            },
-            Some(problem),
-        ),
+        Err(problem) => {
+            let problems = every_key_problem(&source, problem);
+            (
+                ParsedFile {
+                    source,
+                    model: None,
+                },
+                problems,
+            )
+        }
     }
+}
+
+/// serde reports the first unknown or missing key; the file's every one comes from walking it
+/// against the schema ([`super::structure`]). serde's own diagnostic is kept when the walk
+/// did not find it (another kind of problem, or one the walk cannot see).
+fn every_key_problem(source: &SourceFile, first: Diagnostic) -> Vec<Diagnostic> {
+    if !matches!(first.code, "unknown-field" | "missing-field") {
+        return vec![first];
+    }
+    let Ok(tree) = serde_saphyr::from_str_with_options::<
+        super::located::Located<super::located::ValueModel>,
+    >(&source.text, parse_options()) else {
+        return vec![first];
+    };
+    let mut problems: Vec<Diagnostic> = super::structure::key_problems(&source.path, &tree)
+        .into_iter()
+        .map(|d| {
+            let rule = enclosing_rule_name(&source.text, d.line);
+            d.in_rule(rule.as_deref())
+        })
+        .collect();
+    if !problems
+        .iter()
+        .any(|found| super::structure::same_problem(found, &first))
+    {
+        problems.push(first);
+        problems.sort_by_key(|d| (d.line, d.column));
+    }
+    problems
 }
 
 /// Reads a file, refusing what is too large or not UTF-8.

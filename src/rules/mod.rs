@@ -11,6 +11,7 @@ pub mod load;
 pub mod located;
 pub mod model;
 pub mod ruleset;
+pub mod structure;
 pub mod template;
 pub mod validate;
 

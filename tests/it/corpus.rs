@@ -1,4 +1,5 @@
-//! The broken-rule corpus: every file holds one mistake; its diagnostics are kept as snapshots.
+//! The broken-rule corpus: every file holds one mistake (`several-structural-problems.yaml`
+//! holds three, all reported); its diagnostics are kept as snapshots.
 //! None may panic or hang, and each must be reported with a position.
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,205 @@
+//! Every structural problem of a rule file at once. serde stops at the first unknown or missing
+//! key; when it does, the file is read again as a positioned value tree
+//! ([`ValueModel`]) and walked against the rule file's JSON Schema (the one `flowd schema`
+//! prints, generated from [`crate::rules::model`]), so two unknown keys give two diagnostics,
+//! each at its line. Only keys are judged here (unknown ones, missing required ones); a wrong
+//! type is left to serde's own message. Hand-written because no crate walks a schemars schema
+//! over a tree that keeps YAML positions.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+use super::diagnostic::{Diagnostic, backticked, did_you_mean};
+use super::located::{Located, ValueModel};
+use super::model::RuleFileModel;
+
+static NULL: Value = Value::Null;
+
+fn schema() -> &'static Value {
+    static SCHEMA: OnceLock<Value> = OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        serde_json::to_value(schemars::schema_for!(RuleFileModel)).unwrap_or(Value::Null)
+    })
+}
+
+/// The unknown and missing keys of a parsed tree, in file order.
+pub fn key_problems(path: &Path, tree: &Located<ValueModel>) -> Vec<Diagnostic> {
+    let mut walker = Walker {
+        path,
+        root: schema(),
+        found: Vec::new(),
+    };
+    walker.walk(tree, schema(), "", 0);
+    walker.found.sort_by_key(|d| (d.line, d.column));
+    walker.found
+}
+
+struct Walker<'a> {
+    path: &'a Path,
+    root: &'static Value,
+    found: Vec<Diagnostic>,
+}
+
+impl Walker<'_> {
+    /// A `$ref` resolved against the root's `$defs`.
+    fn resolve(&self, schema: &'static Value) -> &'static Value {
+        match schema.get("$ref").and_then(Value::as_str) {
+            Some(reference) => reference
+                .strip_prefix("#/$defs/")
+                .and_then(|name| self.root.get("$defs")?.get(name))
+                .unwrap_or(&NULL),
+            None => schema,
+        }
+    }
+
+    /// The alternative of an `anyOf`/`oneOf` that takes a node of this kind (an object, a
+    /// list, ...); the schema itself when it has none.
+    fn alternative(&self, schema: &'static Value, node: &ValueModel) -> Option<&'static Value> {
+        let schema = self.resolve(schema);
+        let Some(options) = schema
+            .get("anyOf")
+            .or_else(|| schema.get("oneOf"))
+            .and_then(Value::as_array)
+        else {
+            return Some(schema);
+        };
+        options
+            .iter()
+            .map(|option| self.resolve(option))
+            .find(|option| takes(option, node))
+    }
+
+    fn walk(
+        &mut self,
+        node: &Located<ValueModel>,
+        schema: &'static Value,
+        field: &str,
+        depth: usize,
+    ) {
+        if depth > 64 {
+            return;
+        }
+        let Some(schema) = self.alternative(schema, &node.value) else {
+            return;
+        };
+        match &node.value {
+            ValueModel::Object(map) => {
+                let properties = schema.get("properties").and_then(Value::as_object);
+                let closed = schema.get("additionalProperties") == Some(&Value::Bool(false));
+                let open_values = schema
+                    .get("additionalProperties")
+                    .filter(|extra| extra.is_object());
+                for (key, value) in map.iter() {
+                    let inner = join(field, &key.value);
+                    match properties.and_then(|p| p.get(&key.value)) {
+                        Some(property) => self.walk(value, property, &inner, depth + 1),
+                        None if closed => {
+                            let expected: Vec<&str> = properties
+                                .map(|p| p.keys().map(String::as_str).collect())
+                                .unwrap_or_default();
+                            let hint = did_you_mean(&key.value, expected.iter().copied())
+                                .unwrap_or_else(|| {
+                                    format!(
+                                        "expected one of {}",
+                                        backticked(expected.iter().copied())
+                                    )
+                                });
+                            self.found.push(
+                                Diagnostic::new(
+                                    self.path,
+                                    key.at,
+                                    "unknown-field",
+                                    format!("unknown key `{}`", key.value),
+                                )
+                                .at_field(&inner)
+                                .with_hint(hint),
+                            );
+                        }
+                        None => {
+                            if let Some(extra) = open_values {
+                                self.walk(value, extra, &inner, depth + 1);
+                            }
+                        }
+                    }
+                }
+                for required in schema
+                    .get("required")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                {
+                    // A key missing because it is misspelt is the unknown key's problem: its
+                    // hint names this one, a second diagnostic would say the same.
+                    let misspelt = map.iter().any(|(key, _)| {
+                        properties.is_none_or(|p| !p.contains_key(&key.value))
+                            && did_you_mean(&key.value, [required]).is_some()
+                    });
+                    if map.get(required).is_none() && !misspelt {
+                        self.found.push(
+                            Diagnostic::new(
+                                self.path,
+                                node.at,
+                                "missing-field",
+                                format!("missing required key `{required}`"),
+                            )
+                            .at_field(join(field, required)),
+                        );
+                    }
+                }
+            }
+            ValueModel::Array(items) => {
+                if let Some(item_schema) = schema.get("items") {
+                    for (index, item) in items.iter().enumerate() {
+                        // Fields inside a rule are named from the rule, as everywhere else
+                        // (`do[0].notify.url`, with "in rule `name`").
+                        let inner = if depth == 1 && field == "rules" {
+                            String::new()
+                        } else {
+                            format!("{field}[{index}]")
+                        };
+                        self.walk(item, item_schema, &inner, depth + 1);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Whether a schema (one alternative) takes a node of this kind.
+fn takes(schema: &Value, node: &ValueModel) -> bool {
+    let wanted = match node {
+        ValueModel::Null => "null",
+        ValueModel::Bool(_) => "boolean",
+        ValueModel::Number(_) => "number",
+        ValueModel::String(_) => "string",
+        ValueModel::Array(_) => "array",
+        ValueModel::Object(_) => "object",
+    };
+    match schema.get("type") {
+        None => true,
+        Some(Value::String(kind)) => kind == wanted || (kind == "integer" && wanted == "number"),
+        Some(Value::Array(kinds)) => kinds.iter().any(|kind| {
+            kind.as_str() == Some(wanted)
+                || (kind.as_str() == Some("integer") && wanted == "number")
+        }),
+        Some(_) => true,
+    }
+}
+
+fn join(field: &str, key: &str) -> String {
+    if field.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{field}.{key}")
+    }
+}
+
+/// Whether two diagnostics tell the same problem (serde's and the walk's positions of a
+/// missing key differ: serde points where the mapping ends).
+pub fn same_problem(a: &Diagnostic, b: &Diagnostic) -> bool {
+    a.code == b.code && a.message == b.message
+}
