@@ -263,7 +263,7 @@ fn load_file(path: &Path) -> (ParsedFile, Vec<Diagnostic>) {
 /// against the schema ([`super::structure`]). serde's own diagnostic is kept when the walk
 /// did not find it (another kind of problem, or one the walk cannot see).
 fn every_key_problem(source: &SourceFile, first: Diagnostic) -> Vec<Diagnostic> {
-    if !matches!(first.code, "unknown-field" | "missing-field") {
+    if !matches!(first.code, "unknown-field" | "missing-field" | "type") {
         return vec![first];
     }
     let Ok(tree) = serde_saphyr::from_str_with_options::<
@@ -406,11 +406,55 @@ pub fn parse_source(source: &SourceFile) -> Result<RuleFileModel, Diagnostic> {
     }
     serde_saphyr::from_str_with_options::<RuleFileModel>(&source.text, parse_options()).map_err(
         |err| {
-            let diagnostic = yaml_diagnostic(&source.path, &err);
+            let mut diagnostic = yaml_diagnostic(&source.path, &err);
+            if let serde_saphyr::Error::DuplicateMappingKey { key: Some(key), .. } =
+                err.without_snippet()
+            {
+                diagnostic.message = format!("the key `{key}` appears twice in this mapping");
+                diagnostic.hint = Some(
+                    match first_use(&source.text, key, diagnostic.line, diagnostic.column) {
+                        Some(line) => format!(
+                            "it is first set at line {line}; each key may appear once in a mapping"
+                        ),
+                        None => "each key may appear once in a mapping".to_owned(),
+                    },
+                );
+            }
             let rule = enclosing_rule_name(&source.text, diagnostic.line);
             diagnostic.in_rule(rule.as_deref())
         },
     )
+}
+
+/// The line where `key` is first set in the mapping whose duplicate is at (line, column): the
+/// nearest line above at the same column that sets it (block mappings; flow ones on one line).
+fn first_use(text: &str, key: &str, line: u32, column: u32) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let at = (line as usize).checked_sub(1)?;
+    let indent = (column as usize).checked_sub(1)?;
+    for index in (0..at).rev() {
+        let candidate = lines.get(index)?;
+        let leading = candidate.len() - candidate.trim_start_matches([' ', '-']).len();
+        if leading < indent
+            && !candidate.trim().is_empty()
+            && !candidate.trim_start().starts_with('#')
+        {
+            // Left the mapping (a shallower line).
+            if !candidate[leading..].starts_with(&format!("{key}:")) {
+                return None;
+            }
+        }
+        if leading == indent {
+            if candidate[leading..].starts_with(&format!("{key}:")) {
+                return Some(index + 1);
+            }
+            // `- name: ...`: the first line of this mapping (a list item); above is another.
+            if candidate.trim_start_matches(' ').starts_with('-') {
+                return None;
+            }
+        }
+    }
+    None
 }
 
 /// The rule a line belongs to, found by the nearest `- name: ...` above it. A parse error has no

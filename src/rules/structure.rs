@@ -82,8 +82,13 @@ impl Walker<'_> {
             return;
         }
         let Some(schema) = self.alternative(schema, &node.value) else {
+            self.wrong_type(node, self.resolve(schema), field);
             return;
         };
+        if !takes(schema, &node.value) {
+            self.wrong_type(node, schema, field);
+            return;
+        }
         match &node.value {
             ValueModel::Object(map) => {
                 let properties = schema.get("properties").and_then(Value::as_object);
@@ -169,6 +174,67 @@ impl Walker<'_> {
     }
 }
 
+impl Walker<'_> {
+    /// A value of the wrong kind: names the field, what it must be, and what it is.
+    fn wrong_type(&mut self, node: &Located<ValueModel>, schema: &'static Value, field: &str) {
+        let mut kinds: Vec<&str> = Vec::new();
+        let mut add = |schema: &Value| match schema.get("type") {
+            Some(Value::String(kind)) if kind != "null" => kinds.push(kind_name(kind)),
+            Some(Value::Array(list)) => kinds.extend(
+                list.iter()
+                    .filter_map(Value::as_str)
+                    .filter(|kind| *kind != "null")
+                    .map(kind_name),
+            ),
+            _ => {}
+        };
+        match schema
+            .get("anyOf")
+            .or_else(|| schema.get("oneOf"))
+            .and_then(Value::as_array)
+        {
+            Some(options) => options.iter().for_each(|option| add(self.resolve(option))),
+            None => add(schema),
+        }
+        kinds.dedup();
+        if kinds.is_empty() || field.is_empty() {
+            return;
+        }
+        let name = field.rsplit('.').next().unwrap_or(field);
+        let shown = match &node.value {
+            ValueModel::String(text) => format!("`{text}`"),
+            ValueModel::Number(number) => format!("`{number}`"),
+            ValueModel::Bool(b) => format!("`{b}`"),
+            other => other.kind_name().to_owned(),
+        };
+        let mut diagnostic = Diagnostic::new(
+            self.path,
+            node.at,
+            "type",
+            format!("`{name}` must be {}, not {shown}", kinds.join(" or ")),
+        )
+        .at_field(field);
+        if kinds.contains(&"a mapping") {
+            diagnostic =
+                diagnostic.with_hint("a mapping is `key: value` lines or `{ key: value }`");
+        }
+        self.found.push(diagnostic);
+    }
+}
+
+/// A JSON Schema type in words.
+fn kind_name(kind: &str) -> &'static str {
+    match kind {
+        "integer" => "a whole number",
+        "number" => "a number",
+        "boolean" => "true or false",
+        "string" => "text",
+        "array" => "a list",
+        "object" => "a mapping",
+        _ => "something else",
+    }
+}
+
 /// Whether a schema (one alternative) takes a node of this kind.
 fn takes(schema: &Value, node: &ValueModel) -> bool {
     let wanted = match node {
@@ -201,5 +267,5 @@ fn join(field: &str, key: &str) -> String {
 /// Whether two diagnostics tell the same problem (serde's and the walk's positions of a
 /// missing key differ: serde points where the mapping ends).
 pub fn same_problem(a: &Diagnostic, b: &Diagnostic) -> bool {
-    a.code == b.code && a.message == b.message
+    a.code == b.code && (a.message == b.message || (a.code == "type" && a.line == b.line))
 }

@@ -476,6 +476,13 @@ pub const MAX_EXPRESSIONS: usize = 1000;
 /// them recursively, and ~1,000 levels overflowed a 2 MiB stack (found by fuzzing).
 pub const MAX_NESTING: usize = 32;
 
+/// The name of a block from the text after `#` or `/` (`if`, `each`).
+fn block_name(text: &str) -> &str {
+    text.split(|c: char| c.is_whitespace() || c == '~' || c == '}')
+        .next()
+        .unwrap_or_default()
+}
+
 /// Refuses templates too large or too deep to compile safely, before handlebars sees them.
 fn check_size(source: &str) -> Result<(), TemplateCompileError> {
     let count = expressions(source).count();
@@ -487,14 +494,37 @@ fn check_size(source: &str) -> Result<(), TemplateCompileError> {
             hint: Some("split it over several fields or steps".to_owned()),
         });
     }
-    let mut blocks = 0usize;
+    // Open blocks, innermost last: handlebars' own message for an unclosed or mismatched one
+    // lists grammar rules ("expected escape, expression, html_expression, ..."), this one
+    // names the block.
+    let mut open: Vec<&str> = Vec::new();
     for expression in expressions(source) {
         let trimmed = expression.trim_start_matches('~').trim_start();
-        if trimmed.starts_with('#') {
-            blocks += 1;
-        } else if trimmed.starts_with('/') {
-            blocks = blocks.saturating_sub(1);
+        if let Some(name) = trimmed.strip_prefix('#') {
+            open.push(block_name(name.trim_start_matches(['>', '*'])));
+        } else if let Some(name) = trimmed.strip_prefix('/') {
+            let name = block_name(name);
+            match open.pop() {
+                Some(opened) if opened == name => {}
+                Some(opened) => {
+                    return Err(TemplateCompileError {
+                        message: format!(
+                            "`{{{{/{name}}}}}` closes a block opened by `{{{{#{opened}}}}}`"
+                        ),
+                        hint: Some(format!(
+                            "close `{{{{#{opened} ...}}}}` with `{{{{/{opened}}}}}` first"
+                        )),
+                    });
+                }
+                None => {
+                    return Err(TemplateCompileError {
+                        message: format!("`{{{{/{name}}}}}` closes a block that was never opened"),
+                        hint: Some(format!("open it with `{{{{#{name} ...}}}}`, or remove it")),
+                    });
+                }
+            }
         }
+        let blocks = open.len();
         let mut depth = 0usize;
         let mut deepest = 0usize;
         for c in expression.chars() {
@@ -515,6 +545,12 @@ fn check_size(source: &str) -> Result<(), TemplateCompileError> {
                 hint: Some("flatten it, or compute the value in an earlier step".to_owned()),
             });
         }
+    }
+    if let Some(unclosed) = open.last() {
+        return Err(TemplateCompileError {
+            message: format!("`{{{{#{unclosed} ...}}}}` is never closed"),
+            hint: Some(format!("add `{{{{/{unclosed}}}}}` where the block ends")),
+        });
     }
     Ok(())
 }
@@ -974,6 +1010,21 @@ mod tests {
         let blocks = format!("{}x{}", "{{#if a}}".repeat(100), "{{/if}}".repeat(100));
         let err = Template::compile(&blocks).unwrap_err();
         assert!(err.message.contains("deeper than 32"), "{}", err.message);
+        let err = Template::compile("{{#if a}}yes").unwrap_err();
+        assert_eq!(err.message, "`{{#if ...}}` is never closed");
+        assert_eq!(
+            err.hint.as_deref(),
+            Some("add `{{/if}}` where the block ends")
+        );
+        let err = Template::compile("{{#each a}}{{#if b}}x{{/each}}{{/if}}").unwrap_err();
+        assert!(
+            err.message.contains("closes a block opened by `{{#if}}`"),
+            "{}",
+            err.message
+        );
+        let err = Template::compile("x{{/if}}").unwrap_err();
+        assert!(err.message.contains("never opened"), "{}", err.message);
+        assert!(Template::compile("{{#if a}}{{#each b}}{{this}}{{/each}}{{else}}n{{/if}}").is_ok());
         let many = "{{a}} ".repeat(MAX_EXPRESSIONS + 1);
         let err = Template::compile(&many).unwrap_err();
         assert!(err.message.contains("at most 1000"), "{}", err.message);

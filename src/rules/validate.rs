@@ -244,6 +244,12 @@ fn suggest_rule_name(name: &str) -> String {
     while out.starts_with(['-', '_']) {
         out.remove(0);
     }
+    while out.ends_with(['-', '_']) {
+        out.pop();
+    }
+    while out.contains("--") {
+        out = out.replace("--", "-");
+    }
     out
 }
 

@@ -299,8 +299,8 @@ pub struct EventOutcome {
     pub executions: Vec<NewExecution>,
     /// A status change of a followed run to record.
     pub status_change: Option<StatusChange>,
-    /// (resource id, status) pairs that fire now; a pair already fired makes the whole
-    /// outcome a no-op (the event is only marked processed).
+    /// (resource id, status) pairs that fire now; a pair already fired makes the outcome store
+    /// nothing but "processed" — except that a terminal status still ends the following.
     pub fire: Option<(String, String)>,
 }
 
@@ -451,9 +451,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn executions(&self, filter: &ExecutionFilter) -> Result<Vec<Execution>, StoreError>;
     /// One execution.
     async fn execution(&self, id: &str) -> Result<Option<Execution>, StoreError>;
-    /// Deletes finished history older than `before` and beyond the newest `keep` executions
-    /// (with their steps and processed events) and schedule ticks older than `before` other
-    /// than each rule's last; returns how many executions went.
+    /// Deletes finished executions that are older than `before` or beyond the newest `keep`
+    /// (either is enough), with their steps and the processed events nothing refers to, and
+    /// schedule ticks older than `before` other than each rule's last; returns how many
+    /// executions went. Pending executions and followed runs stay.
     async fn prune_history(&self, before: DateTime<Utc>, keep: i64) -> Result<u64, StoreError>;
     /// The step records of an execution.
     async fn step_records(&self, execution_id: &str) -> Result<Vec<StepRecord>, StoreError>;

@@ -938,7 +938,7 @@ impl Store for SqliteStore {
             // comes, however large (intake bounds one event at 1 MiB).
             rows(
                 connection,
-                "SELECT id, source, event_type, payload, received_at FROM (SELECT id, source, event_type, payload, received_at, SUM(length(CAST(payload AS BLOB))) OVER (ORDER BY id) - length(CAST(payload AS BLOB)) AS before FROM events WHERE processed_at IS NULL AND (deferred_until IS NULL OR deferred_until <= ?1) ORDER BY id LIMIT ?2) WHERE before < ?3 OR before = 0 ORDER BY id",
+                "SELECT id, source, event_type, payload, received_at FROM (SELECT id, source, event_type, payload, received_at, length(CAST(payload AS BLOB)) AS size, SUM(length(CAST(payload AS BLOB))) OVER (ORDER BY id) - length(CAST(payload AS BLOB)) AS before FROM events WHERE processed_at IS NULL AND (deferred_until IS NULL OR deferred_until <= ?1) ORDER BY id LIMIT ?2) WHERE before + size <= ?3 OR before = 0 ORDER BY id",
                 params![now, limit, max_bytes],
                 event_from_row,
             )

@@ -4,6 +4,7 @@
 
 mod admin_guard;
 mod cli;
+mod conformance;
 mod corpus;
 mod daemon;
 mod engine;

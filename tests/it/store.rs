@@ -199,11 +199,18 @@ async fn inbox_pages_stop_at_their_byte_bound_but_never_come_back_empty() {
         })
         .collect();
     store.insert_events(events).await.expect("insert");
+    // Each payload is `{"pad":"..."}`: 1 MiB of text in 2-byte characters, plus 10 bytes.
+    let size = (1 << 20) + 10;
     let page = store
-        .unprocessed_events(500, 3 << 20, Utc::now())
+        .unprocessed_events(500, 3 * size, Utc::now())
         .await
         .expect("page");
-    assert_eq!(page.len(), 3, "3 MiB hold three 1 MiB events");
+    assert_eq!(page.len(), 3, "three events fit exactly");
+    let page = store
+        .unprocessed_events(500, 3 * size - 1, Utc::now())
+        .await
+        .expect("page");
+    assert_eq!(page.len(), 2, "a third would pass the bound");
     let tiny = store
         .unprocessed_events(500, 10, Utc::now())
         .await
