@@ -19,6 +19,7 @@ use super::{EXIT_INVALID_CONFIG, default_rule_paths};
 use crate::engine::dry_run::{DryRun, run_handler, run_test};
 use crate::engine::matcher::{Incoming as Matched, Starter, why_not};
 use crate::engine::processor::base_context;
+use crate::recrubo::FollowedKind;
 use crate::recrubo::jsonapi::{Resource, WebhookPayload};
 use crate::recrubo::types::flattened;
 use crate::rules::ruleset::{Expectation, RuleTest};
@@ -177,10 +178,7 @@ fn incoming(args: &SimulateArgs) -> anyhow::Result<Incoming> {
                 file.display()
             )
         })?;
-        if !matches!(
-            resource.resource_type.as_str(),
-            "flowRuns" | "flowGenerations"
-        ) {
+        if FollowedKind::of(&resource.resource_type).is_none() {
             anyhow::bail!(
                 "{} is a `{}`; --run-status takes a `flowRuns` or `flowGenerations` resource",
                 file.display(),
@@ -239,16 +237,18 @@ fn judge(incoming: &Incoming, rule: &Rule, now: DateTime<Utc>) -> Option<(Value,
             let resource = &attributes.resource;
             let fields = attributes.fields.clone().unwrap_or_default();
             let status = resource.str_attribute("status").unwrap_or_default();
-            let as_seen = match (&rule.trigger, resource.resource_type.as_str()) {
-                (Trigger::FlowRun(_), "flowRuns") => Matched::FlowRun {
+            let as_seen = match (&rule.trigger, FollowedKind::of(&resource.resource_type)) {
+                (Trigger::FlowRun(_), Some(FollowedKind::FlowRun)) => Matched::FlowRun {
                     status,
                     flow_id: resource.str_attribute("flowId"),
                     starter: None,
                 },
-                (Trigger::FlowGeneration(_), "flowGenerations") => Matched::FlowGeneration {
-                    status,
-                    starter: None,
-                },
+                (Trigger::FlowGeneration(_), Some(FollowedKind::FlowGeneration)) => {
+                    Matched::FlowGeneration {
+                        status,
+                        starter: None,
+                    }
+                }
                 _ => Matched::Webhook {
                     resource: &resource.resource_type,
                     event: &attributes.event,
@@ -293,15 +293,16 @@ fn judge(incoming: &Incoming, rule: &Rule, now: DateTime<Utc>) -> Option<(Value,
                 rule,
                 step: Some(step),
             });
-            let as_seen = if resource.resource_type == "flowRuns" {
-                Matched::FlowRun {
-                    status,
-                    flow_id: resource.str_attribute("flowId"),
-                    starter,
-                }
-            } else {
-                Matched::FlowGeneration { status, starter }
-            };
+            let as_seen =
+                if FollowedKind::of(&resource.resource_type) == Some(FollowedKind::FlowRun) {
+                    Matched::FlowRun {
+                        status,
+                        flow_id: resource.str_attribute("flowId"),
+                        starter,
+                    }
+                } else {
+                    Matched::FlowGeneration { status, starter }
+                };
             (resource.to_json(), why_not(&rule.trigger, &as_seen, false))
         }
     })
@@ -332,11 +333,9 @@ fn show_handler(
         println!("✗ {label} — the step has no `{status}` handler");
         return Ok(0);
     };
-    let key = if resource.resource_type == "flowRuns" {
-        "run"
-    } else {
-        "generation"
-    };
+    let key = FollowedKind::of(&resource.resource_type)
+        .unwrap_or(FollowedKind::FlowRun)
+        .context_key();
     // The starting execution's context is not known here: `event` is empty.
     let mut context = base_context(rule, Value::Null);
     context.insert(key.into(), flattened(resource));

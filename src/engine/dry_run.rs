@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 use super::processor::base_context;
 use super::render::render_step;
 use crate::recrubo::types::flattened;
-use crate::recrubo::{FlowGenerationStatus, FlowRunStatus};
+use crate::recrubo::{FlowGenerationStatus, FlowRunStatus, FollowedKind};
 use crate::rules::expr::ConditionOutcome;
 use crate::rules::ruleset::{Expectation, ForEach, RuleTest};
 use crate::rules::{Rule, Step, StepKind, Trigger};
@@ -144,13 +144,13 @@ impl Runner<'_> {
         let n = self.counter;
         match &step.kind {
             StepKind::StartFlowRun { .. } => json!({
-                "id": format!("run-{n}"), "type": "flowRuns", "status": "queued", "cost": 0,
+                "id": format!("run-{n}"), "type": FollowedKind::FlowRun.json_api_type(), "status": "queued", "cost": 0,
                 "flowId": fields["flow"], "messageThreadId": fields["message_thread"],
                 "state": if fields["state"].is_null() { json!({}) } else { fields["state"].clone() },
                 "createdAt": self.now, "updatedAt": self.now,
             }),
             StepKind::GenerateFlow { .. } => json!({
-                "id": format!("generation-{n}"), "type": "flowGenerations", "status": "queued",
+                "id": format!("generation-{n}"), "type": FollowedKind::FlowGeneration.json_api_type(), "status": "queued",
                 "flowId": Value::Null, "flowType": fields["flow_type"], "parameters": fields["parameters"],
             }),
             StepKind::AnalyzeVacancy { .. } => json!({
@@ -159,7 +159,7 @@ impl Runner<'_> {
                 "analyzeResult": crate::recrubo::sample::analyze(fields["text"].as_str().unwrap_or_default()),
             }),
             StepKind::UpdateFlowRun { .. } => {
-                json!({ "id": fields["id"], "type": "flowRuns", "state": fields["state"], "status": fields["status"] })
+                json!({ "id": fields["id"], "type": FollowedKind::FlowRun.json_api_type(), "state": fields["state"], "status": fields["status"] })
             }
             StepKind::Recrubo { .. } => json!({ "status": 200, "body": { "data": null } }),
             StepKind::Notify { .. } | StepKind::Http { .. } => {
@@ -389,7 +389,10 @@ pub fn run_test(rule: &Rule, test: &RuleTest) -> DryRun {
                 state.extend(patch.clone());
             }
         }
-        let is_run = started.resource["type"] == "flowRuns";
+        let is_run = started.resource["type"]
+            .as_str()
+            .and_then(crate::recrubo::FollowedKind::of)
+            == Some(crate::recrubo::FollowedKind::FlowRun);
         if !is_run && update.status == "finished" && started.resource["flowId"].is_null() {
             // A finished generation has produced a Flow.
             let flow = format!(

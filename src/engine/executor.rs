@@ -25,7 +25,7 @@ use super::render::{redact, render_step};
 use crate::actions::{ActionError, perform};
 use futures_util::FutureExt as _;
 
-use crate::recrubo::{FilterOp, ListQuery};
+use crate::recrubo::{FilterOp, FollowedKind, ListQuery};
 use crate::rules::ruleset::{RetryPolicy, Step, step_key};
 use crate::rules::{Rule, StepKind};
 use crate::store::{EventSource, Execution, FollowedRun, NewEvent, StepRecord, StoreError};
@@ -635,8 +635,8 @@ async fn adopt_existing(
     let (collection, kind, base, follows): (&str, &'static str, ListQuery, bool) = match &step.kind
     {
         StepKind::StartFlowRun { .. } => (
-            "flow-runs",
-            "flowRuns",
+            FollowedKind::FlowRun.collection(),
+            FollowedKind::FlowRun.json_api_type(),
             ListQuery::new()
                 .filter(
                     "messageThreadId",
@@ -646,8 +646,8 @@ async fn adopt_existing(
             true,
         ),
         StepKind::GenerateFlow { .. } => (
-            "flow-generations",
-            "flowGenerations",
+            FollowedKind::FlowGeneration.collection(),
+            FollowedKind::FlowGeneration.json_api_type(),
             ListQuery::new().filter(
                 "flowType",
                 request
@@ -757,7 +757,7 @@ fn answered_status(followed: &FollowedRun, output: &Value) -> Option<NewEvent> {
     attributes.remove("id");
     attributes.remove("type");
     let resource = json!({
-        "type": followed.resource_type,
+        "type": followed.resource_type.json_api_type(),
         "id": followed.resource_id,
         "attributes": attributes,
     });
@@ -782,14 +782,14 @@ fn followed_run(
     output: &Value,
 ) -> Option<FollowedRun> {
     let resource_type = match step.kind {
-        StepKind::StartFlowRun { .. } => "flowRuns",
-        StepKind::GenerateFlow { .. } => "flowGenerations",
+        StepKind::StartFlowRun { .. } => FollowedKind::FlowRun,
+        StepKind::GenerateFlow { .. } => FollowedKind::FlowGeneration,
         _ => return None,
     };
     let id = output["id"].as_str()?;
     Some(FollowedRun {
         resource_id: id.to_owned(),
-        resource_type: resource_type.to_owned(),
+        resource_type,
         rule: execution.rule.clone(),
         step_id: Some(key.to_owned()),
         execution_id: execution.id.clone(),

@@ -21,7 +21,7 @@ use super::Engine;
 use super::matcher::{MatchIndex, Starter};
 use crate::recrubo::jsonapi::{Resource, WebhookPayload};
 use crate::recrubo::types::flattened;
-use crate::recrubo::{FilterOp, FlowGenerationStatus, FlowRunStatus, ListQuery};
+use crate::recrubo::{FilterOp, FlowRunStatus, FollowedKind, ListQuery};
 use crate::rules::ruleset::ForEach;
 use crate::rules::{Rule, RuleSet};
 use crate::store::{
@@ -525,10 +525,7 @@ async fn outcome_of(
                     ));
                 }
             }
-            let tracks_status = matches!(
-                resource.resource_type.as_str(),
-                "flowRuns" | "flowGenerations"
-            );
+            let tracks_status = FollowedKind::of(&resource.resource_type).is_some();
             if tracks_status && attributes.event != "delete" {
                 match status_change(engine, set, index, event, resource, now).await? {
                     StatusOutcome::Hold { until } => {
@@ -582,7 +579,10 @@ async fn status_change(
     let Some(status) = resource.str_attribute("status").map(str::to_owned) else {
         return Ok(StatusOutcome::Ignore);
     };
-    let is_run = resource.resource_type == "flowRuns";
+    let Some(kind) = FollowedKind::of(&resource.resource_type) else {
+        return Ok(StatusOutcome::Ignore);
+    };
+    let is_run = kind == FollowedKind::FlowRun;
     let updated_at = resource
         .str_attribute("updatedAt")
         .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
@@ -701,9 +701,10 @@ fn fire_for(
     updated_at: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
 ) -> EventOutcome {
-    let is_run = resource.resource_type == "flowRuns";
+    let kind = FollowedKind::of(&resource.resource_type).unwrap_or(FollowedKind::FlowRun);
+    let is_run = kind == FollowedKind::FlowRun;
     let resource_context = flattened(resource);
-    let key = if is_run { "run" } else { "generation" };
+    let key = kind.context_key();
     let mut executions = Vec::new();
     let starter = followed.map(|_| Starter {
         rule: starter.0.as_str(),
@@ -725,11 +726,7 @@ fn fire_for(
     {
         executions.insert(0, handler);
     }
-    let terminal = if is_run {
-        FlowRunStatus::parse(status).is_terminal()
-    } else {
-        FlowGenerationStatus::parse(status) == FlowGenerationStatus::Finished
-    };
+    let terminal = kind.is_terminal(status);
     let status_change = followed.map(|f| StatusChange {
         resource_id: f.resource_id.clone(),
         status: status.to_owned(),

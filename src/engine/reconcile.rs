@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::Engine;
-use crate::recrubo::{PolledKind, RecruboError};
+use crate::recrubo::RecruboError;
 use crate::store::{EventSource, FollowedRun, NewEvent, PollMark};
 
 /// Runs polled per tick at most.
@@ -53,12 +53,10 @@ pub async fn run(engine: Engine, shutdown: CancellationToken) {
             if shutdown.is_cancelled() {
                 return;
             }
-            let kind = if followed.resource_type == "flowRuns" {
-                PolledKind::FlowRun
-            } else {
-                PolledKind::FlowGeneration
-            };
-            let mark = match client.poll(kind, &followed.resource_id).await {
+            let mark = match client
+                .poll(followed.resource_type, &followed.resource_id)
+                .await
+            {
                 Ok(resource) => {
                     if queue_change(&engine, &followed, resource).await {
                         found += 1;

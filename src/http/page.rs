@@ -202,7 +202,7 @@ pub async fn status_page(
                 html,
                 "<tr><td><code>{}</code> <span class=muted>{}</span></td><td>{} / {}</td><td>{}</td><td class=muted>{}</td></tr>",
                 escape(&run.resource_id),
-                escape(&run.resource_type),
+                escape(run.resource_type.json_api_type()),
                 escape(&run.rule),
                 escape(run.step_id.as_deref().unwrap_or("")),
                 escape(&run.status),

@@ -34,15 +34,6 @@ pub const MAX_ANSWER_BYTES: usize = 8 << 20;
 /// The longest a read waits in line for a retry (see `read`).
 pub const MAX_INLINE_WAIT: Duration = Duration::from_secs(30);
 
-/// What [`RecruboClient::poll`] reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PolledKind {
-    /// `GET /flow-runs/{id}`.
-    FlowRun,
-    /// `GET /flow-generations/{id}`.
-    FlowGeneration,
-}
-
 /// Why [`read_capped`] stopped.
 pub(crate) enum CappedRead {
     /// The body broke off.
@@ -396,11 +387,12 @@ impl RecruboClient {
     }
 
     /// `GET /flow-runs/{id}` or `GET /flow-generations/{id}`, one attempt (see `read_once`).
-    pub async fn poll(&self, kind: PolledKind, id: &str) -> Result<Resource, RecruboError> {
-        let collection = match kind {
-            PolledKind::FlowRun => "flow-runs",
-            PolledKind::FlowGeneration => "flow-generations",
-        };
+    pub async fn poll(
+        &self,
+        kind: super::FollowedKind,
+        id: &str,
+    ) -> Result<Resource, RecruboError> {
+        let collection = kind.collection();
         let response = self
             .read_once(&format!("{collection}/{}", path_segment(id)?))
             .await?;

@@ -9,10 +9,10 @@ pub mod sample;
 pub mod status;
 pub mod types;
 
-pub use client::{ClientSettings, Page, PolledKind, RawResponse, RecruboClient};
+pub use client::{ClientSettings, Page, RawResponse, RecruboClient};
 pub use error::RecruboError;
 pub use query::{FilterOp, ListQuery};
-pub use status::{FlowGenerationStatus, FlowRunStatus};
+pub use status::{FlowGenerationStatus, FlowRunStatus, FollowedKind};
 pub use types::{
     FlowGeneration, FlowRun, FlowRunPatch, NewFlowGeneration, NewFlowRun, VacancyAnalysis,
 };

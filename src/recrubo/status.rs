@@ -133,3 +133,66 @@ impl fmt::Display for FlowGenerationStatus {
         f.write_str(self.as_str())
     }
 }
+
+/// What flowd follows by status: FlowRuns and FlowGenerations. The JSON:API type strings are
+/// read and written here and nowhere else in the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum FollowedKind {
+    /// A FlowRun (`flowRuns`, `/flow-runs`).
+    #[serde(rename = "flowRuns")]
+    FlowRun,
+    /// A FlowGeneration (`flowGenerations`, `/flow-generations`).
+    #[serde(rename = "flowGenerations")]
+    FlowGeneration,
+}
+
+impl FollowedKind {
+    /// From a JSON:API type; `None` for resources that are not followed.
+    pub fn of(resource_type: &str) -> Option<FollowedKind> {
+        match resource_type {
+            "flowRuns" => Some(FollowedKind::FlowRun),
+            "flowGenerations" => Some(FollowedKind::FlowGeneration),
+            _ => None,
+        }
+    }
+
+    /// The JSON:API type.
+    pub fn json_api_type(self) -> &'static str {
+        match self {
+            FollowedKind::FlowRun => "flowRuns",
+            FollowedKind::FlowGeneration => "flowGenerations",
+        }
+    }
+
+    /// The collection path.
+    pub fn collection(self) -> &'static str {
+        match self {
+            FollowedKind::FlowRun => "flow-runs",
+            FollowedKind::FlowGeneration => "flow-generations",
+        }
+    }
+
+    /// The name templates and conditions read it by (`run`, `generation`).
+    pub fn context_key(self) -> &'static str {
+        match self {
+            FollowedKind::FlowRun => "run",
+            FollowedKind::FlowGeneration => "generation",
+        }
+    }
+
+    /// Whether `status` ends it (nothing follows).
+    pub fn is_terminal(self, status: &str) -> bool {
+        match self {
+            FollowedKind::FlowRun => FlowRunStatus::parse(status).is_terminal(),
+            FollowedKind::FlowGeneration => {
+                FlowGenerationStatus::parse(status) == FlowGenerationStatus::Finished
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for FollowedKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.json_api_type())
+    }
+}

@@ -235,7 +235,7 @@ pub struct FollowedRun {
     /// The FlowRun or FlowGeneration id.
     pub resource_id: String,
     /// `flowRuns` or `flowGenerations`.
-    pub resource_type: String,
+    pub resource_type: crate::recrubo::FollowedKind,
     /// The rule whose step started it.
     pub rule: String,
     /// That step's id.

@@ -295,7 +295,12 @@ fn execution_from_row(row: &Row<'_>) -> Result<Execution, StoreError> {
 fn followed_from_row(row: &Row<'_>) -> Result<FollowedRun, StoreError> {
     Ok(FollowedRun {
         resource_id: row.get("resource_id")?,
-        resource_type: row.get("resource_type")?,
+        resource_type: {
+            let text: String = row.get("resource_type")?;
+            crate::recrubo::FollowedKind::of(&text).ok_or_else(|| {
+                StoreError::Database(format!("a followed run of an unknown type `{text}`"))
+            })?
+        },
         rule: row.get("rule")?,
         step_id: row.get("step_id")?,
         execution_id: row.get("execution_id")?,
@@ -436,7 +441,7 @@ fn insert_followed(
         )?
         .execute(params![
             followed.resource_id,
-            followed.resource_type,
+            followed.resource_type.json_api_type(),
             followed.rule,
             followed.step_id,
             followed.execution_id,

@@ -281,7 +281,7 @@ fn step(execution_id: &str, step_index: i64) -> StepRecord {
 fn run(resource_id: &str, execution_id: &str, changed_at: DateTime<Utc>) -> FollowedRun {
     FollowedRun {
         resource_id: resource_id.to_owned(),
-        resource_type: "flowRuns".to_owned(),
+        resource_type: flowd::recrubo::FollowedKind::FlowRun,
         rule: "rule".to_owned(),
         step_id: Some("step0".to_owned()),
         execution_id: execution_id.to_owned(),
@@ -1257,7 +1257,7 @@ async fn finish_step_puts_its_event_in_the_inbox_once(store: &dyn Store) {
         payload: json!({ "data": { "id": "gen-1", "attributes": { "status": "succeeded" } } }),
     };
     let followed = FollowedRun {
-        resource_type: "flowGenerations".to_owned(),
+        resource_type: flowd::recrubo::FollowedKind::FlowGeneration,
         ..run("gen-1", "x", now())
     };
     let progress = Execution {
