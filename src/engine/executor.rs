@@ -246,7 +246,7 @@ async fn run_execution(engine: &Engine, mut execution: Execution) -> Result<(), 
         }
         Err(VersionError::Store(reason)) => return Err(StoreError::Database(reason)),
     };
-    if execution.handler_step.as_deref() == Some(super::processor::SWEEP) {
+    if execution.sweep {
         return run_sweep(engine, &rule, execution).await;
     }
     let (steps, prefix) = match steps_of(&rule, &execution) {

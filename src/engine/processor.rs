@@ -218,7 +218,7 @@ fn executions_for(
         Some(ForEach::List { .. }) => {
             return vec![NewExecution {
                 id: format!("sweep-{event_id}-{}", rule.name),
-                handler_step: Some(SWEEP.to_owned()),
+                sweep: true,
                 ..pending(rule, event_id, Value::Object(context))
             }];
         }
@@ -262,9 +262,6 @@ fn execution_for(
         None => pending(rule, event_id, context),
     }
 }
-
-/// Marks an execution that runs a `for_each: { list }` sweep rather than the rule's steps.
-pub const SWEEP: &str = "@for_each";
 
 /// Why a sweep stopped.
 #[derive(Debug)]
@@ -395,6 +392,7 @@ fn pending(rule: &Rule, event_id: i64, context: Value) -> NewExecution {
         context,
         note: None,
         rule_version: Some(rule.version.clone()),
+        sweep: false,
     }
 }
 
@@ -763,6 +761,7 @@ fn handler_execution(
         context: Value::Null,
         note: None,
         rule_version: None,
+        sweep: false,
     };
     let Some(rule) = set.get(&followed.rule) else {
         warn!(rule = %followed.rule, run = %followed.resource_id, "The rule that started this run is gone; orphaned");

@@ -128,6 +128,8 @@ pub struct NewExecution {
     pub note: Option<String>,
     /// The rule version it runs ([`crate::rules::Rule::version`]).
     pub rule_version: Option<String>,
+    /// A `for_each: { list }` sweep: it pages through the list instead of running the steps.
+    pub sweep: bool,
 }
 
 /// An execution as stored.
@@ -159,6 +161,8 @@ pub struct Execution {
     pub last_error: Option<String>,
     /// The rule version it runs; `None` for executions stored before versions were.
     pub rule_version: Option<String>,
+    /// A `for_each: { list }` sweep (see [`NewExecution::sweep`]).
+    pub sweep: bool,
     /// Created.
     pub created_at: DateTime<Utc>,
     /// Updated.

@@ -26,11 +26,12 @@ use super::{
 };
 
 /// The migrations, in order; `PRAGMA user_version` counts the ones applied.
-const MIGRATIONS: [&str; 4] = [
+const MIGRATIONS: [&str; 5] = [
     include_str!("../../migrations/sqlite/0001_init.sql"),
     include_str!("../../migrations/sqlite/0002_schedules.sql"),
     include_str!("../../migrations/sqlite/0003_hardening.sql"),
     include_str!("../../migrations/sqlite/0004_rule_versions.sql"),
+    include_str!("../../migrations/sqlite/0005_sweeps.sql"),
 ];
 
 /// How many threads answer reads.
@@ -270,7 +271,7 @@ fn read_loop(connection: &Connection, reads: &Mutex<std::sync::mpsc::Receiver<Re
     }
 }
 
-const EXECUTION_COLUMNS: &str = "id, rule, event_id, handler_step, handler_status, status, context, next_step, attempt, next_attempt_at, step_started_at, last_error, rule_version, created_at, updated_at";
+const EXECUTION_COLUMNS: &str = "id, rule, event_id, handler_step, handler_status, status, context, next_step, attempt, next_attempt_at, step_started_at, last_error, rule_version, sweep, created_at, updated_at";
 
 fn execution_from_row(row: &Row<'_>) -> Result<Execution, StoreError> {
     Ok(Execution {
@@ -287,6 +288,7 @@ fn execution_from_row(row: &Row<'_>) -> Result<Execution, StoreError> {
         step_started_at: parse_optional_time(row.get("step_started_at")?)?,
         last_error: row.get("last_error")?,
         rule_version: row.get("rule_version")?,
+        sweep: row.get::<_, i64>("sweep")? != 0,
         created_at: parse_time(&row.get::<_, String>("created_at")?)?,
         updated_at: parse_time(&row.get::<_, String>("updated_at")?)?,
     })
@@ -462,7 +464,7 @@ fn insert_execution(
 ) -> Result<(), StoreError> {
     transaction
         .prepare_cached(
-            "INSERT INTO executions (id, rule, event_id, handler_step, handler_status, status, context, next_step, attempt, next_attempt_at, last_error, rule_version, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, 0, ?8, ?9, ?10, ?8, ?8) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO executions (id, rule, event_id, handler_step, handler_status, status, context, next_step, attempt, next_attempt_at, last_error, rule_version, sweep, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, 0, ?8, ?9, ?10, ?11, ?8, ?8) ON CONFLICT (id) DO NOTHING",
         )?
         .execute(params![
             execution.id,
@@ -475,6 +477,7 @@ fn insert_execution(
             now,
             execution.note,
             execution.rule_version,
+            i64::from(execution.sweep),
         ])?;
     Ok(())
 }

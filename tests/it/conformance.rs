@@ -212,6 +212,7 @@ fn new_execution(id: &str, rule: &str, status: &str) -> NewExecution {
         context: json!({ "event": { "data": { "id": id } } }),
         note: None,
         rule_version: None,
+        sweep: false,
     }
 }
 
@@ -927,6 +928,7 @@ async fn a_new_execution_starts_pending_at_its_first_step_and_due_at_once(store:
     let new = NewExecution {
         event_id: Some(stored[0]),
         rule_version: Some("v-7".to_owned()),
+        sweep: true,
         ..new_execution("x", "sweep", "pending")
     };
     store
@@ -941,6 +943,7 @@ async fn a_new_execution_starts_pending_at_its_first_step_and_due_at_once(store:
     assert_eq!(read.event_id, Some(stored[0]));
     assert_eq!(read.context, new.context);
     assert_eq!(read.rule_version.as_deref(), Some("v-7"));
+    assert!(read.sweep, "a sweep reads back as a sweep");
     assert_eq!((read.next_step, read.attempt), (0, 0));
     assert_eq!(read.step_started_at, None);
     assert_eq!(read.last_error, None);

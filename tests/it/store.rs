@@ -19,6 +19,7 @@ fn execution(id: &str, rule: &str, status: &str) -> NewExecution {
         context: json!({}),
         note: None,
         rule_version: None,
+        sweep: false,
     }
 }
 
