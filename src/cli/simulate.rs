@@ -125,6 +125,17 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
             now: Some(now),
             expect: Expectation::Steps(Vec::new()),
         };
+        if let (Incoming::Tick(_), Some(crate::rules::ruleset::ForEach::List { resource, .. })) =
+            (&incoming, &rule.for_each)
+        {
+            // A sweep pages through Recrubo: nothing to show offline but what it would do.
+            matched += 1;
+            println!(
+                "✓ {} — matches: it would page through `{resource}` and run its steps once per item (test it with `event.items`)",
+                rule.name
+            );
+            continue;
+        }
         let result = run_test(rule, &test);
         if rule.condition.is_some()
             && result.steps.is_empty()
@@ -255,7 +266,18 @@ fn judge(incoming: &Incoming, rule: &Rule, now: DateTime<Utc>) -> Option<(Value,
                     fields: &fields,
                 },
             };
-            (resource.to_json(), why_not(&rule.trigger, &as_seen, false))
+            // As the processor does: a delete is no status change.
+            let why = match (&rule.trigger, attributes.event.as_str()) {
+                (Trigger::FlowRun(_) | Trigger::FlowGeneration(_), "delete") => {
+                    Some("a delete is not a status change".to_owned())
+                }
+                _ => why_not(&rule.trigger, &as_seen, false),
+            };
+            let event = match &rule.trigger {
+                Trigger::Recrubo(_) => crate::engine::processor::webhook_event(payload),
+                _ => resource.to_json(),
+            };
+            (event, why)
         }
         Incoming::Tick(name) => {
             if *name != rule.name {

@@ -271,8 +271,19 @@ pub fn run_test(rule: &Rule, test: &RuleTest) -> DryRun {
             .filter_map(Value::as_str)
             .map(str::to_owned)
             .collect(),
+        // A test of an update that names no fields stands for one that changed what the rule
+        // listens to; a create or a delete has no fields.
         _ => match &rule.trigger {
-            Trigger::Recrubo(trigger) => trigger.fields.clone(),
+            Trigger::Recrubo(trigger)
+                if test
+                    .event
+                    .get("event")
+                    .and_then(Value::as_str)
+                    .unwrap_or("update")
+                    == "update" =>
+            {
+                trigger.fields.clone()
+            }
             _ => Vec::new(),
         },
     };
@@ -302,7 +313,28 @@ pub fn run_test(rule: &Rule, test: &RuleTest) -> DryRun {
                 map.entry("fired_at").or_insert_with(|| json!(now));
             }
         }
-        Trigger::Recrubo(_) | Trigger::Manual(_) => {}
+        // The inputs as the admin API would check and complete them (defaults filled in); a
+        // refusal is the test's error.
+        Trigger::Manual(trigger) => {
+            let given = event
+                .get("data")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default();
+            match trigger.resolve(&rule.name, given) {
+                Ok(inputs) => {
+                    if let Value::Object(map) = &mut event {
+                        map.insert("data".into(), inputs);
+                        map.entry("type").or_insert_with(|| json!("manual"));
+                    }
+                }
+                Err(reason) => {
+                    runner.result.error = Some(reason);
+                    return runner.result;
+                }
+            }
+        }
+        Trigger::Recrubo(_) => {}
     }
     let mut context = base_context(rule, event.clone());
     context.extend(extra);

@@ -114,9 +114,12 @@ pub fn why_not(trigger: &Trigger, incoming: &Incoming, trust_started_by: bool) -
                     "it listens to {}, not `{event}`",
                     trigger.events.join("/")
                 ))
-            } else if !trigger.fields.is_empty()
+            } else if *event == "update"
+                && !trigger.fields.is_empty()
                 && !trigger.fields.iter().any(|f| fields.contains(f))
             {
+                // `fields` only means something for updates (recrubo-api.md 9): a create or a
+                // delete has no changed fields and is taken whatever `fields` says.
                 Some(format!(
                     "none of its fields ({}) changed",
                     trigger.fields.join(", ")

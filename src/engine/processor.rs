@@ -150,6 +150,21 @@ async fn flush(engine: &Engine, batch: &mut Vec<(i64, EventOutcome)>) -> bool {
     }
 }
 
+/// The `event` a `recrubo` rule sees for a webhook: the resource, with the webhook's `event`
+/// (`create`/`update`/`delete`) and changed `fields`. Shared with `flowd simulate`.
+pub fn webhook_event(payload: &WebhookPayload) -> Value {
+    let attributes = &payload.data.attributes;
+    let mut event = attributes.resource.to_json();
+    if let Some(map) = event.as_object_mut() {
+        map.insert("event".into(), json!(attributes.event));
+        map.insert(
+            "fields".into(),
+            json!(attributes.fields.clone().unwrap_or_default()),
+        );
+    }
+    event
+}
+
 /// The context every execution of `rule` starts from.
 pub fn base_context(rule: &Rule, event: Value) -> Map<String, Value> {
     let mut context = Map::new();
@@ -507,11 +522,7 @@ async fn outcome_of(
             let fields = attributes.fields.clone().unwrap_or_default();
             let mut outcome = EventOutcome::default();
             if event.source == EventSource::Recrubo {
-                let mut event_context = resource.to_json();
-                if let Some(map) = event_context.as_object_mut() {
-                    map.insert("event".into(), json!(attributes.event));
-                    map.insert("fields".into(), json!(fields));
-                }
+                let event_context = webhook_event(&payload);
                 for rule in index.recrubo(set, &resource.resource_type, &attributes.event, &fields)
                 {
                     outcome.executions.extend(executions_for(

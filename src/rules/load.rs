@@ -463,8 +463,16 @@ fn enclosing_rule_name(text: &str, line: u32) -> Option<String> {
     if line == 0 {
         return None;
     }
+    // Rules are the least indented `- name:` items; deeper ones are tests' names.
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let rule_indent = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("- name:"))
+        .map(indent)
+        .min()?;
     text.lines()
         .take(line as usize)
+        .filter(|l| indent(l) == rule_indent)
         .filter_map(|l| l.trim_start().strip_prefix("- name:"))
         .map(|name| name.trim().trim_matches(['"', '\'']).to_owned())
         .filter(|name| !name.is_empty())

@@ -106,6 +106,24 @@ pub struct Rule {
     pub definition: Arc<str>,
 }
 
+/// JSON text with the characters YAML does not allow printed escaped. They can only be inside
+/// strings (serde_json escapes every control character below U+0020 already).
+pub(crate) fn yaml_safe(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if matches!(
+            c,
+            '\u{7f}'..='\u{9f}' | '\u{feff}' | '\u{fffe}' | '\u{ffff}'
+        ) && c != '\u{85}'
+        {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// The canonical definition of a rule (as written, `tests` and `description` left out: they do
 /// not change what runs) with its file's vars, and its hash.
 pub fn rule_version(
@@ -118,8 +136,10 @@ pub fn rule_version(
         map.remove("tests");
         map.remove("description");
     }
-    // serde_json's maps are sorted by key: the text is canonical.
-    let definition = serde_json::json!({ "rule": rule, "vars": vars }).to_string();
+    // serde_json's maps are sorted by key: the text is canonical. It is read back by the YAML
+    // parser (`rebuild`), which refuses some characters serde_json writes as they are (DEL,
+    // C1 controls, U+FEFF/U+FFFE/U+FFFF): those are written as `\uXXXX`, which both read.
+    let definition = yaml_safe(&serde_json::json!({ "rule": rule, "vars": vars }).to_string());
     let hash = hex::encode(sha2::Sha256::digest(definition.as_bytes()));
     (hash, Arc::from(definition))
 }

@@ -57,18 +57,29 @@ impl Walker<'_> {
     /// The alternative of an `anyOf`/`oneOf` that takes a node of this kind (an object, a
     /// list, ...); the schema itself when it has none.
     fn alternative(&self, schema: &'static Value, node: &ValueModel) -> Option<&'static Value> {
-        let schema = self.resolve(schema);
-        let Some(options) = schema
-            .get("anyOf")
-            .or_else(|| schema.get("oneOf"))
-            .and_then(Value::as_array)
-        else {
-            return Some(schema);
-        };
-        options
-            .iter()
-            .map(|option| self.resolve(option))
-            .find(|option| takes(option, node))
+        let mut schema = self.resolve(schema);
+        // Alternatives nest (an optional `ShortOrFull`: `anyOf [anyOf [string, $ref], null]`):
+        // go down until a schema without alternatives.
+        for _ in 0..8 {
+            let Some(options) = schema
+                .get("anyOf")
+                .or_else(|| schema.get("oneOf"))
+                .and_then(Value::as_array)
+            else {
+                return Some(schema);
+            };
+            schema = options
+                .iter()
+                .map(|option| self.resolve(option))
+                .find(|option| takes(option, node) && !is_untyped_anything(option))
+                .or_else(|| {
+                    options
+                        .iter()
+                        .map(|option| self.resolve(option))
+                        .find(|option| takes(option, node))
+                })?;
+        }
+        Some(schema)
     }
 
     fn walk(
@@ -235,23 +246,34 @@ fn kind_name(kind: &str) -> &'static str {
     }
 }
 
-/// Whether a schema (one alternative) takes a node of this kind.
+/// A schema that says nothing of its kind (it takes anything, and has nothing to look into).
+fn is_untyped_anything(schema: &Value) -> bool {
+    schema.get("type").is_none()
+        && schema.get("anyOf").is_none()
+        && schema.get("oneOf").is_none()
+        && schema.get("properties").is_none()
+}
+
+/// Whether a schema (one alternative) takes a node of this kind — as leniently as the YAML
+/// deserializer does: any scalar is text, a quoted number is a number, `"true"` a boolean.
 fn takes(schema: &Value, node: &ValueModel) -> bool {
-    let wanted = match node {
-        ValueModel::Null => "null",
-        ValueModel::Bool(_) => "boolean",
-        ValueModel::Number(_) => "number",
-        ValueModel::String(_) => "string",
-        ValueModel::Array(_) => "array",
-        ValueModel::Object(_) => "object",
+    let fits = |kind: &str| match (kind, node) {
+        ("null", ValueModel::Null) => true,
+        ("boolean", ValueModel::Bool(_)) => true,
+        ("boolean", ValueModel::String(text)) => matches!(text.as_str(), "true" | "false"),
+        ("number", ValueModel::Number(_)) => true,
+        ("integer", ValueModel::Number(number)) => number.is_i64() || number.is_u64(),
+        ("number", ValueModel::String(text)) => text.trim().parse::<f64>().is_ok(),
+        ("integer", ValueModel::String(text)) => text.trim().parse::<i64>().is_ok(),
+        ("string", ValueModel::String(_) | ValueModel::Number(_) | ValueModel::Bool(_)) => true,
+        ("array", ValueModel::Array(_)) => true,
+        ("object", ValueModel::Object(_)) => true,
+        _ => false,
     };
     match schema.get("type") {
         None => true,
-        Some(Value::String(kind)) => kind == wanted || (kind == "integer" && wanted == "number"),
-        Some(Value::Array(kinds)) => kinds.iter().any(|kind| {
-            kind.as_str() == Some(wanted)
-                || (kind.as_str() == Some("integer") && wanted == "number")
-        }),
+        Some(Value::String(kind)) => fits(kind),
+        Some(Value::Array(kinds)) => kinds.iter().filter_map(Value::as_str).any(fits),
         Some(_) => true,
     }
 }

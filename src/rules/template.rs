@@ -557,14 +557,41 @@ fn check_size(source: &str) -> Result<(), TemplateCompileError> {
 
 /// The insides of the `{{...}}` expressions of a template's text, in order (an unclosed one
 /// runs to the end). A textual scan for checks made on the source, before handlebars parses it.
+///
+/// What handlebars does not treat as an expression is skipped: an escaped `\{{`, a comment
+/// `{{!-- ... --}}` (which may hold `}}`), and a raw block `{{{{raw}}}} ... {{{{/raw}}}}`.
 pub fn expressions(text: &str) -> impl Iterator<Item = &str> {
     let mut rest = text;
     std::iter::from_fn(move || {
-        let open = rest.find("{{")?;
-        let after = &rest[open + 2..];
-        let close = after.find("}}").unwrap_or(after.len());
-        rest = after.get(close + 2..).unwrap_or("");
-        Some(&after[..close])
+        loop {
+            let open = rest.find("{{")?;
+            if rest[..open].ends_with('\\') {
+                rest = &rest[open + 2..];
+                continue;
+            }
+            let after = &rest[open + 2..];
+            if let Some(comment) = after.strip_prefix("!--") {
+                rest = comment
+                    .find("--}}")
+                    .and_then(|end| comment.get(end + 4..))
+                    .unwrap_or("");
+                continue;
+            }
+            if let Some(raw) = after.strip_prefix("{{") {
+                // `{{{{name}}}}`: everything up to `{{{{/name}}}}` is text.
+                let name_end = raw.find("}}}}").unwrap_or(raw.len());
+                let name = raw[..name_end].trim();
+                let closing = format!("{{{{{{{{/{name}}}}}}}}}");
+                rest = raw
+                    .find(&closing)
+                    .and_then(|end| raw.get(end + closing.len()..))
+                    .unwrap_or("");
+                continue;
+            }
+            let close = after.find("}}").unwrap_or(after.len());
+            rest = after.get(close + 2..).unwrap_or("");
+            return Some(&after[..close]);
+        }
     })
 }
 
@@ -1025,6 +1052,16 @@ mod tests {
         let err = Template::compile("x{{/if}}").unwrap_err();
         assert!(err.message.contains("never opened"), "{}", err.message);
         assert!(Template::compile("{{#if a}}{{#each b}}{{this}}{{/each}}{{else}}n{{/if}}").is_ok());
+        // Not blocks: a comment holding `}}`, a raw block, an escaped `{{`.
+        assert!(Template::compile("{{!-- a }} {{#if x}} --}}ok").is_ok());
+        // (flowd registers no raw-block helper: the refusal is about the helper, not the block)
+        let err = Template::compile("{{{{raw}}}} {{#if}} {{{{/raw}}}}").unwrap_err();
+        assert!(
+            err.message.contains("unknown helper `raw`"),
+            "{}",
+            err.message
+        );
+        assert!(Template::compile("\\{{#if x}} literal").is_ok());
         let many = "{{a}} ".repeat(MAX_EXPRESSIONS + 1);
         let err = Template::compile(&many).unwrap_err();
         assert!(err.message.contains("at most 1000"), "{}", err.message);

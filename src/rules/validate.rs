@@ -149,7 +149,9 @@ pub fn rebuild(definition: &str) -> Result<Rule, String> {
     let parsed: Value = serde_json::from_str(definition)
         .map_err(|err| format!("the stored rule version is not JSON: {err}"))?;
     // JSON is YAML: the rule file parser reads it, with the same budgets as any rule file.
-    let text = serde_json::json!({ "vars": parsed["vars"], "rules": [parsed["rule"]] }).to_string();
+    let text = super::ruleset::yaml_safe(
+        &serde_json::json!({ "vars": parsed["vars"], "rules": [parsed["rule"]] }).to_string(),
+    );
     let source = super::load::SourceFile {
         path: PathBuf::from("(stored rule version)"),
         text: Arc::from(text),
@@ -2396,6 +2398,13 @@ rules:
         assert_ne!(
             other_vars.get("screen").expect("rule").version,
             rule.version
+        );
+        // Characters YAML refuses but JSON writes as they are still rebuild.
+        let odd = load(&RULES.replace("done {{run.id}}", "done\\x7f\\u0086\\ufffe {{run.id}}"));
+        let odd = odd.get("screen").expect("rule");
+        assert_eq!(
+            rebuild(&odd.definition).expect("rebuilds").version,
+            odd.version
         );
     }
 }

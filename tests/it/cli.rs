@@ -246,6 +246,40 @@ fn a_rule_test_whose_event_the_trigger_would_not_take_runs_nothing_and_says_why(
 }
 
 #[test]
+fn rule_tests_check_manual_inputs_and_recrubo_fields_as_the_daemon_does() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("a.yaml"),
+        r#"rules:
+  - name: resend
+    on: { manual: { inputs: { thread: { type: string, required: true }, n: { type: number, default: 3 } } } }
+    do: [ { log: "resend {{event.data.thread}} x{{event.data.n}}" } ]
+    tests:
+      - name: the default is filled in
+        event: { data: { thread: t-1 } }
+        expect: { steps: [ { log: { text: "resend t-1 x3" } } ] }
+      - name: a missing required input is refused
+        event: { data: {} }
+        expect: { error: "input `thread` is required" }
+  - name: email-changed
+    on: { recrubo: { resource: candidates, event: [create, update], fields: [email] } }
+    do: [ { log: "candidate {{event.id}} {{event.event}}" } ]
+    tests:
+      - name: a create has no fields and is taken
+        event: { id: c-1, type: candidates, event: create, attributes: {} }
+        expect: { steps: [ { log: { text: "candidate c-1 create" } } ] }
+      - name: an update of another field is not
+        event: { id: c-1, type: candidates, event: update, fields: [phone], attributes: {} }
+        expect: { steps: [] }
+"#,
+    )
+    .expect("write");
+    let (code, out) = flowd(&["test", dir.path().to_str().expect("utf-8")]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("test result: ok. 4 passed"), "{out}");
+}
+
+#[test]
 fn simulate_runs_ticks_manual_runs_and_status_changes() {
     let dir = tempfile::tempdir().expect("temp dir");
     let rules = dir.path().join("rules");
