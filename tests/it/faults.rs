@@ -63,6 +63,18 @@ async fn set_faults(world: &World, faults: Faults) {
     assert!(response.status().is_success(), "{response:?}");
 }
 
+/// The simulator delivers no webhook from now on.
+async fn drop_every_webhook(world: &World) {
+    set_faults(
+        world,
+        Faults {
+            drop_rate: 1.0,
+            ..Faults::default()
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_create_whose_answer_is_lost_is_adopted_not_made_twice() {
     let rules = r#"
@@ -96,19 +108,7 @@ rules:
                 .any(|kind| path.ends_with(kind))
             && seen.lock().unwrap().insert(path.to_owned())
     });
-    let mut proxy = None;
-    let world = world_with(rules, &[], SimSettings::default(), |sim_url| {
-        let url = url::Url::parse(sim_url).unwrap();
-        let upstream: SocketAddr = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap())
-            .parse()
-            .unwrap();
-        let started = DropProxy::start(upstream, rule);
-        let base = started.base_for(sim_url);
-        proxy = Some(started);
-        Some(base)
-    })
-    .await;
-    let proxy = proxy.unwrap();
+    let (world, proxy) = world_behind_proxy(rules, &[], rule).await;
     post_event(
         &world.daemon,
         "application.created",
@@ -270,14 +270,7 @@ rules:
 "#;
     let world = world(rules, &[("FLOWD_RECRUBO_RECONCILE_AFTER", "1s")]).await;
     // Every webhook is lost: only reconciliation can see a change.
-    set_faults(
-        &world,
-        Faults {
-            drop_rate: 1.0,
-            ..Faults::default()
-        },
-    )
-    .await;
+    drop_every_webhook(&world).await;
     // More gone runs than one reconciliation batch (200), created first (polled first).
     let gone = 210;
     for n in 0..gone {
@@ -427,14 +420,7 @@ rules:
 "#;
     let world = world(rules, &[("FLOWD_RECRUBO_SYNC", "true")]).await;
     // No webhook ever arrives (the sandbox's point): only the create's answer tells.
-    set_faults(
-        &world,
-        Faults {
-            drop_rate: 1.0,
-            ..Faults::default()
-        },
-    )
-    .await;
+    drop_every_webhook(&world).await;
     post_event(&world.daemon, "vacancy.published", json!({})).await;
     let flow = eventually(WAIT, "the finished handler ran", || async {
         world
@@ -656,6 +642,15 @@ async fn world_losing_run_answers(
         *posts += 1;
         lose.contains(&*posts)
     });
+    world_behind_proxy(rules, env, rule).await
+}
+
+/// A world whose daemon reaches the simulator through a [`DropProxy`] with `rule`.
+async fn world_behind_proxy(
+    rules: &str,
+    env: &[(&str, &str)],
+    rule: crate::proxy::DropRule,
+) -> (World, DropProxy) {
     let mut proxy = None;
     let world = world_with(rules, env, SimSettings::default(), |sim_url| {
         let url = url::Url::parse(sim_url).unwrap();
@@ -836,14 +831,7 @@ rules:
         }
     };
     // The `running` webhook is lost; the `finished` one arrives.
-    set_faults(
-        &world,
-        Faults {
-            drop_rate: 1.0,
-            ..Faults::default()
-        },
-    )
-    .await;
+    drop_every_webhook(&world).await;
     drive("running").await;
     set_faults(&world, Faults::default()).await;
     drive("finished").await;
