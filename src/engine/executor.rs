@@ -159,10 +159,7 @@ async fn renew_lease(engine: Engine, execution_id: String) {
     let every = (lease / 3).max(Duration::from_millis(100));
     loop {
         tokio::time::sleep(every).await;
-        let until = chrono::TimeDelta::from_std(lease)
-            .ok()
-            .and_then(|lease| Utc::now().checked_add_signed(lease))
-            .unwrap_or_else(Utc::now);
+        let until = super::checked_after(Utc::now(), lease).unwrap_or_else(Utc::now);
         if let Err(err) = engine.store.renew_lease(&execution_id, until).await {
             warn!(execution = %execution_id, error = %err, "Cannot renew an execution's lease");
         }
@@ -498,9 +495,7 @@ fn retry_at(
     let delay = backoff(policy, attempt, failure.retry_after);
     // `delay` is bounded by `backoff`; the checked addition keeps even a wrong bound from
     // panicking (an overflow here used to wedge the execution).
-    let at = chrono::TimeDelta::from_std(delay)
-        .ok()
-        .and_then(|delta| Utc::now().checked_add_signed(delta))
+    let at = super::checked_after(Utc::now(), delay)
         .unwrap_or_else(|| Utc::now() + chrono::TimeDelta::hours(1));
     Some((at, delay))
 }

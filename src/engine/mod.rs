@@ -22,6 +22,17 @@ use crate::settings::Secret;
 use crate::store::Store;
 use reload::Reloader;
 
+/// `now + delay`, or `None` where that is not a time (DESIGN 3: arithmetic on durations from
+/// outside or from a rule is checked, never a panic). Callers choose the fallback.
+pub fn checked_after(
+    now: chrono::DateTime<chrono::Utc>,
+    delay: Duration,
+) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::TimeDelta::from_std(delay)
+        .ok()
+        .and_then(|delta| now.checked_add_signed(delta))
+}
+
 /// Tunables of the engine.
 #[derive(Debug, Clone)]
 pub struct EngineSettings {

@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -73,7 +73,8 @@ pub async fn run(engine: Engine, shutdown: CancellationToken) {
                 Err(err) => {
                     let delay = poll_backoff(&engine, &followed, &err);
                     warn!(resource = %followed.resource_id, error = %err, ?delay, "Cannot poll a followed run; polling it again later");
-                    PollMark::Failed(later(Utc::now(), delay))
+                    let now = Utc::now();
+                    PollMark::Failed(super::checked_after(now, delay).unwrap_or(now))
                 }
             };
             if let Err(err) = engine
@@ -148,12 +149,4 @@ fn poll_backoff(engine: &Engine, followed: &FollowedRun, err: &RecruboError) -> 
     err.retry_after()
         .map_or(jittered, |after| jittered.max(after))
         .min(MAX_POLL_BACKOFF)
-}
-
-/// `now + delay`, saturating instead of overflowing.
-fn later(now: DateTime<Utc>, delay: Duration) -> DateTime<Utc> {
-    chrono::TimeDelta::from_std(delay)
-        .ok()
-        .and_then(|delta| now.checked_add_signed(delta))
-        .unwrap_or(now)
 }

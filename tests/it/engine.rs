@@ -121,10 +121,15 @@ pub(crate) async fn post_event(
         .expect("post event")
 }
 
-async fn drive(sim: &SimHandle, run_id: &str, status: &str, state: Value) {
+/// Moves a simulated run to `status`, merging `state` into its state (`Value::Null`: none).
+pub(crate) async fn drive(sim: &SimHandle, run_id: &str, status: &str, state: Value) {
+    let mut body = json!({ "status": status });
+    if !state.is_null() {
+        body["state"] = state;
+    }
     let response = reqwest::Client::new()
         .post(sim.url(&format!("/_sim/flow-runs/{run_id}/status")))
-        .json(&json!({"status": status, "state": state}))
+        .json(&body)
         .send()
         .await
         .expect("drive");

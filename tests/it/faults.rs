@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use flowd::recrubo::ListQuery;
 use flowd::sim::{Faults, SimSettings};
 
-use crate::engine::{WAIT, World, post_event, runs_on_thread, world, world_with};
+use crate::engine::{WAIT, World, drive, post_event, runs_on_thread, world, world_with};
 use crate::proxy::DropProxy;
 use crate::support::eventually;
 
@@ -53,14 +53,9 @@ async fn steps_of(world: &World, execution: &Value) -> Vec<Value> {
         .clone()
 }
 
-async fn set_faults(world: &World, faults: Faults) {
-    let response = reqwest::Client::new()
-        .post(world.sim.url("/_sim/faults"))
-        .json(&faults)
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_success(), "{response:?}");
+/// The simulator's faults, typed (`recrubo_client::set_faults` takes them as JSON).
+pub(crate) async fn set_faults(world: &World, faults: Faults) {
+    crate::recrubo_client::set_faults(&world.sim, serde_json::to_value(faults).unwrap()).await;
 }
 
 /// The simulator delivers no webhook from now on.
@@ -317,13 +312,7 @@ rules:
     .await;
     settled(&world, "screen", gone + 1).await;
     let alive = runs_on_thread(&world.client, "alive").await[0].id.clone();
-    let response = http
-        .post(world.sim.url(&format!("/_sim/flow-runs/{alive}/status")))
-        .json(&json!({"status": "finished"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    drive(&world.sim, &alive, "finished", Value::Null).await;
     eventually(
         Duration::from_secs(30),
         "the live run's finished handler fired by reconciliation",
@@ -702,13 +691,7 @@ rules:
     assert_eq!(proxy.dropped().len(), 1);
     // While flowd waits to retry, the run starts and finishes; both webhooks are delivered.
     for status in ["running", "finished"] {
-        let response = reqwest::Client::new()
-            .post(world.sim.url(&format!("/_sim/flow-runs/{run}/status")))
-            .json(&json!({ "status": status }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
+        drive(&world.sim, &run, status, Value::Null).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let received = eventually(WAIT, "both handlers ran", || async {
@@ -818,23 +801,11 @@ rules:
     let run = runs_on_thread(&world.client, "t-unseen").await[0]
         .id
         .clone();
-    let drive = |status: &'static str| {
-        let url = world.sim.url(&format!("/_sim/flow-runs/{run}/status"));
-        async move {
-            let response = reqwest::Client::new()
-                .post(url)
-                .json(&json!({ "status": status }))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(response.status(), 200);
-        }
-    };
     // The `running` webhook is lost; the `finished` one arrives.
     drop_every_webhook(&world).await;
-    drive("running").await;
+    drive(&world.sim, &run, "running", Value::Null).await;
     set_faults(&world, Faults::default()).await;
-    drive("finished").await;
+    drive(&world.sim, &run, "finished", Value::Null).await;
     let received = eventually(WAIT, "both handlers ran", || async {
         let received = world.sink.received();
         (received.len() >= 2).then_some(received)

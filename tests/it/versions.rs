@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use flowd::sim::Faults;
 
 use crate::engine::{WAIT, World, post_event, runs_on_thread, world};
+use crate::faults::set_faults;
 use crate::support::eventually;
 
 fn rules(version: &str) -> String {
@@ -23,16 +24,6 @@ rules:
         notify: {{ url: SINK_URL, body: {{ version: "{version}" }} }}
 "#
     )
-}
-
-async fn set_faults(world: &World, faults: Faults) {
-    let response = reqwest::Client::new()
-        .post(world.sim.url("/_sim/faults"))
-        .json(&faults)
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_success());
 }
 
 /// Posts one event while every Recrubo call fails, and waits until its execution retries.
