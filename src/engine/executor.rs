@@ -757,16 +757,7 @@ fn answered_status(followed: &FollowedRun, output: &Value) -> Option<NewEvent> {
         "attributes": attributes,
     });
     let key = format!("answer:{}:{}", followed.resource_id, followed.status);
-    Some(NewEvent {
-        source: EventSource::Reconcile,
-        event_type: format!("{}/update", followed.resource_type),
-        dedup_key: Some(key.clone()),
-        payload: json!({ "data": {
-            "type": "webhookPayload",
-            "id": key,
-            "attributes": { "event": "update", "fields": ["status"], "resource": resource },
-        }}),
-    })
+    Some(super::status_event(followed.resource_type, key, resource))
 }
 
 /// The followed run a create step's output describes, if it is one.

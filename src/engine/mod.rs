@@ -33,6 +33,26 @@ pub fn checked_after(
         .and_then(|delta| now.checked_add_signed(delta))
 }
 
+/// A status flowd learnt other than by a webhook (a poll, a create's answer), as the inbox
+/// event a webhook would have been: it then goes through the same fire-once path. `key` is its
+/// dedup key and WebhookLog id.
+pub fn status_event(
+    kind: crate::recrubo::FollowedKind,
+    key: String,
+    resource: serde_json::Value,
+) -> crate::store::NewEvent {
+    crate::store::NewEvent {
+        source: crate::store::EventSource::Reconcile,
+        event_type: format!("{kind}/update"),
+        dedup_key: Some(key.clone()),
+        payload: serde_json::json!({ "data": {
+            "type": "webhookPayload",
+            "id": key,
+            "attributes": { "event": "update", "fields": ["status"], "resource": resource },
+        }}),
+    }
+}
+
 /// Tunables of the engine.
 #[derive(Debug, Clone)]
 pub struct EngineSettings {

@@ -19,7 +19,7 @@ use tracing::{info, warn};
 
 use super::Engine;
 use crate::recrubo::RecruboError;
-use crate::store::{EventSource, FollowedRun, NewEvent, PollMark};
+use crate::store::{FollowedRun, PollMark};
 
 /// Runs polled per tick at most.
 const BATCH: i64 = 200;
@@ -110,17 +110,7 @@ async fn queue_change(
         .unwrap_or_default()
         .to_owned();
     let key = format!("reconcile:{}:{status}:{updated_at}", followed.resource_id);
-    let payload = json!({ "data": {
-        "type": "webhookPayload",
-        "id": key,
-        "attributes": { "event": "update", "fields": ["status"], "resource": resource },
-    }});
-    let event = NewEvent {
-        source: EventSource::Reconcile,
-        event_type: format!("{}/update", followed.resource_type),
-        dedup_key: Some(key),
-        payload,
-    };
+    let event = super::status_event(followed.resource_type, key, json!(resource));
     match engine.store.insert_events(vec![event]).await {
         Ok(_) => true,
         Err(err) => {
