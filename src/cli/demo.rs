@@ -246,12 +246,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             seen_runs.insert(id, status);
         }
         let all_runs_done = !seen_runs.is_empty()
-            && seen_runs.values().all(|status| {
-                matches!(
-                    status.as_str(),
-                    "finished" | "timeout" | "exception" | "cancelled"
-                )
-            });
+            && seen_runs
+                .values()
+                .all(|status| crate::recrubo::FlowRunStatus::parse(status).is_terminal());
         let nothing_pending = seen_executions.values().all(|status| status != "pending");
         let notified = notifications
             .lock()

@@ -18,7 +18,7 @@ use super::admin::parse_input;
 use super::{EXIT_INVALID_CONFIG, default_rule_paths};
 use crate::engine::dry_run::{DryRun, run_handler, run_test};
 use crate::engine::matcher::{Incoming as Matched, Starter, why_not};
-use crate::engine::processor::base_context;
+use crate::engine::plan::base_context;
 use crate::recrubo::FollowedKind;
 use crate::recrubo::jsonapi::{Resource, WebhookPayload};
 use crate::recrubo::types::flattened;
@@ -136,7 +136,7 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
             );
             continue;
         }
-        let result = run_test(rule, &test);
+        let result = block_on(run_test(rule, &test, &set.secrets))?;
         if rule.condition.is_some()
             && result.steps.is_empty()
             && result.notes.iter().any(|n| n.starts_with("rule skipped"))
@@ -351,7 +351,7 @@ fn show_handler(
         );
         return Ok(0);
     };
-    let Some((_, handler)) = step.on_status.iter().find(|(s, _)| s == status) else {
+    let Some(handler) = crate::engine::plan::handler_of(step, status) else {
         println!("✗ {label} — the step has no `{status}` handler");
         return Ok(0);
     };
@@ -361,10 +361,23 @@ fn show_handler(
     // The starting execution's context is not known here: `event` is empty.
     let mut context = base_context(rule, Value::Null);
     context.insert(key.into(), flattened(resource));
-    let result = run_handler(rule, handler, Value::Object(context), now);
+    let result = block_on(run_handler(
+        handler,
+        Value::Object(context),
+        now,
+        &set.secrets,
+    ))?;
     println!("✓ {label} — runs");
     print_steps(&result);
     Ok(1)
+}
+
+/// Runs a dry run to its end; its effects are recorded, never awaited on anything outside.
+fn block_on<T>(run: impl std::future::Future<Output = T>) -> anyhow::Result<T> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .context("cannot start the async runtime")?;
+    Ok(runtime.block_on(run))
 }
 
 fn print_steps(result: &DryRun) {

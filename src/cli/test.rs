@@ -5,14 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use serde_json::{Value, json};
 
 use super::{EXIT_INVALID_CONFIG, default_rule_paths};
 use crate::engine::dry_run::{check, run_test};
-use crate::engine::processor::base_context;
 use crate::rules::load_rule_set;
-use crate::rules::ruleset::{Expectation, Rule, RuleTest};
-use crate::rules::template::TemplateValue;
 
 /// Arguments of `flowd test`.
 #[derive(Debug, Args)]
@@ -22,31 +18,6 @@ pub struct TestArgs {
     /// Run only tests whose `rule::test` name contains this.
     #[arg(long)]
     pub filter: Option<String>,
-}
-
-/// Expected steps with their templates rendered against the test's context.
-fn expected_steps(rule: &Rule, test: &RuleTest) -> Result<Vec<(String, Value)>, String> {
-    let Expectation::Steps(steps) = &test.expect else {
-        return Ok(Vec::new());
-    };
-    let mut context = base_context(rule, test.event.clone());
-    let now = test
-        .now
-        .unwrap_or_else(chrono::Utc::now)
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    context.insert("now".into(), json!(now));
-    let context = Value::Object(context);
-    steps
-        .iter()
-        .map(|(kind, fields)| {
-            let template = TemplateValue::from_json(fields)
-                .map_err(|err| format!("expected {kind}: {err}"))?;
-            let rendered = template
-                .render(&context)
-                .map_err(|err| format!("expected {kind}: {err}"))?;
-            Ok((kind.clone(), rendered))
-        })
-        .collect()
 }
 
 /// Runs the tests; exit 0 when all pass, 1 when one fails, 78 when the rules are invalid.
@@ -83,17 +54,23 @@ pub fn run(args: &TestArgs) -> ExitCode {
         cases.len(),
         if cases.len() == 1 { "" } else { "s" }
     );
+    // The dry runs' effects are recorded, never awaited on anything outside: one thread does.
+    let runtime = match tokio::runtime::Builder::new_current_thread().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            println!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
     let mut failures = Vec::new();
     for (rule, test, name) in &cases {
-        let verdict = expected_steps(rule, test).and_then(|expected| {
-            let result = run_test(rule, test);
-            check(test, &result, &expected).map_err(|difference| {
-                let mut text = difference;
-                for note in &result.notes {
-                    text.push_str(&format!("  note: {note}\n"));
-                }
-                text
-            })
+        let result = runtime.block_on(run_test(rule, test, &set.secrets));
+        let verdict = check(test, &result).map_err(|difference| {
+            let mut text = difference;
+            for note in &result.notes {
+                text.push_str(&format!("  note: {note}\n"));
+            }
+            text
         });
         match verdict {
             Ok(()) => println!("test {name} ... ok"),

@@ -1,31 +1,27 @@
-//! Running a rule offline: the same conditions, templates and step rendering as the engine, with
-//! every effect replaced by a plausible answer (a created run gets an id, an HTTP call answers
-//! 200). `flowd test` runs a rule's `tests:` this way; nothing touches the network or a store.
+//! Running a rule offline: the daemon's planning ([`super::plan`]: context, `for_each`,
+//! conditions, rendering, `on_status` handlers) with every effect recorded instead of performed
+//! ([`Recorded`]: a created run gets an id, an HTTP call answers 200) on a virtual clock.
+//! `flowd test` runs a rule's `tests:` this way, `flowd simulate` shows what an input would do;
+//! nothing touches the network or a store.
 
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 
-use super::processor::base_context;
-use super::render::render_step;
+use super::effects::{Act, Effects, Performed, Recorded};
+use super::plan::{self, Planned, StepStart, Verdict};
 use crate::recrubo::types::flattened;
 use crate::recrubo::{FlowGenerationStatus, FlowRunStatus, FollowedKind};
-use crate::rules::expr::ConditionOutcome;
-use crate::rules::ruleset::{Expectation, ForEach, RuleTest};
+use crate::rules::ruleset::{Expectation, RuleTest};
+use crate::rules::template::TemplateValue;
 use crate::rules::{Rule, Step, StepKind, Trigger};
-
-/// A step that ran: its kind and its rendered fields.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RanStep {
-    /// The step kind (`notify`).
-    pub kind: String,
-    /// The rendered fields.
-    pub fields: Value,
-}
 
 /// What a dry run did.
 #[derive(Debug, Clone, Default)]
 pub struct DryRun {
-    /// The steps that ran, in order.
-    pub steps: Vec<RanStep>,
+    /// The steps that ran, in order, each with the context it saw.
+    pub steps: Vec<Performed>,
     /// The error that ended it, if one did.
     pub error: Option<String>,
     /// Notes: skipped conditions and the like.
@@ -33,6 +29,9 @@ pub struct DryRun {
     /// Why the rule's trigger does not take the test's event (nothing ran), as the daemon
     /// decides it ([`super::matcher::why_not`]).
     pub mismatch: Option<String>,
+    /// The context the execution started from (with `now` and the fake secrets): expected
+    /// steps with no step that ran are rendered against it.
+    pub base: Value,
 }
 
 /// The test's event as the triggers see it. Fields a test leaves out default to what the rule
@@ -91,131 +90,77 @@ struct StartedRun {
     context: Value,
 }
 
-struct Runner<'a> {
-    rule: &'a Rule,
-    now: String,
+/// A dry run in progress: the plan's decisions, the recorded effects on a virtual clock.
+struct Runner {
+    effects: Recorded,
+    secrets: Value,
     result: DryRun,
     started: Vec<StartedRun>,
-    counter: usize,
 }
 
 /// The fake secrets of a dry run: `{{secrets.NAME}}` renders as `<secret NAME>`.
-fn fake_secrets(rule: &Rule) -> Value {
-    let mut names = Vec::new();
-    collect_secret_names(&rule.steps, &mut names);
+fn fake_secrets(names: &BTreeSet<String>) -> Value {
     Value::Object(
         names
-            .into_iter()
+            .iter()
             .map(|name| (name.clone(), Value::String(format!("<secret {name}>"))))
             .collect(),
     )
 }
 
-fn collect_secret_names(steps: &[Step], names: &mut Vec<String>) {
-    for step in steps {
-        let text = format!("{:?}", step.kind);
-        let mut rest = text.as_str();
-        while let Some(index) = rest.find("secrets.") {
-            rest = &rest[index + 8..];
-            let name: String = rest
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            if !name.is_empty() && !names.contains(&name) {
-                names.push(name);
-            }
-        }
-        for (_, handler) in &step.on_status {
-            collect_secret_names(handler, names);
+impl Runner {
+    fn new(now: DateTime<Utc>, secret_names: &BTreeSet<String>) -> Runner {
+        Runner {
+            effects: Recorded::at(now),
+            secrets: fake_secrets(secret_names),
+            result: DryRun::default(),
+            started: Vec::new(),
         }
     }
-}
 
-impl Runner<'_> {
     fn evaluation(&self, stored: &Value) -> Value {
-        let mut context = stored.as_object().cloned().unwrap_or_default();
-        context.insert("now".into(), Value::String(self.now.clone()));
-        context.insert("secrets".into(), fake_secrets(self.rule));
-        Value::Object(context)
+        plan::evaluation(stored, self.effects.now(), &self.secrets)
     }
 
-    fn fake_output(&mut self, step: &Step, fields: &Value) -> Value {
-        self.counter += 1;
-        let n = self.counter;
-        match &step.kind {
-            StepKind::StartFlowRun { .. } => json!({
-                "id": format!("run-{n}"), "type": FollowedKind::FlowRun.json_api_type(), "status": "queued", "cost": 0,
-                "flowId": fields["flow"], "messageThreadId": fields["message_thread"],
-                "state": if fields["state"].is_null() { json!({}) } else { fields["state"].clone() },
-                "createdAt": self.now, "updatedAt": self.now,
-            }),
-            StepKind::GenerateFlow { .. } => json!({
-                "id": format!("generation-{n}"), "type": FollowedKind::FlowGeneration.json_api_type(), "status": "queued",
-                "flowId": Value::Null, "flowType": fields["flow_type"], "parameters": fields["parameters"],
-            }),
-            StepKind::AnalyzeVacancy { .. } => json!({
-                "id": format!("analysis-{n}"), "type": "vacancyAnalyses",
-                "inputText": fields["text"],
-                "analyzeResult": crate::recrubo::sample::analyze(fields["text"].as_str().unwrap_or_default()),
-            }),
-            StepKind::UpdateFlowRun { .. } => {
-                json!({ "id": fields["id"], "type": FollowedKind::FlowRun.json_api_type(), "state": fields["state"], "status": fields["status"] })
-            }
-            StepKind::Recrubo { .. } => json!({ "status": 200, "body": { "data": null } }),
-            StepKind::Notify { .. } | StepKind::Http { .. } => {
-                json!({ "status": 200, "headers": {}, "body": null })
-            }
-            StepKind::Email { .. } => json!({ "message_id": format!("<dry-run-{n}@flowd>") }),
-            StepKind::Emit { .. } => json!({ "event_id": format!("dry-run-{n}") }),
-            StepKind::Log { .. } => Value::Null,
-        }
-    }
-
-    /// Runs steps in order against `context`; returns false when an error ended the run.
-    fn run_steps(&mut self, steps: &[Step], context: &mut Value) -> bool {
+    /// Runs steps in order against `context` as the executor does; returns false when an
+    /// error ended the run.
+    async fn run_steps(&mut self, steps: &[Step], context: &mut Value) -> bool {
         for step in steps {
             let evaluation = self.evaluation(context);
-            if let Some(condition) = &step.condition {
-                match condition.evaluate(&evaluation) {
-                    ConditionOutcome::Value(true) => {}
-                    ConditionOutcome::Value(false) => {
-                        self.result.notes.push(format!(
-                            "{} skipped: `{}` is false",
-                            step.kind.name(),
-                            condition.source()
-                        ));
-                        continue;
-                    }
-                    ConditionOutcome::Failed(reason) => {
-                        self.result.notes.push(format!(
-                            "{} skipped: `{}` failed: {reason}",
-                            step.kind.name(),
-                            condition.source()
-                        ));
-                        continue;
-                    }
+            let input = match plan::start_step(step, &evaluation) {
+                StepStart::Act(input) => input,
+                StepStart::Skip { reason, .. } => {
+                    self.result
+                        .notes
+                        .push(format!("{} skipped: {reason}", step.kind.name()));
+                    continue;
                 }
-            }
-            let fields = match render_step(&step.kind, &evaluation) {
-                Ok(fields) => fields,
-                Err(err) => {
-                    self.result.error = Some(format!("{} step: {err}", step.kind.name()));
+                StepStart::Unrenderable(reason) => {
+                    self.result.error = Some(format!("{} step: {reason}", step.kind.name()));
                     if step.continue_on_error {
                         continue;
                     }
                     return false;
                 }
             };
-            self.result.steps.push(RanStep {
-                kind: step.kind.name().to_owned(),
-                fields: fields.clone(),
-            });
-            let output = self.fake_output(step, &fields);
-            if let Some(id) = &step.id
-                && let Some(steps) = context.get_mut("steps").and_then(Value::as_object_mut)
-            {
-                steps.insert(id.clone(), output.clone());
-            }
+            let act = Act {
+                step,
+                input: &input,
+                context: &evaluation,
+                origin: "dry-run",
+            };
+            let output = match self.effects.perform(act).await {
+                Ok(output) => output,
+                Err(failure) => {
+                    self.result.error =
+                        Some(format!("{} step: {}", step.kind.name(), failure.message));
+                    if step.continue_on_error {
+                        continue;
+                    }
+                    return false;
+                }
+            };
+            plan::keep_output(context, step, output.clone());
             if matches!(
                 step.kind,
                 StepKind::StartFlowRun { .. } | StepKind::GenerateFlow { .. }
@@ -230,41 +175,35 @@ impl Runner<'_> {
         }
         true
     }
+
+    fn finish(mut self) -> DryRun {
+        self.result.steps = self.effects.performed();
+        self.result
+    }
 }
 
-/// Runs `steps` of `rule` (an `on_status` handler) against `context` offline, as the daemon
+/// Runs `steps` of a rule (an `on_status` handler) against `context` offline, as the daemon
 /// would run a handler execution: for `flowd simulate --run-status`.
-pub fn run_handler(
-    rule: &Rule,
+pub async fn run_handler(
     steps: &[Step],
     context: Value,
-    now: chrono::DateTime<chrono::Utc>,
+    now: DateTime<Utc>,
+    secret_names: &BTreeSet<String>,
 ) -> DryRun {
-    let mut runner = Runner {
-        rule,
-        now: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        result: DryRun::default(),
-        started: Vec::new(),
-        counter: 0,
-    };
+    let mut runner = Runner::new(now, secret_names);
     let mut context = context;
-    runner.run_steps(steps, &mut context);
-    runner.result
+    runner.run_steps(steps, &mut context).await;
+    runner.finish()
 }
 
-/// Runs one test of a rule.
-pub fn run_test(rule: &Rule, test: &RuleTest) -> DryRun {
-    let now = test
-        .now
-        .unwrap_or_else(chrono::Utc::now)
+/// Runs one test of a rule, on a virtual clock standing at the test's `now` (or at the real
+/// time it starts). `secret_names` are the rule set's: each renders as `<secret NAME>`.
+pub async fn run_test(rule: &Rule, test: &RuleTest, secret_names: &BTreeSet<String>) -> DryRun {
+    let mut runner = Runner::new(test.now.unwrap_or_else(Utc::now), secret_names);
+    let now = runner
+        .effects
+        .now()
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let mut runner = Runner {
-        rule,
-        now: now.clone(),
-        result: DryRun::default(),
-        started: Vec::new(),
-        counter: 0,
-    };
     let written_fields: Vec<String> = match test.event.get("fields") {
         Some(Value::Array(fields)) => fields
             .iter()
@@ -290,7 +229,7 @@ pub fn run_test(rule: &Rule, test: &RuleTest) -> DryRun {
     let incoming = incoming_of(&rule.trigger, &test.event, &written_fields);
     if let Some(why) = super::matcher::why_not(&rule.trigger, &incoming, true) {
         runner.result.mismatch = Some(why);
-        return runner.result;
+        return runner.finish();
     }
     let mut event = test.event.clone();
     let mut extra = Map::new();
@@ -330,63 +269,52 @@ pub fn run_test(rule: &Rule, test: &RuleTest) -> DryRun {
                 }
                 Err(reason) => {
                     runner.result.error = Some(reason);
-                    return runner.result;
+                    return runner.finish();
                 }
             }
         }
         Trigger::Recrubo(_) => {}
     }
-    let mut context = base_context(rule, event.clone());
+    let mut context = plan::base_context(rule, event.clone());
     context.extend(extra);
-    let items: Vec<Option<Value>> = match &rule.for_each {
-        None => vec![None],
-        Some(ForEach::Items(items)) => {
-            match items.render(&runner.evaluation(&Value::Object(context.clone()))) {
-                Ok(Value::Array(items)) => items.into_iter().map(Some).collect(),
-                Ok(other) => {
-                    runner.result.error = Some(format!("for_each items is {other}, not a list"));
-                    return runner.result;
-                }
-                Err(err) => {
-                    runner.result.error = Some(format!("for_each items: {err}"));
-                    return runner.result;
-                }
+    runner.result.base = runner.evaluation(&Value::Object(context.clone()));
+    let mut planned = plan::executions(rule, context, runner.effects.now(), &runner.secrets);
+    if let [Planned::Sweep(context)] = planned.as_slice() {
+        // The sweep's pages are the test's `event.items`: one execution per item, as the
+        // executor plans them page by page.
+        let Some(Value::Array(items)) = event.get("items") else {
+            runner.result.error = Some(
+                "a test of a `for_each: { list: ... }` rule gives the list's items as `event.items`"
+                    .to_owned(),
+            );
+            return runner.finish();
+        };
+        let context = context.clone();
+        planned = items
+            .iter()
+            .map(|item| {
+                let mut with_item = context.clone();
+                with_item.insert("item".into(), item.clone());
+                plan::item_execution(rule, with_item, runner.effects.now(), &runner.secrets)
+            })
+            .collect();
+    }
+    for execution in planned {
+        let context = match execution {
+            Planned::Execution(context, Verdict::Go) => context,
+            Planned::Execution(_, Verdict::False(reason) | Verdict::Failed(reason)) => {
+                runner.result.notes.push(format!("rule skipped: {reason}"));
+                continue;
             }
-        }
-        Some(ForEach::List { .. }) => match event.get("items") {
-            Some(Value::Array(items)) => items.iter().cloned().map(Some).collect(),
-            _ => {
-                runner.result.error = Some("a test of a `for_each: { list: ... }` rule gives the list's items as `event.items`".to_owned());
-                return runner.result;
+            Planned::Failed(_, reason) => {
+                runner.result.error = Some(reason);
+                return runner.finish();
             }
-        },
-    };
-    for item in items {
-        let mut context = Value::Object(context.clone());
-        if let (Some(item), Some(map)) = (item, context.as_object_mut()) {
-            map.insert("item".into(), item);
-        }
-        if let Some(condition) = &rule.condition {
-            match condition.evaluate(&runner.evaluation(&context)) {
-                ConditionOutcome::Value(true) => {}
-                ConditionOutcome::Value(false) => {
-                    runner
-                        .result
-                        .notes
-                        .push(format!("rule skipped: `{}` is false", condition.source()));
-                    continue;
-                }
-                ConditionOutcome::Failed(reason) => {
-                    runner.result.notes.push(format!(
-                        "rule skipped: `{}` failed: {reason}",
-                        condition.source()
-                    ));
-                    continue;
-                }
-            }
-        }
-        if !runner.run_steps(&rule.steps, &mut context) {
-            return runner.result;
+            Planned::Sweep(_) => continue,
+        };
+        let mut context = Value::Object(context);
+        if !runner.run_steps(&rule.steps, &mut context).await {
+            return runner.finish();
         }
     }
     for update in &test.run_updates {
@@ -406,7 +334,7 @@ pub fn run_test(rule: &Rule, test: &RuleTest) -> DryRun {
                     .map(|s| format!(" by step `{s}`"))
                     .unwrap_or_default()
             ));
-            return runner.result;
+            return runner.finish();
         };
         let started = &mut runner.started[index];
         started.resource["status"] = json!(update.status);
@@ -421,11 +349,12 @@ pub fn run_test(rule: &Rule, test: &RuleTest) -> DryRun {
                 state.extend(patch.clone());
             }
         }
-        let is_run = started.resource["type"]
+        let kind = started.resource["type"]
             .as_str()
-            .and_then(crate::recrubo::FollowedKind::of)
-            == Some(crate::recrubo::FollowedKind::FlowRun);
-        if !is_run && update.status == "finished" && started.resource["flowId"].is_null() {
+            .and_then(FollowedKind::of)
+            .unwrap_or(FollowedKind::FlowRun);
+        let is_run = kind == FollowedKind::FlowRun;
+        if kind.is_terminal(&update.status) && !is_run && started.resource["flowId"].is_null() {
             // A finished generation has produced a Flow.
             let flow = format!(
                 "flow-of-{}",
@@ -433,7 +362,6 @@ pub fn run_test(rule: &Rule, test: &RuleTest) -> DryRun {
             );
             started.resource["flowId"] = json!(flow);
         }
-        let key = if is_run { "run" } else { "generation" };
         let valid = if is_run {
             !matches!(
                 FlowRunStatus::parse(&update.status),
@@ -447,29 +375,25 @@ pub fn run_test(rule: &Rule, test: &RuleTest) -> DryRun {
         };
         if !valid {
             runner.result.error = Some(format!(
-                "run_updates: `{}` is not a status of a {key}",
-                update.status
+                "run_updates: `{}` is not a status of a {}",
+                update.status,
+                kind.context_key()
             ));
-            return runner.result;
+            return runner.finish();
         }
-        let Some((_, handler)) = started
-            .step
-            .on_status
-            .iter()
-            .find(|(status, _)| *status == update.status)
-        else {
+        let Some(handler) = plan::handler_of(&started.step, &update.status) else {
             continue;
         };
-        let handler = handler.clone();
+        let handler = handler.to_vec();
         let mut context = started.context.clone();
         if let Some(map) = context.as_object_mut() {
-            map.insert(key.into(), started.resource.clone());
+            map.insert(kind.context_key().into(), started.resource.clone());
         }
-        if !runner.run_steps(&handler, &mut context) {
-            return runner.result;
+        if !runner.run_steps(&handler, &mut context).await {
+            return runner.finish();
         }
     }
-    runner.result
+    runner.finish()
 }
 
 fn flatten_test_resource(event: &Value) -> Value {
@@ -491,15 +415,34 @@ pub fn partial_match(expected: &Value, actual: &Value) -> bool {
     }
 }
 
+/// A test's expected steps, each rendered against the context of the step that ran in its place
+/// (so an expectation may use `run`, `steps`, `item`, `now` and `secrets.NAME` as the step did).
+fn expected_steps(test: &RuleTest, result: &DryRun) -> Result<Vec<(String, Value)>, String> {
+    let Expectation::Steps(steps) = &test.expect else {
+        return Ok(Vec::new());
+    };
+    steps
+        .iter()
+        .enumerate()
+        .map(|(index, (kind, fields))| {
+            let context = result
+                .steps
+                .get(index)
+                .map_or(&result.base, |ran| &ran.context);
+            let rendered = TemplateValue::from_json(fields)
+                .map_err(|err| err.to_string())
+                .and_then(|template| template.render(context).map_err(|err| err.to_string()))
+                .map_err(|err| format!("expected {kind} (step {}): {err}", index + 1))?;
+            Ok((kind.clone(), rendered))
+        })
+        .collect()
+}
+
 /// Checks a dry run against a test's expectation; `Err` explains the difference.
-pub fn check(
-    test: &RuleTest,
-    result: &DryRun,
-    expected_steps: &[(String, Value)],
-) -> Result<(), String> {
+pub fn check(test: &RuleTest, result: &DryRun) -> Result<(), String> {
     if let Some(why) = &result.mismatch {
         return match &test.expect {
-            Expectation::Steps(_) if expected_steps.is_empty() => Ok(()),
+            Expectation::Steps(expected) if expected.is_empty() => Ok(()),
             _ => Err(format!(
                 "the test's event does not start this rule ({why}), so no step ran"
             )),
@@ -519,6 +462,7 @@ pub fn check(
             if let Some(error) = &result.error {
                 return Err(format!("the rule ended with an error: {error}"));
             }
+            let expected_steps = expected_steps(test, result)?;
             let matches = expected_steps.len() == result.steps.len()
                 && expected_steps
                     .iter()
@@ -529,13 +473,13 @@ pub fn check(
             if matches {
                 Ok(())
             } else {
-                Err(describe_difference(expected_steps, &result.steps))
+                Err(describe_difference(&expected_steps, &result.steps))
             }
         }
     }
 }
 
-fn describe_difference(expected: &[(String, Value)], actual: &[RanStep]) -> String {
+fn describe_difference(expected: &[(String, Value)], actual: &[Performed]) -> String {
     let mut out = String::new();
     let count = expected.len().max(actual.len());
     for index in 0..count {

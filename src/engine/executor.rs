@@ -19,16 +19,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::Engine;
+use super::effects::{Act, Effects, Live};
+use super::plan::{self, StepStart};
 use super::processor::evaluation_context;
 use super::reload::VersionError;
-use super::render::{redact, render_step};
-use crate::actions::{ActionError, perform};
+use super::render::redact;
+use crate::actions::ActionError;
 use futures_util::FutureExt as _;
 
 use crate::recrubo::{FilterOp, FollowedKind, ListQuery};
 use crate::rules::ruleset::{RetryPolicy, Step, step_key};
 use crate::rules::{Rule, StepKind};
-use crate::store::{EventSource, Execution, FollowedRun, NewEvent, StepRecord, StoreError};
+use crate::store::{Execution, FollowedRun, NewEvent, StepRecord, StoreError};
 
 /// Runs until `shutdown`, then waits up to `drain` for executions in flight.
 pub async fn run(engine: Engine, shutdown: CancellationToken, drain: Duration) {
@@ -202,25 +204,6 @@ pub fn backoff(policy: &RetryPolicy, attempt: u32, retry_after: Option<Duration>
     }
 }
 
-/// The steps an execution runs, and the position path of their list.
-fn steps_of<'a>(rule: &'a Rule, execution: &Execution) -> Result<(&'a [Step], String), String> {
-    match (&execution.handler_step, &execution.handler_status) {
-        (Some(key), Some(status)) => {
-            let step = rule
-                .step_by_key(key)
-                .ok_or_else(|| format!("step `{key}` is no longer in rule `{}`", rule.name))?;
-            let (_, handler) = step
-                .on_status
-                .iter()
-                .find(|(s, _)| s == status)
-                .ok_or_else(|| format!("step `{key}` has no `{status}` handler any more"))?;
-            let path = rule.path_of(key).unwrap_or_default();
-            Ok((handler, format!("{path}/{status}/")))
-        }
-        _ => Ok((&rule.steps, String::new())),
-    }
-}
-
 async fn run_execution(engine: &Engine, mut execution: Execution) -> Result<(), StoreError> {
     // The rule version the execution was created with, whatever is in force now (DESIGN 3).
     let found = engine
@@ -246,7 +229,11 @@ async fn run_execution(engine: &Engine, mut execution: Execution) -> Result<(), 
     if execution.sweep {
         return run_sweep(engine, &rule, execution).await;
     }
-    let (steps, prefix) = match steps_of(&rule, &execution) {
+    let handler = execution
+        .handler_step
+        .as_deref()
+        .zip(execution.handler_status.as_deref());
+    let (steps, prefix) = match plan::steps_to_run(&rule, handler) {
         Ok(found) => found,
         Err(reason) => return finish(engine, execution, "orphaned", Some(reason)).await,
     };
@@ -271,29 +258,23 @@ async fn run_execution(engine: &Engine, mut execution: Execution) -> Result<(), 
             started_at: now,
             finished_at: None,
         };
-        if let Some(condition) = &step.condition {
-            let outcome = condition.evaluate(&context);
-            if !outcome.is_true() {
+        let input = match plan::start_step(step, &context) {
+            StepStart::Act(input) => input,
+            StepStart::Skip { reason, failed } => {
+                if failed {
+                    // Logged like a rule-level condition that fails.
+                    info!(rule = %execution.rule, execution = %execution.id, step = step.kind.name(), reason = %reason, "Step condition failed to evaluate; counted as false");
+                }
                 record.status = "skipped".to_owned();
-                record.error = Some(match outcome {
-                    crate::rules::expr::ConditionOutcome::Failed(reason) => {
-                        // Logged like a rule-level condition that fails.
-                        info!(rule = %execution.rule, execution = %execution.id, step = step.kind.name(), reason = %reason, "Step condition failed to evaluate; counted as false");
-                        format!("condition failed to evaluate: {reason}")
-                    }
-                    _ => format!("condition `{}` is false", condition.source()),
-                });
+                record.error = Some(reason);
                 record.finished_at = Some(Utc::now());
                 engine.store.record_step(&record).await?;
                 execution.next_step += 1;
                 execution.attempt = 0;
                 continue;
             }
-        }
-        let input = match render_step(&step.kind, &context) {
-            Ok(input) => input,
-            Err(err) => {
-                let failure = ActionError::fatal(format!("rendering the step failed: {err}"));
+            StepStart::Unrenderable(reason) => {
+                let failure = ActionError::fatal(reason);
                 match fail_step(engine, &mut execution, step, &mut record, failure).await? {
                     Next::Continue => continue,
                     Next::Stop => return Ok(()),
@@ -342,15 +323,12 @@ async fn run_execution(engine: &Engine, mut execution: Execution) -> Result<(), 
         match result {
             Ok(output) => {
                 let key = step_key(step, &format!("{prefix}{index}"));
-                if let Some(id) = &step.id
-                    && let Some(steps) = execution
-                        .context
-                        .get_mut("steps")
-                        .and_then(Value::as_object_mut)
-                {
-                    // Outputs join the stored context: a secret echoed by a peer is redacted here.
-                    steps.insert(id.clone(), redact(&output, engine.secret_values()));
-                }
+                // Outputs join the stored context: a secret echoed by a peer is redacted here.
+                plan::keep_output(
+                    &mut execution.context,
+                    step,
+                    redact(&output, engine.secret_values()),
+                );
                 let mut followed = followed_run(&execution, step, &key, &output);
                 if adopted_now && let Some(followed) = &mut followed {
                     // What the adopted resource went through while nobody knew it comes as
@@ -533,7 +511,7 @@ async fn finish(
     engine.store.save_execution(&execution, true).await
 }
 
-/// One attempt of a step.
+/// One attempt of a step, with the daemon's effects.
 async fn attempt(
     engine: &Engine,
     execution: &Execution,
@@ -541,33 +519,15 @@ async fn attempt(
     input: &Value,
     context: &Value,
 ) -> Result<Value, ActionError> {
-    metrics::counter!("flowd_steps_total", "kind" => step.kind.name()).increment(1);
-    if let StepKind::Emit { .. } = step.kind {
-        let event_type = input["type"].as_str().unwrap_or_default().to_owned();
-        let id = format!("{}-{}", execution.id, execution.next_step);
-        let event = NewEvent {
-            source: EventSource::Emit,
-            event_type: event_type.clone(),
-            // The same emit retried is the same event.
-            dedup_key: Some(format!("emit:{id}")),
-            payload: json!({ "type": event_type, "id": id, "data": redact(&input["data"], engine.secret_values()) }),
-        };
-        engine
-            .store
-            .insert_events(vec![event])
-            .await
-            .map_err(|err| {
-                ActionError::retryable(format!("cannot store the emitted event: {err}"))
-            })?;
-        engine.events_waiting.notify_one();
-        return Ok(json!({ "event_id": id }));
-    }
-    if let StepKind::Log { .. } = step.kind {
-        // The log line is written by `perform`: hand it the redacted text.
-        let redacted = redact(input, engine.secret_values());
-        return perform(&step.kind, &redacted, context, &engine.deps).await;
-    }
-    perform(&step.kind, input, context, &engine.deps).await
+    let origin = format!("{}-{}", execution.id, execution.next_step);
+    Live { engine }
+        .perform(Act {
+            step,
+            input,
+            context,
+            origin: &origin,
+        })
+        .await
 }
 
 /// A resource an attempt without an answer created, found by [`adopt_existing`].

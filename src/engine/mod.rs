@@ -1,11 +1,16 @@
 //! The running daemon's core: the rule set in force and its hot reload ([`reload`]), matching
-//! events to rules ([`matcher`]), rendering steps ([`render`]), turning stored events into
-//! executions ([`processor`]), running them with durable retries ([`executor`]), and polling
-//! followed runs whose webhooks went missing ([`reconcile`]).
+//! events to rules ([`matcher`]), deciding without effects what a matched event makes of a rule
+//! and what a step does before it acts ([`plan`]), acting through one seam ([`effects`]: the
+//! real clients in the daemon, recorded fakes on a virtual clock in [`dry_run`] for `flowd test`
+//! and `flowd simulate`), rendering steps ([`render`]), turning stored events into executions
+//! ([`processor`]), running them with durable retries ([`executor`]), and polling followed runs
+//! whose webhooks went missing ([`reconcile`]).
 
 pub mod dry_run;
+pub mod effects;
 pub mod executor;
 pub mod matcher;
+pub mod plan;
 pub mod processor;
 pub mod reconcile;
 pub mod reload;

@@ -19,6 +19,7 @@ use tracing::{debug, error, info, warn};
 
 use super::Engine;
 use super::matcher::{MatchIndex, Starter};
+use super::plan::{self, Planned, Verdict, base_context};
 use crate::recrubo::jsonapi::{Resource, WebhookPayload};
 use crate::recrubo::types::flattened;
 use crate::recrubo::{FilterOp, FlowRunStatus, FollowedKind, ListQuery};
@@ -165,31 +166,15 @@ pub fn webhook_event(payload: &WebhookPayload) -> Value {
     event
 }
 
-/// The context every execution of `rule` starts from.
-pub fn base_context(rule: &Rule, event: Value) -> Map<String, Value> {
-    let mut context = Map::new();
-    context.insert("event".into(), event);
-    context.insert("vars".into(), Value::Object((*rule.vars).clone()));
-    context.insert("rule".into(), Value::String(rule.name.clone()));
-    context.insert("steps".into(), json!({}));
-    context
-}
-
 /// The context a condition or template sees: the stored context plus `now` and `secrets`.
 pub fn evaluation_context(engine: &Engine, stored: &Value, now: DateTime<Utc>) -> Value {
-    let mut context = stored.as_object().cloned().unwrap_or_default();
-    context.insert(
-        "now".into(),
-        Value::String(now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
-    );
-    context.insert("secrets".into(), engine.secrets_json().clone());
-    Value::Object(context)
+    plan::evaluation(stored, now, engine.secrets_json())
 }
 
-/// Executions of `rule` for a context: one, or one per `for_each` item, each `skipped` with the
-/// reason when the rule's condition is not true. A `for_each: { list }` rule gets one execution
-/// that runs the sweep (see [`sweep`]): the executor pages through the list while the processor
-/// goes on with the inbox.
+/// Executions of `rule` for a context, as [`plan::executions`] plans them: one, or one per
+/// `for_each` item, each `skipped` with the reason when the rule's condition is not true. A
+/// `for_each: { list }` rule gets one execution that runs the sweep (see [`sweep`]): the
+/// executor pages through the list while the processor goes on with the inbox.
 fn executions_for(
     engine: &Engine,
     rule: &Rule,
@@ -197,84 +182,33 @@ fn executions_for(
     context: Map<String, Value>,
     now: DateTime<Utc>,
 ) -> Vec<NewExecution> {
-    let mut contexts = Vec::new();
-    match &rule.for_each {
-        None => contexts.push(context),
-        Some(ForEach::Items(items)) => {
-            let evaluation = evaluation_context(engine, &Value::Object(context.clone()), now);
-            match items.render(&evaluation) {
-                Ok(Value::Array(items)) => {
-                    for item in items {
-                        let mut with_item = context.clone();
-                        with_item.insert("item".into(), item);
-                        contexts.push(with_item);
-                    }
-                }
-                Ok(other) => {
-                    return vec![note_only(
-                        rule,
-                        event_id,
-                        context,
-                        "failed",
-                        format!("for_each items is {other}, not a list"),
-                    )];
-                }
-                Err(err) => {
-                    return vec![note_only(
-                        rule,
-                        event_id,
-                        context,
-                        "failed",
-                        format!("for_each items: {err}"),
-                    )];
-                }
+    plan::executions(rule, context, now, engine.secrets_json())
+        .into_iter()
+        .map(|planned| match planned {
+            Planned::Execution(context, verdict) => {
+                new_execution(rule, event_id, Value::Object(context), verdict)
             }
-        }
-        Some(ForEach::List { .. }) => {
-            return vec![NewExecution {
+            Planned::Sweep(context) => NewExecution {
                 id: format!("sweep-{event_id}-{}", rule.name),
                 sweep: true,
                 ..pending(rule, event_id, Value::Object(context))
-            }];
-        }
-    }
-    contexts
-        .into_iter()
-        .map(|context| execution_for(engine, rule, event_id, Value::Object(context), now))
+            },
+            Planned::Failed(context, reason) => {
+                note_only(rule, event_id, context, "failed", reason)
+            }
+        })
         .collect()
 }
 
-/// One execution of `rule` for a context: pending, or skipped with the reason.
-fn execution_for(
-    engine: &Engine,
-    rule: &Rule,
-    event_id: i64,
-    context: Value,
-    now: DateTime<Utc>,
-) -> NewExecution {
-    match &rule.condition {
-        Some(condition) => match condition.evaluate(&evaluation_context(engine, &context, now)) {
-            crate::rules::expr::ConditionOutcome::Value(true) => pending(rule, event_id, context),
-            crate::rules::expr::ConditionOutcome::Value(false) => skipped(
-                rule,
-                event_id,
-                context,
-                format!("condition `{}` is false", condition.source()),
-            ),
-            crate::rules::expr::ConditionOutcome::Failed(reason) => {
-                info!(rule = %rule.name, reason = %reason, "Rule condition failed to evaluate; counted as false");
-                skipped(
-                    rule,
-                    event_id,
-                    context,
-                    format!(
-                        "condition `{}` failed to evaluate: {reason}",
-                        condition.source()
-                    ),
-                )
-            }
-        },
-        None => pending(rule, event_id, context),
+/// The stored execution for a planned one: pending, or skipped with the reason.
+fn new_execution(rule: &Rule, event_id: i64, context: Value, verdict: Verdict) -> NewExecution {
+    match verdict {
+        Verdict::Go => pending(rule, event_id, context),
+        Verdict::False(reason) => skipped(rule, event_id, context, reason),
+        Verdict::Failed(reason) => {
+            info!(rule = %rule.name, reason = %reason, "Rule condition failed to evaluate; counted as false");
+            skipped(rule, event_id, context, reason)
+        }
     }
 }
 
@@ -376,7 +310,12 @@ pub async fn sweep(
         let mut item_context = context.clone();
         let item_id = item.id.clone();
         item_context.insert("item".into(), item.to_json());
-        let mut execution = execution_for(engine, rule, event_id, Value::Object(item_context), now);
+        let Planned::Execution(item_context, verdict) =
+            plan::item_execution(rule, item_context, now, engine.secrets_json())
+        else {
+            continue;
+        };
+        let mut execution = new_execution(rule, event_id, Value::Object(item_context), verdict);
         execution.id = format!("sweep-{event_id}-{}-{item_id}", rule.name);
         batch.push(execution);
         count += 1;

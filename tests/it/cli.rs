@@ -280,6 +280,62 @@ fn rule_tests_check_manual_inputs_and_recrubo_fields_as_the_daemon_does() {
 }
 
 #[test]
+fn rule_test_expectations_see_the_context_their_step_saw() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("a.yaml"),
+        r#"rules:
+  - name: screen
+    on: { event: application.created }
+    do:
+      - id: screening
+        start_flow_run: { flow: screening-flow, message_thread: "{{event.data.thread}}" }
+        on_status:
+          finished:
+            - notify:
+                url: "{{secrets.hook}}"
+                body: { run: "{{run.id}}", score: "{{run.state.score}}", at: "{{now}}" }
+    tests:
+      - name: the handler's notify names the run it was started for
+        now: 2026-12-02T09:30:00Z
+        event: { type: application.created, data: { thread: t-1 } }
+        run_updates: [ { status: finished, state: { score: 7 } } ]
+        expect:
+          steps:
+            - start_flow_run: { flow: screening-flow, message_thread: "{{event.data.thread}}" }
+            - notify:
+                url: "{{secrets.hook}}"
+                body: { run: "{{steps.screening.id}}", score: "{{run.state.score}}", at: "{{now}}" }
+      - name: a wrong expectation still fails
+        now: 2026-12-02T09:30:00Z
+        event: { type: application.created, data: { thread: t-1 } }
+        run_updates: [ { status: finished, state: { score: 7 } } ]
+        expect:
+          steps:
+            - start_flow_run: {}
+            - notify: { body: { run: "{{run.id}}-not" } }
+"#,
+    )
+    .expect("write");
+    let (code, out) = flowd(&["test", dir.path().to_str().expect("utf-8")]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("test screen::the handler's notify names the run it was started for ... ok"),
+        "{out}"
+    );
+    assert!(
+        out.contains("test screen::a wrong expectation still fails ... FAILED"),
+        "{out}"
+    );
+    // The expected value is rendered against the step's own context: `run-1-not`, not `-not`.
+    assert!(out.contains(r#""run":"run-1-not""#), "{out}");
+    assert!(
+        out.contains("test result: FAILED. 1 passed; 1 failed"),
+        "{out}"
+    );
+}
+
+#[test]
 fn simulate_runs_ticks_manual_runs_and_status_changes() {
     let dir = tempfile::tempdir().expect("temp dir");
     let rules = dir.path().join("rules");

@@ -1,0 +1,195 @@
+//! Planning, without effects: what a rule makes of a matched event, and what one step does
+//! before it acts. The daemon (processor and executor), `flowd test` and `flowd simulate` all
+//! decide here — the context an execution starts from, `for_each` expansion, the rule's and a
+//! step's condition, the `on_status` handler a status change runs, the rendered step and where
+//! its output goes — so the three cannot drift apart. Matching an event to rules is
+//! [`super::matcher`]; acting is an [`super::effects::Effects`] implementation.
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value, json};
+
+use super::render::render_step;
+use crate::rules::expr::{Condition, ConditionOutcome};
+use crate::rules::ruleset::ForEach;
+use crate::rules::{Rule, Step};
+
+/// The context every execution of `rule` starts from.
+pub fn base_context(rule: &Rule, event: Value) -> Map<String, Value> {
+    let mut context = Map::new();
+    context.insert("event".into(), event);
+    context.insert("vars".into(), Value::Object((*rule.vars).clone()));
+    context.insert("rule".into(), Value::String(rule.name.clone()));
+    context.insert("steps".into(), json!({}));
+    context
+}
+
+/// The context a condition or template sees: the stored context plus `now` and `secrets`
+/// (never stored: secrets stay out of the database).
+pub fn evaluation(stored: &Value, now: DateTime<Utc>, secrets: &Value) -> Value {
+    let mut context = stored.as_object().cloned().unwrap_or_default();
+    context.insert(
+        "now".into(),
+        Value::String(now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+    );
+    context.insert("secrets".into(), secrets.clone());
+    Value::Object(context)
+}
+
+/// Whether a condition lets an execution or a step go on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// It does (or there is none).
+    Go,
+    /// It is false: the reason, as the history shows it.
+    False(String),
+    /// It failed to evaluate, which counts as false: the reason.
+    Failed(String),
+}
+
+/// Judges an optional condition against an evaluation context.
+pub fn verdict(condition: Option<&Condition>, evaluation: &Value) -> Verdict {
+    let Some(condition) = condition else {
+        return Verdict::Go;
+    };
+    match condition.evaluate(evaluation) {
+        ConditionOutcome::Value(true) => Verdict::Go,
+        ConditionOutcome::Value(false) => {
+            Verdict::False(format!("condition `{}` is false", condition.source()))
+        }
+        ConditionOutcome::Failed(reason) => Verdict::Failed(format!(
+            "condition `{}` failed to evaluate: {reason}",
+            condition.source()
+        )),
+    }
+}
+
+/// One execution a matched event makes of a rule.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Planned {
+    /// Its context and the rule condition's verdict on it.
+    Execution(Map<String, Value>, Verdict),
+    /// A `for_each: { list }` rule: one execution that pages through the list and plans one
+    /// execution per item with [`item_execution`].
+    Sweep(Map<String, Value>),
+    /// The rule cannot run for this event (its `for_each` items are not a list): why.
+    Failed(Map<String, Value>, String),
+}
+
+/// What a matched event makes of `rule`: one execution, or one per `for_each` item, each with
+/// the rule condition's verdict.
+pub fn executions(
+    rule: &Rule,
+    context: Map<String, Value>,
+    now: DateTime<Utc>,
+    secrets: &Value,
+) -> Vec<Planned> {
+    match &rule.for_each {
+        None => vec![item_execution(rule, context, now, secrets)],
+        Some(ForEach::List { .. }) => vec![Planned::Sweep(context)],
+        Some(ForEach::Items(items)) => {
+            let evaluation = evaluation(&Value::Object(context.clone()), now, secrets);
+            match items.render(&evaluation) {
+                Ok(Value::Array(items)) => items
+                    .into_iter()
+                    .map(|item| {
+                        let mut with_item = context.clone();
+                        with_item.insert("item".into(), item);
+                        item_execution(rule, with_item, now, secrets)
+                    })
+                    .collect(),
+                Ok(other) => vec![Planned::Failed(
+                    context,
+                    format!("for_each items is {other}, not a list"),
+                )],
+                Err(err) => vec![Planned::Failed(context, format!("for_each items: {err}"))],
+            }
+        }
+    }
+}
+
+/// One execution of `rule` for a context (an item of a sweep, or the event's own).
+pub fn item_execution(
+    rule: &Rule,
+    context: Map<String, Value>,
+    now: DateTime<Utc>,
+    secrets: &Value,
+) -> Planned {
+    let verdict = verdict(
+        rule.condition.as_ref(),
+        &evaluation(&Value::Object(context.clone()), now, secrets),
+    );
+    Planned::Execution(context, verdict)
+}
+
+/// The steps an execution runs — the rule's, or the `on_status.<status>` handler of the step
+/// `handler` (its key) — and the position path their history names them by.
+pub fn steps_to_run<'a>(
+    rule: &'a Rule,
+    handler: Option<(&str, &str)>,
+) -> Result<(&'a [Step], String), String> {
+    let Some((key, status)) = handler else {
+        return Ok((&rule.steps, String::new()));
+    };
+    let step = rule
+        .step_by_key(key)
+        .ok_or_else(|| format!("step `{key}` is no longer in rule `{}`", rule.name))?;
+    let (_, steps) = step
+        .on_status
+        .iter()
+        .find(|(s, _)| s == status)
+        .ok_or_else(|| format!("step `{key}` has no `{status}` handler any more"))?;
+    let path = rule.path_of(key).unwrap_or_default();
+    Ok((steps, format!("{path}/{status}/")))
+}
+
+/// The `on_status` handler of `step` for `status`, if it has one.
+pub fn handler_of<'a>(step: &'a Step, status: &str) -> Option<&'a [Step]> {
+    step.on_status
+        .iter()
+        .find(|(s, _)| s == status)
+        .map(|(_, steps)| steps.as_slice())
+}
+
+/// What a step does before it acts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepStart {
+    /// Its condition stops it: why, and whether the condition failed to evaluate (which
+    /// counts as false, and is logged).
+    Skip {
+        /// As the history shows it.
+        reason: String,
+        /// The condition failed to evaluate.
+        failed: bool,
+    },
+    /// Its templates do not render: why (a fatal failure of the step).
+    Unrenderable(String),
+    /// Act with this rendered input.
+    Act(Value),
+}
+
+/// Judges a step's condition and renders its input against an evaluation context.
+pub fn start_step(step: &Step, evaluation: &Value) -> StepStart {
+    match verdict(step.condition.as_ref(), evaluation) {
+        Verdict::Go => match render_step(&step.kind, evaluation) {
+            Ok(input) => StepStart::Act(input),
+            Err(err) => StepStart::Unrenderable(format!("rendering the step failed: {err}")),
+        },
+        Verdict::False(reason) => StepStart::Skip {
+            reason,
+            failed: false,
+        },
+        Verdict::Failed(reason) => StepStart::Skip {
+            reason,
+            failed: true,
+        },
+    }
+}
+
+/// Keeps a step's output where later steps read it (`steps.<id>`), if the step has an id.
+pub fn keep_output(context: &mut Value, step: &Step, output: Value) {
+    if let Some(id) = &step.id
+        && let Some(steps) = context.get_mut("steps").and_then(Value::as_object_mut)
+    {
+        steps.insert(id.clone(), output);
+    }
+}
