@@ -37,8 +37,11 @@ pub struct SourceFile {
 pub struct ParsedFile {
     /// The source.
     pub source: SourceFile,
-    /// The model, when the file parsed.
+    /// The model, when the file parsed — or, when it did not, of its repaired text (see
+    /// [`super::repair`]), so its other problems are still found.
     pub model: Option<RuleFileModel>,
+    /// Set when `model` is of the repaired text: the step ids blanked out with their items.
+    pub repaired: Option<Vec<String>>,
 }
 
 /// The result of reading a set of paths: every file found, the diagnostics of those that did
@@ -234,6 +237,7 @@ fn load_file(path: &Path) -> (ParsedFile, Vec<Diagnostic>) {
             ParsedFile {
                 source,
                 model: None,
+                repaired: None,
             },
             vec![problem],
         );
@@ -243,20 +247,61 @@ fn load_file(path: &Path) -> (ParsedFile, Vec<Diagnostic>) {
             ParsedFile {
                 source,
                 model: Some(model),
+                repaired: None,
             },
             Vec::new(),
         ),
         Err(problem) => {
             let problems = every_key_problem(&source, problem);
+            let (model, repaired) = match repaired_model(&source, &problems) {
+                Some((model, removed)) => (Some(model), Some(removed)),
+                None => (None, None),
+            };
             (
                 ParsedFile {
                     source,
-                    model: None,
+                    model,
+                    repaired,
                 },
                 problems,
             )
         }
     }
+}
+
+/// The model of the file with its structural problems blanked out (see [`super::repair`]),
+/// and the step ids blanked out with them; `None` when the problems are of another kind or the
+/// file does not parse after a few rounds (a repair may uncover what it removed the parent of).
+fn repaired_model(
+    source: &SourceFile,
+    problems: &[Diagnostic],
+) -> Option<(RuleFileModel, Vec<String>)> {
+    let structural = |d: &Diagnostic| matches!(d.code, "unknown-field" | "missing-field" | "type");
+    if problems.is_empty() || !problems.iter().all(structural) {
+        return None;
+    }
+    let mut text = source.text.to_string();
+    let mut to_repair = problems.to_vec();
+    let mut removed = Vec::new();
+    for _ in 0..4 {
+        let repaired = super::repair::repair(&text, &to_repair)?;
+        removed.extend(repaired.removed_ids);
+        let attempt = SourceFile {
+            path: source.path.clone(),
+            text: Arc::from(repaired.text.as_str()),
+        };
+        match parse_source(&attempt) {
+            Ok(model) => return Some((model, removed)),
+            Err(problem) => {
+                to_repair = every_key_problem(&attempt, problem);
+                if !to_repair.iter().all(structural) {
+                    return None;
+                }
+                text = repaired.text;
+            }
+        }
+    }
+    None
 }
 
 /// serde reports the first unknown or missing key; the file's every one comes from walking it

@@ -10,6 +10,7 @@ pub mod expr;
 pub mod load;
 pub mod located;
 pub mod model;
+pub mod repair;
 pub mod ruleset;
 pub mod structure;
 pub mod template;

@@ -110,7 +110,20 @@ pub fn validate(loaded: &LoadedFiles) -> Result<RuleSet, Vec<Diagnostic>> {
         for file in chunk {
             if let Some(model) = &file.model {
                 let raw = super::load::raw_rules(&file.source);
+                let before = validator.diagnostics.len();
                 validator.file(&file.source.path, model, &raw, &mut rules, &mut metas);
+                if let Some(removed) = &file.repaired {
+                    let structural: Vec<&Diagnostic> = loaded
+                        .diagnostics
+                        .iter()
+                        .filter(|d| d.file == file.source.path)
+                        .collect();
+                    let mut index = 0;
+                    validator.diagnostics.retain(|d| {
+                        index += 1;
+                        index <= before || !caused_by_repair(d, removed, &structural)
+                    });
+                }
             }
         }
         (validator, rules, metas)
@@ -219,6 +232,30 @@ struct Scope {
     visible_analyses: Vec<String>,
     /// Every step id of the rule (to tell "runs later" from "does not exist").
     all_steps: Arc<HashSet<String>>,
+}
+
+/// Whether a problem found in a repaired file (see [`super::repair`]) only exists because of the
+/// repair: it names a step that was blanked out (whose own problem is reported), or it is about
+/// the place that held what was blanked out (`on` after its unknown key went: "no trigger").
+fn caused_by_repair(found: &Diagnostic, removed: &[String], structural: &[&Diagnostic]) -> bool {
+    let names_removed = removed.iter().any(|id| {
+        found.message.contains(&format!("`{id}`"))
+            || found.message.contains(&format!("steps.{id}`"))
+    });
+    let about_the_parent = structural.iter().any(|problem| {
+        problem.rule == found.rule
+            && match (&problem.field, &found.field) {
+                (Some(inner), Some(outer)) => {
+                    inner == outer
+                        || inner
+                            .strip_prefix(outer.as_str())
+                            .is_some_and(|rest| rest.starts_with(['.', '[']))
+                }
+                (_, None) => true,
+                _ => false,
+            }
+    });
+    names_removed || about_the_parent
 }
 
 fn is_valid_rule_name(name: &str) -> bool {
@@ -568,6 +605,17 @@ rules:
         check(
             "rules:\n  - name: a\n    on: { event: x }\n    do:\n      - log: \"{{#if event.data.x}}yes\"\n      - log: \"{{steps.nope.id}}\"\n",
             &[("template", 5, "do[0].log"), ("reference", 6, "do[1].log")],
+        );
+        // A structural problem does not hide the checks of the rest of the file.
+        check(
+            "rules:\n  - name: a\n    on: { event: x }\n    bogus: 1\n    do:\n      - id: s\n        start_flow_run: { flow: f }\n      - notify: { url: \"not a url\", body: {} }\n      - log: \"{{steps.s.id}}\"\n  - name: b\n    on: { schedule: \"61 * * * *\" }\n    do: [ { log: x, frobnicate: true } ]\n",
+            &[
+                ("unknown-field", 4, "bogus"),
+                ("missing-field", 7, "do[0].start_flow_run.message_thread"),
+                ("url", 8, "do[1].notify.url"),
+                ("cron", 11, "on.schedule"),
+                ("unknown-field", 12, "do[0].frobnicate"),
+            ],
         );
     }
 
