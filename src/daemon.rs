@@ -325,8 +325,31 @@ async fn open_store(database: &str) -> anyhow::Result<Arc<dyn Store>> {
         Ok(Arc::new(SqliteStore::open(database).await.with_context(
             || format!("cannot open the database {database}"),
         )?))
+    } else if database.starts_with("postgres:") || database.starts_with("postgresql:") {
+        Ok(Arc::new(
+            crate::store::postgres::PgStore::open(database)
+                .await
+                .with_context(|| format!("cannot open the database {}", redact_url(database)))?,
+        ))
     } else {
-        anyhow::bail!("unsupported database `{database}`: use sqlite://PATH (Postgres comes later)")
+        anyhow::bail!(
+            "unsupported database `{}`: use sqlite://PATH or postgres://USER@HOST/DATABASE",
+            redact_url(database)
+        )
+    }
+}
+
+/// A database URL as it may be printed: a password in it replaced by `***`.
+fn redact_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((credentials, host)) if credentials.contains(':') => {
+                let user = credentials.split(':').next().unwrap_or_default();
+                format!("{scheme}://{user}:***@{host}")
+            }
+            _ => url.to_owned(),
+        },
+        None => url.to_owned(),
     }
 }
 

@@ -6,6 +6,7 @@
 //! one transaction; the ones that must be atomic together (marking an event processed *and*
 //! creating its executions) are one method.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::time::Duration;

@@ -168,3 +168,75 @@ pub fn flowd(args: &[&str]) -> (i32, String) {
         String::from_utf8_lossy(&output.stdout).into_owned(),
     )
 }
+
+/// A schema of its own on the Postgres server `FLOWD_TEST_POSTGRES` names, dropped (with all it
+/// holds) when this is dropped. `url` connects into it.
+pub struct PostgresSchema {
+    /// The server's URL with `search_path` set to the schema.
+    pub url: String,
+    server: String,
+    name: String,
+}
+
+/// A fresh schema on `FLOWD_TEST_POSTGRES`; `None`, with a notice, when that is not set (the
+/// Postgres tests then skip) — unless `FLOWD_REQUIRE_POSTGRES` is set, as `.ci/run` does, which
+/// makes a missing server a failure instead of a skip.
+pub async fn postgres_schema() -> Option<PostgresSchema> {
+    use sqlx_core::connection::Connection as _;
+    use sqlx_core::executor::Executor as _;
+    let Ok(server) = std::env::var("FLOWD_TEST_POSTGRES") else {
+        assert!(
+            std::env::var_os("FLOWD_REQUIRE_POSTGRES").is_none(),
+            "FLOWD_REQUIRE_POSTGRES is set but FLOWD_TEST_POSTGRES is not: the Postgres tests would be skipped"
+        );
+        static NOTICE: std::sync::Once = std::sync::Once::new();
+        NOTICE.call_once(|| {
+            eprintln!(
+                "notice: FLOWD_TEST_POSTGRES is not set; the Postgres tests are skipped (e.g. FLOWD_TEST_POSTGRES=postgres://postgres@127.0.0.1:5432/test)"
+            );
+        });
+        return None;
+    };
+    let name = format!("flowd_test_{}", uuid::Uuid::new_v4().simple());
+    let mut connection = sqlx_postgres::PgConnection::connect(&server)
+        .await
+        .unwrap_or_else(|err| panic!("cannot connect to FLOWD_TEST_POSTGRES ({server}): {err}"));
+    connection
+        .execute(format!("CREATE SCHEMA {name}").as_str())
+        .await
+        .expect("create the test schema");
+    let separator = if server.contains('?') { '&' } else { '?' };
+    Some(PostgresSchema {
+        url: format!("{server}{separator}options=-c%20search_path%3D{name}"),
+        server,
+        name,
+    })
+}
+
+impl Drop for PostgresSchema {
+    fn drop(&mut self) {
+        let (server, name) = (self.server.clone(), self.name.clone());
+        // Drop runs inside the test's runtime, which cannot be blocked on: a thread of its own.
+        let _ = std::thread::spawn(move || {
+            use sqlx_core::connection::Connection as _;
+            use sqlx_core::executor::Executor as _;
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                if let Ok(mut connection) = sqlx_postgres::PgConnection::connect(&server).await {
+                    // The test's runtime is blocked on this thread: a pool connection it could
+                    // not roll back would hold its locks, so never wait on them for long.
+                    let _ = connection.execute("SET lock_timeout = '5s'").await;
+                    let _ = connection
+                        .execute(format!("DROP SCHEMA IF EXISTS {name} CASCADE").as_str())
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}

@@ -1,0 +1,863 @@
+//! The PostgreSQL store (sqlx's Postgres driver): the same contract as the SQLite store (the
+//! conformance suite in tests/it/conformance.rs runs on both), for several flowd instances on
+//! one database with no leader.
+//!
+//! - Every "at most once" is a unique key the database enforces across instances: an event's
+//!   dedup key, (run, status) fired, (rule, scheduled time) ticked, a rule version's hash, an
+//!   execution's id.
+//! - Executions are claimed with `FOR UPDATE SKIP LOCKED` under a lease: two instances never get
+//!   the same one, and one that dies leaves its leases to expire and be taken over (unlike
+//!   SQLite, leases are not cleared at start: another instance may hold them).
+//! - Migrations run under sqlx's advisory lock, so instances starting together migrate once.
+//! - The connection URL is libpq's: `sslmode` (TLS with rustls), `options=-c search_path=...`,
+//!   and `pool_max` (flowd's own parameter, default 10) for the pool size.
+//!
+//! The umbrella `sqlx` crate cannot be used: its optional SQLite driver links a different
+//! libsqlite3 than rusqlite, and Cargo refuses two crates linking one native library even when
+//! the feature is off. `sqlx-core` + `sqlx-postgres` are the same code without it.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx_core::connection::ConnectOptions;
+use sqlx_core::executor::Executor;
+use sqlx_core::migrate::{Migration, MigrationType, Migrator};
+use sqlx_core::pool::{Pool, PoolOptions};
+use sqlx_core::query::query;
+use sqlx_core::row::Row;
+use sqlx_postgres::{PgConnectOptions, PgConnection, PgRow, Postgres};
+
+use super::{
+    DeadLetter, Deferral, EventOutcome, EventSource, Execution, ExecutionFilter, FollowedRun,
+    InsertOutcome, NewEvent, NewExecution, PollMark, RetryOutcome, RuleVersion, StepRecord, Store,
+    StoreError, StoredEvent, TickBatch,
+};
+
+/// The migrations, in order (embedded: the binary carries its schema).
+const MIGRATIONS: [(i64, &str, &str); 1] = [(
+    1,
+    "init",
+    include_str!("../../migrations/postgres/0001_init.sql"),
+)];
+
+/// The PostgreSQL store: a connection pool.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool<Postgres>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").finish_non_exhaustive()
+    }
+}
+
+impl From<sqlx_core::Error> for StoreError {
+    fn from(err: sqlx_core::Error) -> Self {
+        StoreError::Database(err.to_string())
+    }
+}
+
+fn corrupt_json(err: serde_json::Error) -> StoreError {
+    StoreError::Corrupt(format!("JSON: {err}"))
+}
+
+fn json_of(text: &str) -> Result<Value, StoreError> {
+    serde_json::from_str(text).map_err(corrupt_json)
+}
+
+fn optional_json(text: Option<String>) -> Result<Option<Value>, StoreError> {
+    text.as_deref().map(json_of).transpose()
+}
+
+fn lease_end(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
+    super::super::engine::checked_after(now, lease).unwrap_or(now)
+}
+
+impl PgStore {
+    /// Connects to the database at `url` (`postgres://user@host/db?sslmode=require`) and
+    /// applies the migrations not applied yet.
+    pub async fn open(url: &str) -> Result<PgStore, StoreError> {
+        let (url, pool_max) = pool_size(url)?;
+        let options: PgConnectOptions = url
+            .parse()
+            .map_err(|err| StoreError::Database(format!("invalid database URL: {err}")))?;
+        // Statements are logged at debug, not info: they carry no secrets, but a busy daemon
+        // would log every one.
+        let options = options.log_statements(tracing::log::LevelFilter::Debug);
+        let pool = PoolOptions::<Postgres>::new()
+            .max_connections(pool_max)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(|err| StoreError::Database(format!("cannot connect: {err}")))?;
+        let migrator = Migrator {
+            migrations: Cow::Owned(
+                MIGRATIONS
+                    .iter()
+                    .map(|(version, name, sql)| {
+                        Migration::new(
+                            *version,
+                            Cow::Borrowed(*name),
+                            MigrationType::Simple,
+                            Cow::Borrowed(*sql),
+                            false,
+                        )
+                    })
+                    .collect(),
+            ),
+            ..Migrator::DEFAULT
+        };
+        migrator
+            .run(&pool)
+            .await
+            .map_err(|err| StoreError::Database(format!("migrating the database failed: {err}")))?;
+        Ok(PgStore { pool })
+    }
+}
+
+/// Takes flowd's `pool_max` parameter out of a URL (libpq would refuse it).
+fn pool_size(url: &str) -> Result<(String, u32), StoreError> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_owned(), 10));
+    };
+    let mut size = 10;
+    let mut kept = Vec::new();
+    for pair in query.split('&') {
+        match pair.strip_prefix("pool_max=") {
+            Some(value) => {
+                size = value.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    StoreError::Database(format!(
+                        "invalid database URL: pool_max `{value}` is not a positive whole number"
+                    ))
+                })?;
+            }
+            None => kept.push(pair),
+        }
+    }
+    let url = if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((url, size))
+}
+
+const EXECUTION_COLUMNS: &str = "id, rule, event_id, handler_step, handler_status, status, context, next_step, attempt, next_attempt_at, step_started_at, last_error, rule_version, sweep, created_at, updated_at";
+
+fn execution_from_row(row: &PgRow) -> Result<Execution, StoreError> {
+    Ok(Execution {
+        id: row.try_get("id")?,
+        rule: row.try_get("rule")?,
+        event_id: row.try_get("event_id")?,
+        handler_step: row.try_get("handler_step")?,
+        handler_status: row.try_get("handler_status")?,
+        status: row.try_get("status")?,
+        context: json_of(row.try_get::<&str, _>("context")?)?,
+        next_step: row.try_get("next_step")?,
+        attempt: row.try_get("attempt")?,
+        next_attempt_at: row.try_get("next_attempt_at")?,
+        step_started_at: row.try_get("step_started_at")?,
+        last_error: row.try_get("last_error")?,
+        rule_version: row.try_get("rule_version")?,
+        sweep: row.try_get("sweep")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn followed_from_row(row: &PgRow) -> Result<FollowedRun, StoreError> {
+    let kind: &str = row.try_get("resource_type")?;
+    Ok(FollowedRun {
+        resource_id: row.try_get("resource_id")?,
+        resource_type: crate::recrubo::FollowedKind::of(kind).ok_or_else(|| {
+            StoreError::Corrupt(format!("a followed run of an unknown type `{kind}`"))
+        })?,
+        rule: row.try_get("rule")?,
+        step_id: row.try_get("step_id")?,
+        execution_id: row.try_get("execution_id")?,
+        context: json_of(row.try_get::<&str, _>("context")?)?,
+        status: row.try_get("status")?,
+        remote_updated_at: row.try_get("remote_updated_at")?,
+        changed_at: row.try_get("changed_at")?,
+        terminal: row.try_get("terminal")?,
+        poll_failures: row.try_get("poll_failures")?,
+        gone_at: row.try_get("gone_at")?,
+    })
+}
+
+fn step_from_row(row: &PgRow) -> Result<StepRecord, StoreError> {
+    Ok(StepRecord {
+        execution_id: row.try_get("execution_id")?,
+        step_index: row.try_get("step_index")?,
+        step_id: row.try_get("step_id")?,
+        kind: row.try_get("kind")?,
+        status: row.try_get("status")?,
+        attempts: row.try_get("attempts")?,
+        input: optional_json(row.try_get("input")?)?,
+        output: optional_json(row.try_get("output")?)?,
+        error: row.try_get("error")?,
+        note: row.try_get("note")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+    })
+}
+
+fn dead_letter_from_row(row: &PgRow) -> Result<DeadLetter, StoreError> {
+    Ok(DeadLetter {
+        id: row.try_get("id")?,
+        execution_id: row.try_get("execution_id")?,
+        step_index: row.try_get("step_index")?,
+        rule: row.try_get("rule")?,
+        kind: row.try_get("kind")?,
+        error: row.try_get("error")?,
+        created_at: row.try_get("created_at")?,
+        retried_at: row.try_get("retried_at")?,
+    })
+}
+
+fn event_from_row(row: &PgRow) -> Result<StoredEvent, StoreError> {
+    Ok(StoredEvent {
+        id: row.try_get("id")?,
+        source: EventSource::parse(row.try_get("source")?),
+        event_type: row.try_get("event_type")?,
+        payload: json_of(row.try_get::<&str, _>("payload")?)?,
+        received_at: row.try_get("received_at")?,
+    })
+}
+
+fn convert<T>(
+    rows: Vec<PgRow>,
+    from: fn(&PgRow) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    rows.iter().map(from).collect()
+}
+
+/// Stores events; one carrying a dedup key stored before is absorbed as a duplicate.
+async fn insert_events(
+    connection: &mut PgConnection,
+    events: &[NewEvent],
+) -> Result<Vec<InsertOutcome>, StoreError> {
+    let now = Utc::now();
+    let mut outcomes = Vec::with_capacity(events.len());
+    for event in events {
+        let stored = query(
+            "INSERT INTO events (source, event_type, dedup_key, payload, received_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (dedup_key) DO NOTHING RETURNING id",
+        )
+        .bind(event.source.as_str())
+        .bind(&event.event_type)
+        .bind(&event.dedup_key)
+        .bind(event.payload.to_string())
+        .bind(now)
+        .fetch_optional(&mut *connection)
+        .await?;
+        outcomes.push(match stored {
+            Some(row) => InsertOutcome::Stored(row.try_get("id")?),
+            None => InsertOutcome::Duplicate,
+        });
+    }
+    Ok(outcomes)
+}
+
+/// Stores a new execution, due at once; an id stored before is left alone (sweeps re-run).
+async fn insert_execution(
+    connection: &mut PgConnection,
+    execution: &NewExecution,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    query(
+        "INSERT INTO executions (id, rule, event_id, handler_step, handler_status, status, context, next_step, attempt, next_attempt_at, last_error, rule_version, sweep, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 0, 0, $8, $9, $10, $11, $8, $8) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&execution.id)
+    .bind(&execution.rule)
+    .bind(execution.event_id)
+    .bind(&execution.handler_step)
+    .bind(&execution.handler_status)
+    .bind(&execution.status)
+    .bind(execution.context.to_string())
+    .bind(now)
+    .bind(&execution.note)
+    .bind(&execution.rule_version)
+    .bind(execution.sweep)
+    .execute(&mut *connection)
+    .await?;
+    Ok(())
+}
+
+/// Saves an execution's progress; `release` gives its lease up.
+async fn update_execution(
+    connection: &mut PgConnection,
+    execution: &Execution,
+    release: bool,
+) -> Result<(), StoreError> {
+    query(
+        "UPDATE executions SET status = $1, context = $2, next_step = $3, attempt = $4, next_attempt_at = $5, step_started_at = $6, last_error = $7, lease_until = CASE WHEN $8 THEN NULL ELSE lease_until END, updated_at = $9 WHERE id = $10",
+    )
+    .bind(&execution.status)
+    .bind(execution.context.to_string())
+    .bind(execution.next_step)
+    .bind(execution.attempt)
+    .bind(execution.next_attempt_at)
+    .bind(execution.step_started_at)
+    .bind(&execution.last_error)
+    .bind(release)
+    .bind(Utc::now())
+    .bind(&execution.id)
+    .execute(&mut *connection)
+    .await?;
+    Ok(())
+}
+
+async fn insert_step(connection: &mut PgConnection, record: &StepRecord) -> Result<(), StoreError> {
+    query(
+        "INSERT INTO step_runs (execution_id, step_index, step_id, kind, status, attempts, input, output, error, note, started_at, finished_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (execution_id, step_index) DO UPDATE SET status = excluded.status, attempts = excluded.attempts, input = excluded.input, output = excluded.output, error = excluded.error, note = excluded.note, finished_at = excluded.finished_at",
+    )
+    .bind(&record.execution_id)
+    .bind(record.step_index)
+    .bind(&record.step_id)
+    .bind(&record.kind)
+    .bind(&record.status)
+    .bind(record.attempts)
+    .bind(record.input.as_ref().map(Value::to_string))
+    .bind(record.output.as_ref().map(Value::to_string))
+    .bind(&record.error)
+    .bind(&record.note)
+    .bind(record.started_at)
+    .bind(record.finished_at)
+    .execute(&mut *connection)
+    .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn insert_events(&self, events: Vec<NewEvent>) -> Result<Vec<InsertOutcome>, StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        let outcomes = insert_events(&mut transaction, &events).await?;
+        transaction.commit().await?;
+        Ok(outcomes)
+    }
+
+    async fn unprocessed_events(
+        &self,
+        limit: i64,
+        max_bytes: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        // The running sum stops the page at `max_bytes` of payload; the first event always
+        // comes, however large (intake bounds one event at 1 MiB).
+        let rows = query(
+            "SELECT id, source, event_type, payload, received_at FROM (SELECT id, source, event_type, payload, received_at, octet_length(payload) AS size, SUM(octet_length(payload)) OVER (ORDER BY id) - octet_length(payload) AS before FROM (SELECT * FROM events WHERE processed_at IS NULL AND (deferred_until IS NULL OR deferred_until <= $1) ORDER BY id LIMIT $2) page) sized WHERE before + size <= $3 OR before = 0 ORDER BY id",
+        )
+        .bind(now)
+        .bind(limit)
+        .bind(max_bytes)
+        .fetch_all(&self.pool)
+        .await?;
+        convert(rows, event_from_row)
+    }
+
+    async fn save_rule_versions(&self, versions: &[RuleVersion]) -> Result<(), StoreError> {
+        if versions.is_empty() {
+            return Ok(());
+        }
+        let mut transaction = self.pool.begin().await?;
+        let now = Utc::now();
+        for version in versions {
+            query("INSERT INTO rule_versions (hash, rule, definition, first_seen) VALUES ($1, $2, $3, $4) ON CONFLICT (hash) DO NOTHING")
+                .bind(&version.hash)
+                .bind(&version.rule)
+                .bind(&*version.definition)
+                .bind(now)
+                .execute(&mut *transaction)
+                .await?;
+        }
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    async fn rule_version(&self, hash: &str) -> Result<Option<String>, StoreError> {
+        let row = query("SELECT definition FROM rule_versions WHERE hash = $1")
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|row| row.try_get("definition")).transpose()?)
+    }
+
+    async fn earlier_deferred(
+        &self,
+        key: &str,
+        before: i64,
+    ) -> Result<Option<Option<DateTime<Utc>>>, StoreError> {
+        let row = query("SELECT MAX(deferred_until) AS latest FROM events WHERE defer_key = $1 AND processed_at IS NULL AND id < $2 HAVING COUNT(*) > 0")
+            .bind(key)
+            .bind(before)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|row| row.try_get("latest")).transpose()?)
+    }
+
+    async fn creates_in_doubt(&self) -> Result<bool, StoreError> {
+        let row = query("SELECT EXISTS (SELECT 1 FROM executions WHERE status = 'pending' AND step_started_at IS NOT NULL) AS doubt")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("doubt")?)
+    }
+
+    async fn renew_lease(
+        &self,
+        execution_id: &str,
+        until: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        query("UPDATE executions SET lease_until = $1 WHERE id = $2 AND status = 'pending' AND lease_until IS NOT NULL")
+            .bind(until)
+            .bind(execution_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn defer_events(&self, deferrals: &[Deferral]) -> Result<(), StoreError> {
+        if deferrals.is_empty() {
+            return Ok(());
+        }
+        let mut transaction = self.pool.begin().await?;
+        for deferral in deferrals {
+            // Not when the run was recorded meanwhile: it released its webhooks already.
+            query("UPDATE events SET deferred_until = $1, defer_key = $2 WHERE id = $3 AND processed_at IS NULL AND NOT EXISTS (SELECT 1 FROM followed WHERE resource_id = $2)")
+                .bind(deferral.until)
+                .bind(&deferral.key)
+                .bind(deferral.event_id)
+                .execute(&mut *transaction)
+                .await?;
+        }
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    async fn complete_events(
+        &self,
+        batch: &[(i64, EventOutcome)],
+    ) -> Result<Vec<bool>, StoreError> {
+        let now = Utc::now();
+        let mut transaction = self.pool.begin().await?;
+        let mut fired_now = Vec::with_capacity(batch.len());
+        let change = "UPDATE followed SET status = $1, remote_updated_at = COALESCE($2, remote_updated_at), changed_at = $3, terminal = $4 WHERE resource_id = $5";
+        for (event_id, outcome) in batch {
+            query("UPDATE events SET processed_at = $1 WHERE id = $2")
+                .bind(now)
+                .bind(event_id)
+                .execute(&mut *transaction)
+                .await?;
+            if let Some((resource_id, status)) = &outcome.fire {
+                let fired = query("INSERT INTO fired (resource_id, status, fired_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+                    .bind(resource_id)
+                    .bind(status)
+                    .bind(now)
+                    .execute(&mut *transaction)
+                    .await?
+                    .rows_affected();
+                if fired == 0 {
+                    // Fired before: nothing runs again, but a terminal status still ends the
+                    // following, or the run is polled forever.
+                    if let Some(change_to) = outcome.status_change.as_ref().filter(|c| c.terminal) {
+                        query(change)
+                            .bind(&change_to.status)
+                            .bind(change_to.remote_updated_at)
+                            .bind(now)
+                            .bind(true)
+                            .bind(&change_to.resource_id)
+                            .execute(&mut *transaction)
+                            .await?;
+                    }
+                    fired_now.push(false);
+                    continue;
+                }
+            }
+            if let Some(change_to) = &outcome.status_change {
+                query(change)
+                    .bind(&change_to.status)
+                    .bind(change_to.remote_updated_at)
+                    .bind(now)
+                    .bind(change_to.terminal)
+                    .bind(&change_to.resource_id)
+                    .execute(&mut *transaction)
+                    .await?;
+            }
+            for execution in &outcome.executions {
+                insert_execution(&mut transaction, execution, now).await?;
+            }
+            fired_now.push(true);
+        }
+        transaction.commit().await?;
+        Ok(fired_now)
+    }
+
+    async fn claim_executions(
+        &self,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: i64,
+    ) -> Result<Vec<Execution>, StoreError> {
+        // SKIP LOCKED: instances claiming at the same moment take different rows, none waits.
+        let sql = format!(
+            "UPDATE executions SET lease_until = $1 WHERE id IN (SELECT id FROM executions WHERE status = 'pending' AND next_attempt_at <= $2 AND (lease_until IS NULL OR lease_until < $2) ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING {EXECUTION_COLUMNS}"
+        );
+        let rows = query(&sql)
+            .bind(lease_end(now, lease))
+            .bind(now)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut claimed = convert(rows, execution_from_row)?;
+        // RETURNING keeps no order: hand them out due-first, as the SQLite store does.
+        claimed.sort_by_key(|execution| execution.next_attempt_at);
+        Ok(claimed)
+    }
+
+    async fn begin_step(
+        &self,
+        execution_id: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+    ) -> Result<(), StoreError> {
+        query("UPDATE executions SET step_started_at = COALESCE(step_started_at, $1), lease_until = $2, updated_at = $1 WHERE id = $3")
+            .bind(now)
+            .bind(lease_end(now, lease))
+            .bind(execution_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn save_execution(&self, execution: &Execution, release: bool) -> Result<(), StoreError> {
+        let mut connection = self.pool.acquire().await?;
+        update_execution(&mut connection, execution, release).await
+    }
+
+    async fn finish_step(
+        &self,
+        record: &StepRecord,
+        execution: &Execution,
+        followed: Option<&FollowedRun>,
+        event: Option<&NewEvent>,
+    ) -> Result<(), StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        insert_step(&mut transaction, record).await?;
+        update_execution(&mut transaction, execution, false).await?;
+        if let Some(followed) = followed {
+            query("INSERT INTO followed (resource_id, resource_type, rule, step_id, execution_id, context, status, remote_updated_at, changed_at, terminal) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (resource_id) DO NOTHING")
+                .bind(&followed.resource_id)
+                .bind(followed.resource_type.json_api_type())
+                .bind(&followed.rule)
+                .bind(&followed.step_id)
+                .bind(&followed.execution_id)
+                .bind(followed.context.to_string())
+                .bind(&followed.status)
+                .bind(followed.remote_updated_at)
+                .bind(followed.changed_at)
+                .bind(followed.terminal)
+                .execute(&mut *transaction)
+                .await?;
+            // Webhooks that overtook the create's answer wait no longer; `defer_key` stays, so
+            // a later webhook of the run finds these still unprocessed and lets them go first.
+            query("UPDATE events SET deferred_until = NULL WHERE defer_key = $1 AND processed_at IS NULL")
+                .bind(&followed.resource_id)
+                .execute(&mut *transaction)
+                .await?;
+        }
+        if let Some(event) = event {
+            insert_events(&mut transaction, std::slice::from_ref(event)).await?;
+        }
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    async fn record_step(&self, record: &StepRecord) -> Result<(), StoreError> {
+        let mut connection = self.pool.acquire().await?;
+        insert_step(&mut connection, record).await
+    }
+
+    async fn followed(&self, resource_id: &str) -> Result<Option<FollowedRun>, StoreError> {
+        let row = query("SELECT * FROM followed WHERE resource_id = $1")
+            .bind(resource_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(followed_from_row).transpose()
+    }
+
+    async fn stale_followed(
+        &self,
+        before: DateTime<Utc>,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<FollowedRun>, StoreError> {
+        let rows = query("SELECT * FROM followed WHERE NOT terminal AND changed_at < $1 AND (poll_after IS NULL OR poll_after <= $2) ORDER BY changed_at LIMIT $3")
+            .bind(before)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        convert(rows, followed_from_row)
+    }
+
+    async fn mark_polled(
+        &self,
+        resource_id: &str,
+        mark: PollMark,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let statement = match mark {
+            // `changed_at` doubles as "last checked": a run read is not read again before
+            // `reconcile_after`.
+            PollMark::Read => query("UPDATE followed SET changed_at = $1, poll_after = NULL, poll_failures = 0 WHERE resource_id = $2").bind(now),
+            PollMark::Failed(until) => query("UPDATE followed SET poll_after = $1, poll_failures = poll_failures + 1 WHERE resource_id = $2").bind(until),
+            PollMark::Gone => query("UPDATE followed SET terminal = TRUE, gone_at = $1, poll_after = NULL WHERE resource_id = $2").bind(now),
+        };
+        statement.bind(resource_id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn add_dead_letter(
+        &self,
+        execution: &Execution,
+        kind: &str,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        query("INSERT INTO dead_letters (execution_id, step_index, rule, kind, error, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
+            .bind(&execution.id)
+            .bind(execution.next_step)
+            .bind(&execution.rule)
+            .bind(kind)
+            .bind(error)
+            .bind(Utc::now())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn retry_dead_letter(&self, id: i64) -> Result<RetryOutcome, StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        let letter = query("SELECT execution_id, step_index, retried_at FROM dead_letters WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *transaction)
+            .await?;
+        // Every way out ends the transaction itself: one dropped open would hold the row lock
+        // until the pool happens to reuse its connection.
+        let Some(letter) = letter else {
+            transaction.rollback().await?;
+            return Ok(RetryOutcome::NotFound);
+        };
+        if letter.try_get::<Option<DateTime<Utc>>, _>("retried_at")?.is_some() {
+            transaction.rollback().await?;
+            return Ok(RetryOutcome::AlreadyRetried);
+        }
+        let now = Utc::now();
+        let updated = query("UPDATE executions SET status = 'pending', attempt = 0, next_attempt_at = $1, last_error = NULL, lease_until = NULL, updated_at = $1 WHERE id = $2 AND status = 'failed' AND next_step = $3")
+            .bind(now)
+            .bind(letter.try_get::<&str, _>("execution_id")?)
+            .bind(letter.try_get::<i64, _>("step_index")?)
+            .execute(&mut *transaction)
+            .await?
+            .rows_affected();
+        if updated == 0 {
+            transaction.rollback().await?;
+            return Ok(RetryOutcome::ExecutionWentOn);
+        }
+        query("UPDATE dead_letters SET retried_at = $1 WHERE id = $2")
+            .bind(now)
+            .bind(id)
+            .execute(&mut *transaction)
+            .await?;
+        transaction.commit().await?;
+        Ok(RetryOutcome::Retried)
+    }
+
+    async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetter>, StoreError> {
+        let rows = query("SELECT * FROM dead_letters ORDER BY id DESC LIMIT $1")
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        convert(rows, dead_letter_from_row)
+    }
+
+    async fn executions(&self, filter: &ExecutionFilter) -> Result<Vec<Execution>, StoreError> {
+        let sql = format!(
+            "SELECT {EXECUTION_COLUMNS} FROM executions WHERE ($1::text IS NULL OR rule = $1) AND ($2::text IS NULL OR status = $2) AND ($3::timestamptz IS NULL OR created_at >= $3) AND ($4::timestamptz IS NULL OR created_at < $4) ORDER BY created_at DESC, id LIMIT $5 OFFSET $6"
+        );
+        let rows = query(&sql)
+            .bind(&filter.rule)
+            .bind(&filter.status)
+            .bind(filter.since)
+            .bind(filter.until)
+            .bind(filter.limit)
+            .bind(filter.offset)
+            .fetch_all(&self.pool)
+            .await?;
+        convert(rows, execution_from_row)
+    }
+
+    async fn execution(&self, id: &str) -> Result<Option<Execution>, StoreError> {
+        let sql = format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE id = $1");
+        let row = query(&sql).bind(id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(execution_from_row).transpose()
+    }
+
+    async fn prune_history(&self, before: DateTime<Utc>, keep: i64) -> Result<u64, StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        let doomed = "SELECT id FROM executions WHERE status != 'pending' AND (created_at < $1 OR id NOT IN (SELECT id FROM executions ORDER BY created_at DESC LIMIT $2))";
+        query(&format!(
+            "DELETE FROM step_runs WHERE execution_id IN ({doomed})"
+        ))
+        .bind(before)
+        .bind(keep)
+        .execute(&mut *transaction)
+        .await?;
+        let deleted = query(&format!("DELETE FROM executions WHERE id IN ({doomed})"))
+            .bind(before)
+            .bind(keep)
+            .execute(&mut *transaction)
+            .await?
+            .rows_affected();
+        query("DELETE FROM events e WHERE processed_at IS NOT NULL AND processed_at < $1 AND NOT EXISTS (SELECT 1 FROM executions x WHERE x.event_id = e.id)")
+            .bind(before)
+            .execute(&mut *transaction)
+            .await?;
+        // A tick older than its rule's last tick can never fire again, so old tick rows only
+        // keep history.
+        query("DELETE FROM schedule_ticks t WHERE fired_at < $1 AND scheduled_at < COALESCE((SELECT last_tick_at FROM schedule_state s WHERE s.rule = t.rule), 'infinity'::timestamptz)")
+            .bind(before)
+            .execute(&mut *transaction)
+            .await?;
+        transaction.commit().await?;
+        Ok(deleted)
+    }
+
+    async fn step_records(&self, execution_id: &str) -> Result<Vec<StepRecord>, StoreError> {
+        let rows = query("SELECT * FROM step_runs WHERE execution_id = $1 ORDER BY step_index")
+            .bind(execution_id)
+            .fetch_all(&self.pool)
+            .await?;
+        convert(rows, step_from_row)
+    }
+
+    async fn followed_runs(&self, limit: i64) -> Result<Vec<FollowedRun>, StoreError> {
+        let rows = query("SELECT * FROM followed ORDER BY changed_at DESC LIMIT $1")
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        convert(rows, followed_from_row)
+    }
+
+    async fn schedule_states(
+        &self,
+    ) -> Result<std::collections::HashMap<String, (String, DateTime<Utc>)>, StoreError> {
+        let rows = query("SELECT rule, fingerprint, last_tick_at FROM schedule_state")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("rule")?,
+                    (row.try_get("fingerprint")?, row.try_get("last_tick_at")?),
+                ))
+            })
+            .collect()
+    }
+
+    async fn set_schedule_states(
+        &self,
+        states: &[(String, String, DateTime<Utc>)],
+    ) -> Result<(), StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        for (rule, fingerprint, last_tick_at) in states {
+            query("INSERT INTO schedule_state (rule, fingerprint, last_tick_at) VALUES ($1, $2, $3) ON CONFLICT (rule) DO UPDATE SET fingerprint = excluded.fingerprint, last_tick_at = excluded.last_tick_at")
+                .bind(rule)
+                .bind(fingerprint)
+                .bind(last_tick_at)
+                .execute(&mut *transaction)
+                .await?;
+        }
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    async fn record_ticks(&self, batches: &[TickBatch]) -> Result<Vec<Vec<bool>>, StoreError> {
+        let now = Utc::now();
+        let mut transaction = self.pool.begin().await?;
+        let mut flags = Vec::with_capacity(batches.len());
+        let mut events = Vec::new();
+        for batch in batches {
+            let mut batch_flags = Vec::with_capacity(batch.ticks.len());
+            for (at, result, event) in &batch.ticks {
+                // The (rule, scheduled time) key: of instances ticking together, one wins.
+                let is_new = query("INSERT INTO schedule_ticks (rule, scheduled_at, fired_at, result) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
+                    .bind(&batch.rule)
+                    .bind(at)
+                    .bind(now)
+                    .bind(*result)
+                    .execute(&mut *transaction)
+                    .await?
+                    .rows_affected()
+                    == 1;
+                if is_new {
+                    events.push(event.clone());
+                }
+                batch_flags.push(is_new);
+            }
+            flags.push(batch_flags);
+            if let Some(last) = batch.ticks.iter().map(|(at, _, _)| *at).max() {
+                query("INSERT INTO schedule_state (rule, fingerprint, last_tick_at) VALUES ($1, $2, $3) ON CONFLICT (rule) DO UPDATE SET fingerprint = excluded.fingerprint, last_tick_at = GREATEST(schedule_state.last_tick_at, excluded.last_tick_at)")
+                    .bind(&batch.rule)
+                    .bind(&batch.fingerprint)
+                    .bind(last)
+                    .execute(&mut *transaction)
+                    .await?;
+            }
+        }
+        insert_events(&mut transaction, &events).await?;
+        transaction.commit().await?;
+        Ok(flags)
+    }
+
+    async fn insert_executions(&self, executions: &[NewExecution]) -> Result<(), StoreError> {
+        let now = Utc::now();
+        let mut transaction = self.pool.begin().await?;
+        for execution in executions {
+            insert_execution(&mut transaction, execution, now).await?;
+        }
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        (&self.pool).execute("SELECT 1").await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pool_size;
+
+    #[test]
+    fn pool_max_is_taken_out_of_the_url() {
+        assert_eq!(
+            pool_size("postgres://h/db").ok(),
+            Some(("postgres://h/db".to_owned(), 10))
+        );
+        assert_eq!(
+            pool_size("postgres://h/db?sslmode=require&pool_max=4").ok(),
+            Some(("postgres://h/db?sslmode=require".to_owned(), 4))
+        );
+        assert_eq!(
+            pool_size("postgres://h/db?pool_max=2").ok(),
+            Some(("postgres://h/db".to_owned(), 2))
+        );
+        assert!(pool_size("postgres://h/db?pool_max=0").is_err());
+        assert!(pool_size("postgres://h/db?pool_max=x").is_err());
+    }
+}
