@@ -125,9 +125,7 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
             now: Some(now),
             expect: Expectation::Steps(Vec::new()),
         };
-        if let (Incoming::Tick(_), Some(crate::rules::ruleset::ForEach::List { resource, .. })) =
-            (&incoming, &rule.for_each)
-        {
+        if let Some(crate::rules::ruleset::ForEach::List { resource, .. }) = &rule.for_each {
             // A sweep pages through Recrubo: nothing to show offline but what it would do.
             matched += 1;
             println!(
@@ -368,6 +366,9 @@ fn show_handler(
         &set.secrets,
     ))?;
     println!("✓ {label} — runs");
+    println!(
+        "    note: the context of the execution that started the run is not known offline: `event` and the outputs of earlier steps are empty here"
+    );
     print_steps(&result);
     Ok(1)
 }

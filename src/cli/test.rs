@@ -67,6 +67,9 @@ pub fn run(args: &TestArgs) -> ExitCode {
         let result = runtime.block_on(run_test(rule, test, &set.secrets));
         let verdict = check(test, &result).map_err(|difference| {
             let mut text = difference;
+            if !text.ends_with('\n') {
+                text.push('\n');
+            }
             for note in &result.notes {
                 text.push_str(&format!("  note: {note}\n"));
             }

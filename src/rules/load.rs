@@ -40,8 +40,17 @@ pub struct ParsedFile {
     /// The model, when the file parsed — or, when it did not, of its repaired text (see
     /// [`super::repair`]), so its other problems are still found.
     pub model: Option<RuleFileModel>,
-    /// Set when `model` is of the repaired text: the step ids blanked out with their items.
-    pub repaired: Option<Vec<String>>,
+    /// Set when `model` is of the repaired text: what the repair took away.
+    pub repaired: Option<Repairs>,
+}
+
+/// What repairing a file took away (see [`super::repair::Repaired`]), over every round.
+#[derive(Debug, Clone, Default)]
+pub struct Repairs {
+    /// (rule, step id) of blanked steps.
+    pub removed_ids: Vec<(Option<String>, String)>,
+    /// (rule, field path) of mappings left empty.
+    pub emptied: Vec<(Option<String>, String)>,
 }
 
 /// The result of reading a set of paths: every file found, the diagnostics of those that did
@@ -275,17 +284,18 @@ fn load_file(path: &Path) -> (ParsedFile, Vec<Diagnostic>) {
 fn repaired_model(
     source: &SourceFile,
     problems: &[Diagnostic],
-) -> Option<(RuleFileModel, Vec<String>)> {
+) -> Option<(RuleFileModel, Repairs)> {
     let structural = |d: &Diagnostic| matches!(d.code, "unknown-field" | "missing-field" | "type");
     if problems.is_empty() || !problems.iter().all(structural) {
         return None;
     }
     let mut text = source.text.to_string();
     let mut to_repair = problems.to_vec();
-    let mut removed = Vec::new();
+    let mut removed = Repairs::default();
     for _ in 0..4 {
         let repaired = super::repair::repair(&text, &to_repair)?;
-        removed.extend(repaired.removed_ids);
+        removed.removed_ids.extend(repaired.removed_ids);
+        removed.emptied.extend(repaired.emptied);
         let attempt = SourceFile {
             path: source.path.clone(),
             text: Arc::from(repaired.text.as_str()),
@@ -318,9 +328,13 @@ fn every_key_problem(source: &SourceFile, first: Diagnostic) -> Vec<Diagnostic> 
     };
     let mut problems: Vec<Diagnostic> = super::structure::key_problems(&source.path, &tree)
         .into_iter()
-        .map(|d| {
-            let rule = enclosing_rule_name(&source.text, d.line);
-            d.in_rule(rule.as_deref())
+        .map(|d| match d.rule {
+            // Named by the walk, from the rule's own `name` (wherever it is written).
+            Some(_) => d,
+            None => {
+                let rule = enclosing_rule_name(&source.text, d.line);
+                d.in_rule(rule.as_deref())
+            }
         })
         .collect();
     if !problems

@@ -14,29 +14,70 @@
 
 use super::diagnostic::Diagnostic;
 
-/// A repaired text and the step ids that were blanked out with their items (a reference to one
-/// of them is not a problem of its own: the item it names is already reported).
+/// A repaired text, and what the repair took away that the checks of the rest would miss: a
+/// reference to a blanked step is not a problem of its own (the step's is reported), nor is a
+/// mapping left empty by blanking its only key (`on: { evnt: x }` has a trigger, misspelt).
 #[derive(Debug, Clone, Default)]
 pub struct Repaired {
     /// The text, every line where it was.
     pub text: String,
-    /// `id:` values of the blanked items.
-    pub removed_ids: Vec<String>,
+    /// (rule, `id:`) of the blanked items.
+    pub removed_ids: Vec<(Option<String>, String)>,
+    /// (rule, field path) of the mappings left empty.
+    pub emptied: Vec<(Option<String>, String)>,
+}
+
+/// The lines of a text as YAML counts them: `\r\n`, `\n` and a lone `\r` each end one.
+fn yaml_lines(text: &str) -> Vec<Vec<char>> {
+    let mut lines = vec![Vec::new()];
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' => {
+                if chars.peek() == Some(&'\n') {
+                    chars.next();
+                }
+                lines.push(Vec::new());
+            }
+            '\n' => lines.push(Vec::new()),
+            c => lines.last_mut().expect("never empty").push(c),
+        }
+    }
+    lines
+}
+
+/// The field path that holds `field` (`on.evnt` → `on`, `do[0].retyr` → `do[0]`).
+fn parent_field(field: &str) -> String {
+    match field.rfind(['.', '[']) {
+        Some(at) => field[..at].to_owned(),
+        None => String::new(),
+    }
 }
 
 /// Repairs `text` for `problems` (structural ones: `unknown-field`, `missing-field`, `type`);
 /// `None` when a problem is not one of those or cannot be located.
 pub fn repair(text: &str, problems: &[Diagnostic]) -> Option<Repaired> {
-    let mut lines: Vec<Vec<char>> = text.lines().map(|l| l.chars().collect()).collect();
+    let mut lines = yaml_lines(text);
+    // The break that ends the last line starts no line of its own.
+    if lines.len() > 1 && lines.last().is_some_and(Vec::is_empty) {
+        lines.pop();
+    }
     let mut removed_ids = Vec::new();
+    let mut emptied = Vec::new();
     for problem in problems {
         let line = (problem.line as usize).checked_sub(1)?;
         let column = (problem.column as usize).checked_sub(1)?;
         lines.get(line)?;
         match problem.code {
-            "unknown-field" => blank_key(&mut lines, line, column)?,
+            "unknown-field" => {
+                if blank_key(&mut lines, line, column)? {
+                    let field = problem.field.as_deref().unwrap_or_default();
+                    emptied.push((problem.rule.clone(), parent_field(field)));
+                }
+            }
             "missing-field" | "type" => {
-                removed_ids.extend(blank_item(&mut lines, line, column)?);
+                let ids = blank_item(&mut lines, line, column)?;
+                removed_ids.extend(ids.into_iter().map(|id| (problem.rule.clone(), id)));
             }
             _ => return None,
         }
@@ -47,7 +88,11 @@ pub fn repair(text: &str, problems: &[Diagnostic]) -> Option<Repaired> {
         .collect::<Vec<_>>()
         .join("\n");
     text.push('\n');
-    Some(Repaired { text, removed_ids })
+    Some(Repaired {
+        text,
+        removed_ids,
+        emptied,
+    })
 }
 
 fn indent(line: &[char]) -> Option<usize> {
@@ -64,32 +109,49 @@ fn blank(line: &mut [char], from: usize, to: usize) {
 
 /// Blanks the key at (line, column) with its value: the rest of the line and the lines more
 /// indented below it (block style), or up to the next `,` / `}` at its depth (flow style).
-fn blank_key(lines: &mut [Vec<char>], line: usize, column: usize) -> Option<()> {
+/// Returns whether the mapping that held it is empty now.
+fn blank_key(lines: &mut [Vec<char>], line: usize, column: usize) -> Option<bool> {
     let before: String = lines[line].iter().take(column).collect();
-    let block = before.chars().all(|c| c == ' ' || c == '-');
+    // A key first on its line is block style, unless the line continues a flow mapping.
+    let block = before.chars().all(|c| c == ' ' || c == '-')
+        && !matches!(previous_significant(lines, line, column), Some(',' | '{'));
     if block {
-        if before.contains('-') {
-            // The first key of a list item: blanking it would end the item. Give up; the item
-            // is blanked whole by the caller's next round if the file still does not parse.
-            return None;
-        }
+        // The first key of a list item (`- retyr: 2`) goes too; the dash stays, and the item's
+        // other keys below it keep it a mapping.
         let length = lines[line].len();
         blank(&mut lines[line], column, length);
-        for next in lines.iter_mut().skip(line + 1) {
+        let mut after = None;
+        for (index, next) in lines.iter_mut().enumerate().skip(line + 1) {
             match indent(next) {
-                Some(at) if at <= column => break,
+                // A list may sit at its key's indentation (`labels:` then `- one`).
+                Some(at) if at < column || (at == column && next[at] != '-') => {
+                    after = Some(at);
+                    let _ = index;
+                    break;
+                }
                 _ => {
                     let length = next.len();
                     blank(next, 0, length);
                 }
             }
         }
-        return Some(());
+        // Empty now: nothing of the mapping before the key (the line above is its parent key,
+        // less indented, or the item's dash is on this line) and nothing after it.
+        let first = before.contains('-')
+            || (0..line)
+                .rev()
+                .find_map(|l| indent(&lines[l]))
+                .is_some_and(|at| at < column);
+        let last = after.is_none_or(|at| at < column);
+        return Some(first && last && !before.contains('-'));
     }
-    // Flow style: scan to the end of this entry, across lines, minding quotes and brackets.
+    // Flow style: scan to the end of this entry, across lines, minding quotes, brackets and
+    // comments. A quote opens a quoted scalar only where a scalar starts (`don't` is plain).
     let (mut l, mut c) = (line, column);
     let mut depth = 0usize;
     let mut quote: Option<char> = None;
+    let mut previous = ' ';
+    let end;
     loop {
         let Some(&ch) = lines.get(l)?.get(c) else {
             l += 1;
@@ -104,21 +166,71 @@ fn blank_key(lines: &mut [Vec<char>], line: usize, column: usize) -> Option<()> 
             Some(q) if ch == q => quote = None,
             Some(_) => {}
             None => match ch {
-                '"' | '\'' => quote = Some(ch),
+                '#' if previous == ' ' || previous == '\t' || c == 0 => {
+                    // A comment: left as it is, the scan goes on at the next line.
+                    l += 1;
+                    c = 0;
+                    previous = ' ';
+                    continue;
+                }
+                '"' | '\'' if matches!(previous, ' ' | '\t' | ':' | ',' | '{' | '[') => {
+                    quote = Some(ch)
+                }
                 '{' | '[' => depth += 1,
-                '}' | ']' if depth == 0 => return Some(()),
+                '}' | ']' if depth == 0 => {
+                    end = (l, c);
+                    break;
+                }
                 '}' | ']' => depth -= 1,
                 ',' if depth == 0 => {
                     lines[l][c] = ' ';
-                    return Some(());
+                    end = (l, c + 1);
+                    break;
                 }
                 _ => {}
             },
+        }
+        if !ch.is_whitespace() {
+            previous = ch;
+        } else if quote.is_none() {
+            previous = ' ';
         }
         if let Some(slot) = lines[l].get_mut(c) {
             *slot = ' ';
         }
         c += 1;
+    }
+    // Empty now: `{` before it and `}` after it, nothing else.
+    let before = previous_significant(lines, line, column);
+    let after = next_significant(lines, end.0, end.1);
+    Some(before == Some('{') && after == Some('}'))
+}
+
+fn previous_significant(lines: &[Vec<char>], line: usize, column: usize) -> Option<char> {
+    let mut l = line;
+    let mut c = column;
+    loop {
+        if let Some(found) = lines[l][..c.min(lines[l].len())]
+            .iter()
+            .rev()
+            .find(|ch| !ch.is_whitespace())
+        {
+            return Some(*found);
+        }
+        l = l.checked_sub(1)?;
+        c = lines[l].len();
+    }
+}
+
+fn next_significant(lines: &[Vec<char>], line: usize, column: usize) -> Option<char> {
+    let mut l = line;
+    let mut c = column;
+    loop {
+        if let Some(found) = lines.get(l)?.iter().skip(c).find(|ch| !ch.is_whitespace()) {
+            return Some(*found);
+        }
+        l += 1;
+        c = 0;
     }
 }
 
@@ -167,10 +279,14 @@ fn blank_item(lines: &mut [Vec<char>], line: usize, column: usize) -> Option<Vec
     // A step keeps its place as a step that does nothing, so the steps after it keep their
     // index (`do[2]` in a diagnostic is the third step the user wrote); a rule or a test is
     // blanked out whole (they are named by name).
-    if !matches!(
-        owner_key(lines, start, dash).as_deref(),
-        Some("rules" | "tests")
-    ) {
+    let owner = owner_key(lines, start, dash);
+    let owner_name = owner.as_ref().map(|(key, _)| key.as_str());
+    // Steps are the lists of `do` and of `on_status.<status>`.
+    let is_steps = owner_name == Some("do")
+        || owner.as_ref().is_some_and(|(_, owner_line)| {
+            parent_key(lines, *owner_line).as_deref() == Some("on_status")
+        });
+    if is_steps {
         let placeholder: Vec<char> = "- { log: x }".chars().collect();
         let line = &mut lines[start];
         if line.len() < dash + placeholder.len() {
@@ -192,25 +308,55 @@ fn blank_item(lines: &mut [Vec<char>], line: usize, column: usize) -> Option<Vec
             }
         }
     }
+    // The last test gone: `tests:` goes too (a key with nothing is a type error of its own).
+    if owner_name == Some("tests")
+        && let Some((_, owner_line)) = owner
+        && let Some(at) = indent(&lines[owner_line])
+        && lines[owner_line + 1..]
+            .iter()
+            .map(|l| indent(l))
+            .take_while(|i| i.is_none_or(|i| i > at))
+            .all(|i| i.is_none())
+    {
+        let length = lines[owner_line].len();
+        blank(&mut lines[owner_line], at, length);
+    }
     Some(ids)
 }
 
-/// The key whose value is the block list with an item at (line, dash).
-fn owner_key(lines: &[Vec<char>], line: usize, dash: usize) -> Option<String> {
+/// The key of the mapping that holds the key on `line` (the nearest less indented line above).
+fn parent_key(lines: &[Vec<char>], line: usize) -> Option<String> {
+    let at = indent(&lines[line])?;
+    (0..line).rev().find_map(|l| {
+        let above = indent(&lines[l])?;
+        (above < at).then(|| {
+            let text: String = lines[l].iter().skip(above).collect();
+            text.trim_start_matches(['-', ' '])
+                .split(':')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        })
+    })
+}
+
+/// The key whose value is the block list with an item at (line, dash), and its line.
+fn owner_key(lines: &[Vec<char>], line: usize, dash: usize) -> Option<(String, usize)> {
     (0..line).rev().find_map(|l| {
         let at = indent(&lines[l])?;
         if at > dash || (at == dash && lines[l].get(at) == Some(&'-')) {
             return None;
         }
         let text: String = lines[l].iter().skip(at).collect();
-        Some(
-            text.trim_start_matches(['-', ' '])
-                .split(':')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_owned(),
-        )
+        let key = text
+            .trim_start_matches(['-', ' '])
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        Some((key, l))
     })
 }
 
@@ -256,6 +402,6 @@ mod tests {
             parsed,
             serde_json::json!({"do": [{"log": "x"}, {"log": "kept"}]})
         );
-        assert_eq!(repaired.removed_ids, vec!["first".to_owned()]);
+        assert_eq!(repaired.removed_ids, vec![(None, "first".to_owned())]);
     }
 }

@@ -30,6 +30,7 @@ pub fn key_problems(path: &Path, tree: &Located<ValueModel>) -> Vec<Diagnostic> 
         path,
         root: schema(),
         found: Vec::new(),
+        rule: None,
     };
     walker.walk(tree, schema(), "", 0);
     walker.found.sort_by_key(|d| (d.line, d.column));
@@ -40,6 +41,8 @@ struct Walker<'a> {
     path: &'a Path,
     root: &'static Value,
     found: Vec<Diagnostic>,
+    /// The name of the rule being walked, as written (whatever key comes first).
+    rule: Option<String>,
 }
 
 impl Walker<'_> {
@@ -130,6 +133,7 @@ impl Walker<'_> {
                                     format!("unknown key `{}`", key.value),
                                 )
                                 .at_field(&inner)
+                                .in_rule(self.rule.as_deref())
                                 .with_hint(hint),
                             );
                         }
@@ -161,7 +165,8 @@ impl Walker<'_> {
                                 "missing-field",
                                 format!("missing required key `{required}`"),
                             )
-                            .at_field(join(field, required)),
+                            .at_field(join(field, required))
+                            .in_rule(self.rule.as_deref()),
                         );
                     }
                 }
@@ -172,11 +177,23 @@ impl Walker<'_> {
                         // Fields inside a rule are named from the rule, as everywhere else
                         // (`do[0].notify.url`, with "in rule `name`").
                         let inner = if depth == 1 && field == "rules" {
+                            self.rule = match &item.value {
+                                ValueModel::Object(map) => {
+                                    match map.get("name").map(|n| &n.value) {
+                                        Some(ValueModel::String(name)) => Some(name.clone()),
+                                        _ => None,
+                                    }
+                                }
+                                _ => None,
+                            };
                             String::new()
                         } else {
                             format!("{field}[{index}]")
                         };
                         self.walk(item, item_schema, &inner, depth + 1);
+                    }
+                    if depth == 1 && field == "rules" {
+                        self.rule = None;
                     }
                 }
             }
@@ -229,7 +246,7 @@ impl Walker<'_> {
             diagnostic =
                 diagnostic.with_hint("a mapping is `key: value` lines or `{ key: value }`");
         }
-        self.found.push(diagnostic);
+        self.found.push(diagnostic.in_rule(self.rule.as_deref()));
     }
 }
 

@@ -651,7 +651,10 @@ impl Store for PgStore {
             transaction.rollback().await?;
             return Ok(RetryOutcome::NotFound);
         };
-        if letter.try_get::<Option<DateTime<Utc>>, _>("retried_at")?.is_some() {
+        if letter
+            .try_get::<Option<DateTime<Utc>>, _>("retried_at")?
+            .is_some()
+        {
             transaction.rollback().await?;
             return Ok(RetryOutcome::AlreadyRetried);
         }

@@ -336,6 +336,52 @@ fn rule_test_expectations_see_the_context_their_step_saw() {
 }
 
 #[test]
+fn rule_tests_follow_the_daemon_on_repeats_failures_that_go_on_and_ticks() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("a.yaml"),
+        r#"rules:
+  - name: screen
+    on: { event: application.created }
+    do:
+      - start_flow_run: { flow: f, message_thread: t }
+        on_status:
+          finished: [ { log: done } ]
+    tests:
+      - name: a status seen twice fires once
+        event: { type: application.created }
+        run_updates: [ { status: finished }, { status: running }, { status: finished } ]
+        expect: { steps: [ { start_flow_run: {} }, { log: done } ] }
+  - name: goes-on
+    on: { event: x }
+    do:
+      - log: "{{event.data.missing}}"
+        continue_on_error: true
+      - log: after
+    tests:
+      - name: the next step runs
+        event: { type: x, data: {} }
+        expect: { steps: [ { log: after } ] }
+      - name: the failure is still seen
+        event: { type: x, data: {} }
+        expect: { error: "event.data.missing" }
+  - name: morning
+    on: { schedule: "0 8 * * *" }
+    do: [ { log: "tick {{event.scheduled_at}}" } ]
+    tests:
+      - name: a tick has its scheduled time
+        now: 2026-12-02T08:00:00Z
+        event: {}
+        expect: { steps: [ { log: "tick 2026-12-02T08:00:00Z" } ] }
+"#,
+    )
+    .expect("write");
+    let (code, out) = flowd(&["test", dir.path().to_str().expect("utf-8")]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("test result: ok. 4 passed"), "{out}");
+}
+
+#[test]
 fn simulate_runs_ticks_manual_runs_and_status_changes() {
     let dir = tempfile::tempdir().expect("temp dir");
     let rules = dir.path().join("rules");

@@ -110,20 +110,7 @@ pub fn validate(loaded: &LoadedFiles) -> Result<RuleSet, Vec<Diagnostic>> {
         for file in chunk {
             if let Some(model) = &file.model {
                 let raw = super::load::raw_rules(&file.source);
-                let before = validator.diagnostics.len();
                 validator.file(&file.source.path, model, &raw, &mut rules, &mut metas);
-                if let Some(removed) = &file.repaired {
-                    let structural: Vec<&Diagnostic> = loaded
-                        .diagnostics
-                        .iter()
-                        .filter(|d| d.file == file.source.path)
-                        .collect();
-                    let mut index = 0;
-                    validator.diagnostics.retain(|d| {
-                        index += 1;
-                        index <= before || !caused_by_repair(d, removed, &structural)
-                    });
-                }
             }
         }
         (validator, rules, metas)
@@ -141,6 +128,19 @@ pub fn validate(loaded: &LoadedFiles) -> Result<RuleSet, Vec<Diagnostic>> {
         metas.extend(chunk_metas);
     }
     validator.cross_rule_checks(&metas);
+    // What a file's repair took away is no problem of its own (its structural problem is).
+    let repairs: HashMap<&Path, &super::load::Repairs> = loaded
+        .files
+        .iter()
+        .filter_map(|f| Some((f.source.path.as_path(), f.repaired.as_ref()?)))
+        .collect();
+    if !repairs.is_empty() {
+        validator.diagnostics.retain(|d| {
+            !repairs
+                .get(d.file.as_path())
+                .is_some_and(|repairs| caused_by_repair(d, repairs))
+        });
+    }
     if validator.diagnostics.is_empty() {
         let files = loaded.files.iter().map(|f| f.source.path.clone()).collect();
         Ok(RuleSet::new(
@@ -235,27 +235,25 @@ struct Scope {
 }
 
 /// Whether a problem found in a repaired file (see [`super::repair`]) only exists because of the
-/// repair: it names a step that was blanked out (whose own problem is reported), or it is about
-/// the place that held what was blanked out (`on` after its unknown key went: "no trigger").
-fn caused_by_repair(found: &Diagnostic, removed: &[String], structural: &[&Diagnostic]) -> bool {
-    let names_removed = removed.iter().any(|id| {
-        found.message.contains(&format!("`{id}`"))
-            || found.message.contains(&format!("steps.{id}`"))
+/// repair: it names a step of its rule that was blanked out (whose own problem is reported), or
+/// it is about a mapping the repair left empty (`on` after its only, misspelt key went: "no
+/// trigger").
+fn caused_by_repair(found: &Diagnostic, repairs: &super::load::Repairs) -> bool {
+    let names_removed = repairs.removed_ids.iter().any(|(rule, id)| {
+        let named = found.message.contains(&format!("`{id}`"))
+            || found.message.contains(&format!("steps.{id}`"));
+        // In its own rule, or in another that names both (`started_by: a/s`).
+        named
+            && (*rule == found.rule
+                || rule
+                    .as_ref()
+                    .is_some_and(|rule| found.message.contains(&format!("`{rule}`"))))
     });
-    let about_the_parent = structural.iter().any(|problem| {
-        problem.rule == found.rule
-            && match (&problem.field, &found.field) {
-                (Some(inner), Some(outer)) => {
-                    inner == outer
-                        || inner
-                            .strip_prefix(outer.as_str())
-                            .is_some_and(|rest| rest.starts_with(['.', '[']))
-                }
-                (_, None) => true,
-                _ => false,
-            }
-    });
-    names_removed || about_the_parent
+    let about_an_emptied_mapping = repairs
+        .emptied
+        .iter()
+        .any(|(rule, field)| *rule == found.rule && found.field.as_deref() == Some(field.as_str()));
+    names_removed || about_an_emptied_mapping
 }
 
 fn is_valid_rule_name(name: &str) -> bool {
@@ -615,6 +613,45 @@ rules:
                 ("url", 8, "do[1].notify.url"),
                 ("cron", 11, "on.schedule"),
                 ("unknown-field", 12, "do[0].frobnicate"),
+            ],
+        );
+    }
+
+    #[test]
+    fn a_repaired_file_reports_neither_more_nor_less_than_it_has() {
+        // The rule is named from its own `name`, wherever written; the emptied `on` is not
+        // reported as having no trigger.
+        check(
+            "rules:\n  - name: first\n    on: { event: x }\n    do: [ { log: hi } ]\n  - on: { evnt: y }\n    name: second\n    do: [ { log: hi } ]\n",
+            &[("unknown-field", 5, "on.evnt")],
+        );
+        // A comment in a flow mapping stays a comment; an apostrophe in a plain scalar opens
+        // no quote.
+        check(
+            "rules:\n  - name: a\n    on: { event: x }\n    do:\n      - { log: hi, bogus: don't }\n      - notify: { url: \"https://example.com\", bogus: 1 # was, headers: { X: \"{{steps.nope.id}}\" }\n                  , body: { text: hi } }\n      - notify: { url: \"not a url\", body: {} }\n      - { log: Bob's }\n",
+            &[
+                ("unknown-field", 5, "do[0].bogus"),
+                ("unknown-field", 6, "do[1].notify.bogus"),
+                ("url", 8, "do[2].notify.url"),
+            ],
+        );
+        // A blanked step's id is excused in its own rule only; a rule whose only test is
+        // broken keeps existing for the rules that name it; an unknown first key of an item.
+        check(
+            "rules:\n  - name: a\n    on: { event: x }\n    do:\n      - id: s\n        start_flow_run: { flow: f }\n      - retyr: 2\n        log: \"{{steps.s.id}}\"\n    tests:\n      - name: t1\n        event: { type: x }\n  - name: b\n    on: { flow_run: { status: finished, started_by: a/s } }\n    do:\n      - log: \"{{steps.s.id}}\"\n",
+            &[
+                ("missing-field", 6, "do[0].start_flow_run.message_thread"),
+                ("unknown-field", 7, "do[1].retyr"),
+                ("missing-field", 10, "tests[0].expect"),
+                ("reference", 15, "do[0].log"),
+            ],
+        );
+        // A lone carriage return ends a line, as the YAML parser counts them.
+        check(
+            "rules:\n  - name: a\r    on: { event: x }\n    bogus: 1\n    do:\n      - notify: { url: \"not a url\", body: {} }\n",
+            &[
+                ("unknown-field", 4, "bogus"),
+                ("url", 6, "do[0].notify.url"),
             ],
         );
     }
