@@ -78,8 +78,9 @@ impl Daemon {
         admin: TcpListener,
     ) -> anyhow::Result<Daemon> {
         let timings = settings.timings().map_err(anyhow::Error::msg)?;
+        let instance = uuid::Uuid::new_v4().to_string();
         let reloader = Reloader::new(settings.rules.clone(), rule_set);
-        let store = open_store(&settings.database).await?;
+        let store = open_store(&settings.database, &instance).await?;
         reloader
             .attach_store(store.clone())
             .await
@@ -98,6 +99,8 @@ impl Daemon {
                 reconcile_every: (timings.reconcile_after / 4)
                     .clamp(Duration::from_millis(200), Duration::from_secs(30)),
                 unknown_run_grace: timings.unknown_run_grace,
+                lease: timings.lease,
+                instance,
                 ..EngineSettings::default()
             },
             events_waiting: Arc::new(Notify::new()),
@@ -228,12 +231,68 @@ impl Daemon {
             engine.clone(),
             work_shutdown.clone(),
         ));
+        let instance_id = engine.settings.instance.clone();
+        let me = move |reloader: &crate::engine::reload::Reloader| crate::store::Instance {
+            id: instance_id.clone(),
+            address: public_addr.to_string(),
+            rules_hash: reloader.current().hash.clone(),
+            heartbeat_at: chrono::Utc::now(),
+            leases: 0,
+        };
         let state = AppState {
             reloader: reloader.clone(),
             metrics: metrics.clone(),
             admin_token: settings.admin.token.clone(),
-            store: Some(store),
+            store: Some(store.clone()),
             intake: Some(intake),
+            instance: Some(me(&reloader)),
+        };
+        // Other instances' work wakes this one at once (Postgres LISTEN/NOTIFY); the processor
+        // and executor still look by time, so a lost notification delays, never loses.
+        let listen_task = {
+            let store = store.clone();
+            let events = engine.events_waiting.clone();
+            let executions = engine.executions_waiting.clone();
+            let stop = work_shutdown.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    result = store.listen(events, executions) => {
+                        if let Err(err) = result {
+                            warn!(error = %err, "Cannot listen for other instances' work; it is found by polling");
+                        }
+                    }
+                }
+            })
+        };
+        // The heartbeat: the cluster view, and which rules each instance has in force.
+        let heartbeat_task = {
+            let store = store.clone();
+            let reloader = reloader.clone();
+            let stop = work_shutdown.clone();
+            let me = me.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = every.tick() => {}
+                    }
+                    let mine = me(&reloader);
+                    if let Err(err) = store.heartbeat(&mine).await {
+                        warn!(error = %err, "Cannot record this instance's heartbeat");
+                        continue;
+                    }
+                    match store.instances(chrono::Utc::now() - crate::http::INSTANCE_ALIVE).await {
+                        Ok(instances) => {
+                            let mismatch = instances.iter().any(|i| i.rules_hash != mine.rules_hash);
+                            metrics::gauge!("flowd_cluster_rules_hash_mismatch").set(if mismatch { 1.0 } else { 0.0 });
+                            metrics::gauge!("flowd_cluster_instances").set(instances.len().max(1) as f64);
+                        }
+                        Err(err) => warn!(error = %err, "Cannot read the cluster's instances"),
+                    }
+                }
+            })
         };
         info!(
             public = %public_addr,
@@ -309,6 +368,8 @@ impl Daemon {
             let _ = reconcile_task.await;
             let _ = schedule_task.await;
             let _ = prune_task.await;
+            let _ = listen_task.await;
+            let _ = heartbeat_task.await;
         })
         .await;
         if finished.is_err() {
@@ -320,14 +381,18 @@ impl Daemon {
 }
 
 /// Opens the store a database URL names.
-async fn open_store(database: &str) -> anyhow::Result<Arc<dyn Store>> {
+async fn open_store(
+    settings: &crate::settings::DatabaseSettings,
+    instance: &str,
+) -> anyhow::Result<Arc<dyn Store>> {
+    let database = settings.url.as_str();
     if database.starts_with("sqlite:") {
         Ok(Arc::new(SqliteStore::open(database).await.with_context(
             || format!("cannot open the database {database}"),
         )?))
     } else if database.starts_with("postgres:") || database.starts_with("postgresql:") {
         Ok(Arc::new(
-            crate::store::postgres::PgStore::open(database)
+            crate::store::postgres::PgStore::open(database, settings.pool_size, instance)
                 .await
                 .with_context(|| format!("cannot open the database {}", redact_url(database)))?,
         ))

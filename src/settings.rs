@@ -70,6 +70,29 @@ fn one_or_many_secrets<'de, D: Deserializer<'de>>(
     })
 }
 
+/// The state database (DESIGN 6).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSettings {
+    /// `sqlite://flowd.db` or `postgres://user@host/db?sslmode=require`.
+    pub url: String,
+    /// Postgres connections per instance (default 10; SQLite has its own threads).
+    pub pool_size: Option<u32>,
+    /// How long a claimed execution is leased before another instance may take it; renewed
+    /// while a step runs (default 30s).
+    pub lease: String,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        DatabaseSettings {
+            url: "sqlite://flowd.db".to_owned(),
+            pool_size: None,
+            lease: "30s".to_owned(),
+        }
+    }
+}
+
 /// All settings of the daemon.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -80,8 +103,9 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Admin listener: API, metrics, status page.
     pub admin_listen: SocketAddr,
-    /// `sqlite://flowd.db` or `postgres://...`.
-    pub database: String,
+    /// The state database: `sqlite://flowd.db` or `postgres://...`, written as that URL or as
+    /// `{url, pool_size, lease}`.
+    pub database: DatabaseSettings,
     /// The Recrubo API.
     pub recrubo: RecruboSettings,
     /// The `/events` intake.
@@ -170,7 +194,7 @@ impl Default for Settings {
             rules: PathBuf::from("rules"),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
-            database: "sqlite://flowd.db".to_owned(),
+            database: DatabaseSettings::default(),
             recrubo: RecruboSettings::default(),
             events: EventsSettings::default(),
             smtp: None,
@@ -318,6 +342,8 @@ pub struct Timings {
     pub shutdown_timeout: std::time::Duration,
     /// `history.max_age`.
     pub history_max_age: std::time::Duration,
+    /// `database.lease`.
+    pub lease: std::time::Duration,
 }
 
 impl Settings {
@@ -331,6 +357,16 @@ impl Settings {
             unknown_run_grace: parse("recrubo.unknown_run_grace", &self.recrubo.unknown_run_grace)?,
             shutdown_timeout: parse("shutdown_timeout", &self.shutdown_timeout)?,
             history_max_age: parse("history.max_age", &self.history.max_age)?,
+            lease: parse("database.lease", &self.database.lease).and_then(|lease| {
+                if lease < std::time::Duration::from_secs(1) {
+                    Err(format!(
+                        "database.lease: {} is shorter than a second; a step renews its lease every third of it",
+                        self.database.lease
+                    ))
+                } else {
+                    Ok(lease)
+                }
+            })?,
         })
     }
 
@@ -352,7 +388,9 @@ pub const SETTING_PATHS: &[&str] = &[
     "rules",
     "listen",
     "admin_listen",
-    "database",
+    "database.url",
+    "database.pool_size",
+    "database.lease",
     "recrubo.base_url",
     "recrubo.token",
     "recrubo.webhook_secret",
@@ -456,6 +494,14 @@ pub fn layer(
                 });
             }
         }
+    }
+    // `database: URL` is the short form of `database: {url: URL}`; FLOWD_DATABASE and
+    // `--database` set the URL.
+    if let Some(url) = tree.get("database").filter(|d| d.is_string()).cloned() {
+        set_path(&mut tree, "database", serde_json::json!({ "url": url }));
+    }
+    if let Some(url) = env.get("FLOWD_DATABASE") {
+        set_path(&mut tree, "database.url", Value::String(url.clone()));
     }
     // Well-known variables of the Recrubo world, below FLOWD_* in precedence.
     for (variable, path) in [

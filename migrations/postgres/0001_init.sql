@@ -13,9 +13,12 @@ CREATE TABLE events (
     received_at     TIMESTAMPTZ NOT NULL,
     processed_at    TIMESTAMPTZ,
     deferred_until  TIMESTAMPTZ,               -- a webhook of a run not known yet waits until then
-    defer_key       TEXT                       -- that run's id; recording it releases the event
+    defer_key       TEXT,                      -- that run's id; recording it releases the event
+    order_key       TEXT,                      -- a run's status changes go one at a time, in order
+    claimed_until   TIMESTAMPTZ                -- an instance's processor has it until then
 );
 CREATE INDEX events_unprocessed ON events (id) WHERE processed_at IS NULL;
+CREATE INDEX events_ordered ON events (order_key, id) WHERE processed_at IS NULL AND order_key IS NOT NULL;
 CREATE INDEX events_deferred ON events (defer_key) WHERE processed_at IS NULL AND defer_key IS NOT NULL;
 
 -- Executions of a rule (or of an on_status handler) and their progress.
@@ -31,6 +34,7 @@ CREATE TABLE executions (
     attempt          BIGINT NOT NULL DEFAULT 0,
     next_attempt_at  TIMESTAMPTZ NOT NULL,
     lease_until      TIMESTAMPTZ,
+    lease_owner      TEXT,                     -- the instance holding the lease
     step_started_at  TIMESTAMPTZ,              -- set while a create is in flight (crash check)
     last_error       TEXT,
     rule_version     TEXT,                     -- the rule version it runs (rule_versions.hash)
@@ -120,4 +124,13 @@ CREATE TABLE rule_versions (
     rule        TEXT NOT NULL,
     definition  TEXT NOT NULL,                 -- canonical JSON: {"rule": ..., "vars": ...}
     first_seen  TIMESTAMPTZ NOT NULL
+);
+
+-- The instances sharing this database: each beats every few seconds (GET /api/v1/cluster).
+CREATE TABLE instances (
+    id            TEXT PRIMARY KEY,
+    address       TEXT NOT NULL,
+    rules_hash    TEXT NOT NULL,
+    started_at    TIMESTAMPTZ NOT NULL,
+    heartbeat_at  TIMESTAMPTZ NOT NULL
 );

@@ -57,7 +57,7 @@ impl RunArgs {
             flags.push(("admin_listen", Value::String(admin.to_string())));
         }
         if let Some(database) = &self.database {
-            flags.push(("database", Value::String(database.clone())));
+            flags.push(("database.url", Value::String(database.clone())));
         }
         if let Some(format) = self.log_format {
             let name = match format {

@@ -122,7 +122,10 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let admin_addr = admin.local_addr()?;
     let mut settings = Settings {
         rules: rules.clone(),
-        database: format!("sqlite://{}", folder.path().join("flowd.db").display()),
+        database: crate::settings::DatabaseSettings {
+            url: format!("sqlite://{}", folder.path().join("flowd.db").display()),
+            ..Default::default()
+        },
         ..Settings::default()
     };
     settings.recrubo.base_url = sim.base_url();

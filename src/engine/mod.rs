@@ -69,6 +69,8 @@ pub struct EngineSettings {
     pub reconcile_after: Duration,
     /// How often to look for stale followed runs.
     pub reconcile_every: Duration,
+    /// This instance's id (leases and the cluster view name it).
+    pub instance: String,
     /// How long a status change of a run flowd does not know yet is held back, waiting for the
     /// step that created it to record it (the create's answer may arrive after the webhook).
     pub unknown_run_grace: Duration,
@@ -78,7 +80,8 @@ impl Default for EngineSettings {
     fn default() -> Self {
         EngineSettings {
             max_steps_in_flight: 256,
-            lease: Duration::from_secs(120),
+            lease: Duration::from_secs(30),
+            instance: "local".to_owned(),
             reconcile_after: Duration::from_secs(600),
             reconcile_every: Duration::from_secs(30),
             unknown_run_grace: Duration::from_secs(30),

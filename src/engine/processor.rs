@@ -38,6 +38,9 @@ const PAGE: i64 = 500;
 /// Payload bytes read from the inbox at a time (at least one event, whatever its size): 500
 /// events of 1 MiB would otherwise be half a gigabyte in memory, times the matches.
 const PAGE_BYTES: i64 = 8 << 20;
+/// How long a page of the inbox is this instance's (several instances on Postgres): a page is
+/// judged in well under a second, so an instance that died holds its page this long at most.
+const CLAIM: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Runs until `shutdown`.
 pub async fn run(engine: Engine, shutdown: CancellationToken) {
@@ -51,9 +54,14 @@ pub async fn run(engine: Engine, shutdown: CancellationToken) {
         // A full page processed means more may be waiting (a backlog, or 10,000 schedule ticks
         // recorded at once): go on at once instead of waiting for the next wake-up.
         let mut more = false;
-        match engine.store.unprocessed_events(PAGE, PAGE_BYTES, now).await {
+        match engine
+            .store
+            .claim_events(PAGE, PAGE_BYTES, now, CLAIM)
+            .await
+        {
             Ok(events) => {
                 let full = !events.is_empty();
+                let claimed: Vec<i64> = events.iter().map(|event| event.id).collect();
                 let mut failed = false;
                 let mut created = false;
                 let mut batch: Vec<(i64, EventOutcome)> = Vec::new();
@@ -116,6 +124,11 @@ pub async fn run(engine: Engine, shutdown: CancellationToken) {
                         false
                     }
                 };
+                // What this page did not complete goes back at once, for any instance (the
+                // store leaves processed events alone).
+                if let Err(err) = engine.store.release_events(&claimed).await {
+                    warn!(error = %err, "Cannot give unprocessed events back; they are taken again when their claim ends");
+                }
                 more = full && flushed && set_aside && !failed;
                 if created {
                     engine.executions_waiting.notify_one();

@@ -46,6 +46,8 @@ pub struct AppState {
     pub store: Option<Arc<dyn Store>>,
     /// The event intake.
     pub intake: Option<Intake>,
+    /// This instance, as the cluster view shows it when the store keeps no heartbeats.
+    pub instance: Option<crate::store::Instance>,
 }
 
 /// The public listener's routes.
@@ -81,6 +83,7 @@ pub fn admin_router_with(state: AppState, access: AdminAccess) -> Router {
         .route("/api/v1/executions", get(list_executions))
         .route("/api/v1/executions/{id}", get(show_execution))
         .route("/api/v1/runs", get(list_runs))
+        .route("/api/v1/cluster", get(cluster))
         .route("/api/v1/dead-letters", get(list_dead_letters))
         .route("/api/v1/dead-letters/{id}/retry", post(retry_dead_letter))
         .route("/api/v1/rules/{name}/trigger", post(trigger_rule))
@@ -327,6 +330,30 @@ async fn list_runs(
     listed("runs", store.followed_runs(query.page_size()).await)
 }
 
+/// How long an instance may go without a heartbeat and still count as alive.
+pub const INSTANCE_ALIVE: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
+
+/// `GET /api/v1/cluster`: the instances sharing the database (DESIGN 6), each with its address,
+/// rules hash, last heartbeat and the leases it holds. A store without heartbeats (SQLite: one
+/// process) answers with this instance alone.
+async fn cluster(State(state): State<AppState>) -> Response {
+    let store = match store_of(&state) {
+        Ok(store) => store,
+        Err(response) => return response,
+    };
+    match store.instances(chrono::Utc::now() - INSTANCE_ALIVE).await {
+        Ok(found) => {
+            let instances = if found.is_empty() {
+                state.instance.clone().into_iter().collect()
+            } else {
+                found
+            };
+            Json(json!({ "instances": instances })).into_response()
+        }
+        Err(err) => store_error(err),
+    }
+}
+
 async fn list_dead_letters(
     State(state): State<AppState>,
     axum::extract::Query(query): axum::extract::Query<HistoryQuery>,
@@ -484,6 +511,7 @@ mod tests {
             admin_token: token.map(|token| Secret::new(token.to_owned())),
             store: None,
             intake: None,
+            instance: None,
         };
         (state, dir)
     }

@@ -84,6 +84,32 @@ pub struct NewEvent {
     pub payload: Value,
 }
 
+impl NewEvent {
+    /// What orders it among other events: a Recrubo run's or generation's status changes (by
+    /// webhook or poll) are processed one at a time, in arrival order, whichever instance takes
+    /// them; other events have no order among themselves (`None`).
+    pub fn order_key(&self) -> Option<&str> {
+        let (resource, _) = self.event_type.split_once('/')?;
+        crate::recrubo::FollowedKind::of(resource)?;
+        self.payload["data"]["attributes"]["resource"]["id"].as_str()
+    }
+}
+
+/// One flowd instance on a shared database, as `GET /api/v1/cluster` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Instance {
+    /// Its id (a UUID chosen at start).
+    pub id: String,
+    /// Its public listener's address.
+    pub address: String,
+    /// The hash of the rule set it has in force.
+    pub rules_hash: String,
+    /// When it last said it is alive.
+    pub heartbeat_at: DateTime<Utc>,
+    /// Executions it holds a lease on now.
+    pub leases: i64,
+}
+
 /// What storing an event did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InsertOutcome {
@@ -366,6 +392,50 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         max_bytes: i64,
         now: DateTime<Utc>,
     ) -> Result<Vec<StoredEvent>, StoreError>;
+    /// Takes a page of the inbox for this instance's processor, as [`Store::unprocessed_events`]
+    /// pages it, leased for `lease` so no other instance processes the same events meanwhile;
+    /// a run's status changes are taken one at a time across instances, in order (see
+    /// [`NewEvent::order_key`]). The default is `unprocessed_events`: a store only one process
+    /// opens (SQLite) has one processor.
+    async fn claim_events(
+        &self,
+        limit: i64,
+        max_bytes: i64,
+        now: DateTime<Utc>,
+        lease: Duration,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let _ = lease;
+        self.unprocessed_events(limit, max_bytes, now).await
+    }
+    /// Gives claimed events back that were not completed (the processor stopped early): others
+    /// may take them at once instead of when the lease ends.
+    async fn release_events(&self, ids: &[i64]) -> Result<(), StoreError> {
+        let _ = ids;
+        Ok(())
+    }
+    /// Wakes `events` when another instance stored inbox events (or completed some, which may
+    /// let the next of a run go) and `executions` when it stored executions. Returns at once
+    /// where there are no other instances (SQLite).
+    async fn listen(
+        &self,
+        events: std::sync::Arc<tokio::sync::Notify>,
+        executions: std::sync::Arc<tokio::sync::Notify>,
+    ) -> Result<(), StoreError> {
+        let _ = (events, executions);
+        Ok(())
+    }
+    /// Records that `instance` is alive (its heartbeat, address and rules); the default keeps
+    /// nothing (one process: it is the cluster).
+    async fn heartbeat(&self, instance: &Instance) -> Result<(), StoreError> {
+        let _ = instance;
+        Ok(())
+    }
+    /// The instances that beat since `since`, each with the leases it holds; empty where the
+    /// store keeps no heartbeats.
+    async fn instances(&self, since: DateTime<Utc>) -> Result<Vec<Instance>, StoreError> {
+        let _ = since;
+        Ok(Vec::new())
+    }
     /// Stores rule versions (hash, rule name, definition); a version stored before is kept.
     async fn save_rule_versions(&self, versions: &[RuleVersion]) -> Result<(), StoreError>;
     /// The definition of a stored rule version.
@@ -387,7 +457,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Sets events aside (see [`Deferral`]).
     async fn defer_events(&self, deferrals: &[Deferral]) -> Result<(), StoreError>;
     /// Marks events processed and stores what they caused, in one transaction. For each event,
-    /// false when its `fire` pair had fired already (then only "processed" is stored for it).
+    /// false when its `fire` pair had fired already (then only "processed" is stored for it), or
+    /// when another instance processed the event first (then nothing is stored for it). An
+    /// event may appear twice in a row (an implied status, then its own).
     async fn complete_events(&self, batch: &[(i64, EventOutcome)])
     -> Result<Vec<bool>, StoreError>;
     /// Claims due pending executions for `lease`.

@@ -9,8 +9,8 @@
 //!   the same one, and one that dies leaves its leases to expire and be taken over (unlike
 //!   SQLite, leases are not cleared at start: another instance may hold them).
 //! - Migrations run under sqlx's advisory lock, so instances starting together migrate once.
-//! - The connection URL is libpq's: `sslmode` (TLS with rustls), `options=-c search_path=...`,
-//!   and `pool_max` (flowd's own parameter, default 10) for the pool size.
+//! - The connection URL is libpq's: `sslmode` (TLS with rustls), `options=-c search_path=...`;
+//!   the pool size is `database.pool_size` (default 10).
 //!
 //! The umbrella `sqlx` crate cannot be used: its optional SQLite driver links a different
 //! libsqlite3 than rusqlite, and Cargo refuses two crates linking one native library even when
@@ -43,11 +43,18 @@ const MIGRATIONS: [(i64, &str, &str); 1] = [(
     include_str!("../../migrations/postgres/0001_init.sql"),
 )];
 
-/// The PostgreSQL store: a connection pool.
+/// The PostgreSQL store: a connection pool, and the id of the instance it serves (leases name
+/// their holder).
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool<Postgres>,
+    instance: String,
 }
+
+/// The channel `insert_events` and `complete_events` notify: the inbox has work.
+const INBOX_CHANNEL: &str = "flowd_inbox";
+/// The channel notified when executions are stored.
+const EXECUTIONS_CHANNEL: &str = "flowd_executions";
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -78,10 +85,14 @@ fn lease_end(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
 }
 
 impl PgStore {
-    /// Connects to the database at `url` (`postgres://user@host/db?sslmode=require`) and
-    /// applies the migrations not applied yet.
-    pub async fn open(url: &str) -> Result<PgStore, StoreError> {
-        let (url, pool_max) = pool_size(url)?;
+    /// Connects to the database at `url` (`postgres://user@host/db?sslmode=require`) with a
+    /// pool of `pool_size` connections (default 10) and applies the migrations not applied yet.
+    pub async fn open(
+        url: &str,
+        pool_size: Option<u32>,
+        instance: &str,
+    ) -> Result<PgStore, StoreError> {
+        let pool_max = pool_size.unwrap_or(10).max(1);
         let options: PgConnectOptions = url
             .parse()
             .map_err(|err| StoreError::Database(format!("invalid database URL: {err}")))?;
@@ -115,35 +126,20 @@ impl PgStore {
             .run(&pool)
             .await
             .map_err(|err| StoreError::Database(format!("migrating the database failed: {err}")))?;
-        Ok(PgStore { pool })
+        Ok(PgStore {
+            pool,
+            instance: instance.to_owned(),
+        })
     }
 }
 
-/// Takes flowd's `pool_max` parameter out of a URL (libpq would refuse it).
-fn pool_size(url: &str) -> Result<(String, u32), StoreError> {
-    let Some((base, query)) = url.split_once('?') else {
-        return Ok((url.to_owned(), 10));
-    };
-    let mut size = 10;
-    let mut kept = Vec::new();
-    for pair in query.split('&') {
-        match pair.strip_prefix("pool_max=") {
-            Some(value) => {
-                size = value.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-                    StoreError::Database(format!(
-                        "invalid database URL: pool_max `{value}` is not a positive whole number"
-                    ))
-                })?;
-            }
-            None => kept.push(pair),
-        }
-    }
-    let url = if kept.is_empty() {
-        base.to_owned()
-    } else {
-        format!("{base}?{}", kept.join("&"))
-    };
-    Ok((url, size))
+/// Tells the other instances (and this one) that a channel has work; delivered at commit.
+async fn notify(connection: &mut PgConnection, channel: &str) -> Result<(), StoreError> {
+    query("SELECT pg_notify($1, '')")
+        .bind(channel)
+        .execute(&mut *connection)
+        .await?;
+    Ok(())
 }
 
 const EXECUTION_COLUMNS: &str = "id, rule, event_id, handler_step, handler_status, status, context, next_step, attempt, next_attempt_at, step_started_at, last_error, rule_version, sweep, created_at, updated_at";
@@ -245,19 +241,26 @@ async fn insert_events(
     let mut outcomes = Vec::with_capacity(events.len());
     for event in events {
         let stored = query(
-            "INSERT INTO events (source, event_type, dedup_key, payload, received_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (dedup_key) DO NOTHING RETURNING id",
+            "INSERT INTO events (source, event_type, dedup_key, payload, received_at, order_key) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (dedup_key) DO NOTHING RETURNING id",
         )
         .bind(event.source.as_str())
         .bind(&event.event_type)
         .bind(&event.dedup_key)
         .bind(event.payload.to_string())
         .bind(now)
+        .bind(event.order_key())
         .fetch_optional(&mut *connection)
         .await?;
         outcomes.push(match stored {
             Some(row) => InsertOutcome::Stored(row.try_get("id")?),
             None => InsertOutcome::Duplicate,
         });
+    }
+    if outcomes
+        .iter()
+        .any(|outcome| matches!(outcome, InsertOutcome::Stored(_)))
+    {
+        notify(connection, INBOX_CHANNEL).await?;
     }
     Ok(outcomes)
 }
@@ -360,6 +363,103 @@ impl Store for PgStore {
         convert(rows, event_from_row)
     }
 
+    async fn claim_events(
+        &self,
+        limit: i64,
+        max_bytes: i64,
+        now: DateTime<Utc>,
+        lease: Duration,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        // The oldest free events (SKIP LOCKED: instances claiming together take different
+        // ones), but of a run's status changes only the first unprocessed one, and only while no
+        // earlier one of it is out with another instance: they are judged one at a time, in
+        // order (fire once, older deliveries, implied statuses), whoever takes them.
+        let rows = query(
+            "WITH candidates AS (SELECT id, order_key FROM events WHERE processed_at IS NULL AND (deferred_until IS NULL OR deferred_until <= $1) AND (claimed_until IS NULL OR claimed_until < $1) ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED), free AS (SELECT c.id FROM candidates c WHERE c.order_key IS NULL OR NOT EXISTS (SELECT 1 FROM events e WHERE e.order_key = c.order_key AND e.id < c.id AND e.processed_at IS NULL AND e.id NOT IN (SELECT id FROM candidates))) UPDATE events SET claimed_until = $3 WHERE id IN (SELECT id FROM free) RETURNING id, source, event_type, payload, received_at",
+        )
+        .bind(now)
+        .bind(limit)
+        .bind(lease_end(now, lease))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut events = convert(rows, event_from_row)?;
+        events.sort_by_key(|event| event.id);
+        // The page's byte bound, as `unprocessed_events` keeps it; the rest goes back.
+        let mut bytes = 0i64;
+        let mut keep = 0;
+        for event in &events {
+            let size = i64::try_from(event.payload.to_string().len()).unwrap_or(i64::MAX);
+            if keep > 0 && bytes.saturating_add(size) > max_bytes {
+                break;
+            }
+            bytes = bytes.saturating_add(size);
+            keep += 1;
+        }
+        let rest: Vec<i64> = events.split_off(keep).iter().map(|e| e.id).collect();
+        self.release_events(&rest).await?;
+        Ok(events)
+    }
+
+    async fn release_events(&self, ids: &[i64]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        query("UPDATE events SET claimed_until = NULL WHERE id = ANY($1) AND processed_at IS NULL")
+            .bind(ids)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn listen(
+        &self,
+        events: std::sync::Arc<tokio::sync::Notify>,
+        executions: std::sync::Arc<tokio::sync::Notify>,
+    ) -> Result<(), StoreError> {
+        let mut listener = sqlx_postgres::PgListener::connect_with(&self.pool).await?;
+        listener
+            .listen_all([INBOX_CHANNEL, EXECUTIONS_CHANNEL])
+            .await?;
+        loop {
+            // `recv` reconnects by itself after a lost connection (and may then have missed
+            // notifications: the processor and executor also look by time).
+            let notification = listener.recv().await?;
+            match notification.channel() {
+                INBOX_CHANNEL => events.notify_one(),
+                _ => executions.notify_one(),
+            }
+        }
+    }
+
+    async fn heartbeat(&self, instance: &super::Instance) -> Result<(), StoreError> {
+        query("INSERT INTO instances (id, address, rules_hash, started_at, heartbeat_at) VALUES ($1, $2, $3, $4, $4) ON CONFLICT (id) DO UPDATE SET address = excluded.address, rules_hash = excluded.rules_hash, heartbeat_at = excluded.heartbeat_at")
+            .bind(&instance.id)
+            .bind(&instance.address)
+            .bind(&instance.rules_hash)
+            .bind(instance.heartbeat_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn instances(&self, since: DateTime<Utc>) -> Result<Vec<super::Instance>, StoreError> {
+        let rows = query("SELECT i.id, i.address, i.rules_hash, i.heartbeat_at, (SELECT COUNT(*) FROM executions x WHERE x.lease_owner = i.id AND x.status = 'pending' AND x.lease_until > now()) AS leases FROM instances i WHERE i.heartbeat_at >= $1 ORDER BY i.started_at, i.id")
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(super::Instance {
+                    id: row.try_get("id")?,
+                    address: row.try_get("address")?,
+                    rules_hash: row.try_get("rules_hash")?,
+                    heartbeat_at: row.try_get("heartbeat_at")?,
+                    leases: row.try_get("leases")?,
+                })
+            })
+            .collect()
+    }
+
     async fn save_rule_versions(&self, versions: &[RuleVersion]) -> Result<(), StoreError> {
         if versions.is_empty() {
             return Ok(());
@@ -427,7 +527,7 @@ impl Store for PgStore {
         let mut transaction = self.pool.begin().await?;
         for deferral in deferrals {
             // Not when the run was recorded meanwhile: it released its webhooks already.
-            query("UPDATE events SET deferred_until = $1, defer_key = $2 WHERE id = $3 AND processed_at IS NULL AND NOT EXISTS (SELECT 1 FROM followed WHERE resource_id = $2)")
+            query("UPDATE events SET deferred_until = $1, defer_key = $2, claimed_until = NULL WHERE id = $3 AND processed_at IS NULL AND NOT EXISTS (SELECT 1 FROM followed WHERE resource_id = $2)")
                 .bind(deferral.until)
                 .bind(&deferral.key)
                 .bind(deferral.event_id)
@@ -446,12 +546,30 @@ impl Store for PgStore {
         let mut transaction = self.pool.begin().await?;
         let mut fired_now = Vec::with_capacity(batch.len());
         let change = "UPDATE followed SET status = $1, remote_updated_at = COALESCE($2, remote_updated_at), changed_at = $3, terminal = $4 WHERE resource_id = $5";
+        let mut created = false;
+        let mut previous = None;
         for (event_id, outcome) in batch {
-            query("UPDATE events SET processed_at = $1 WHERE id = $2")
-                .bind(now)
-                .bind(event_id)
-                .execute(&mut *transaction)
-                .await?;
+            // Processed once, by whichever instance commits first: one whose claim ran out
+            // while it worked finds the event done and stores nothing for it. (An event twice
+            // in a row is an implied status and its own: the first marked it.)
+            if previous == Some((*event_id, false)) {
+                fired_now.push(false);
+                continue;
+            }
+            if previous.is_none_or(|(id, _)| id != *event_id) {
+                let taken = query("UPDATE events SET processed_at = $1, claimed_until = NULL WHERE id = $2 AND processed_at IS NULL")
+                    .bind(now)
+                    .bind(event_id)
+                    .execute(&mut *transaction)
+                    .await?
+                    .rows_affected();
+                previous = Some((*event_id, taken == 1));
+                if taken == 0 {
+                    fired_now.push(false);
+                    continue;
+                }
+            }
+            created |= !outcome.executions.is_empty();
             if let Some((resource_id, status)) = &outcome.fire {
                 let fired = query("INSERT INTO fired (resource_id, status, fired_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
                     .bind(resource_id)
@@ -492,6 +610,11 @@ impl Store for PgStore {
             }
             fired_now.push(true);
         }
+        // Done events may let the next status change of their run go; new executions are work.
+        notify(&mut transaction, INBOX_CHANNEL).await?;
+        if created {
+            notify(&mut transaction, EXECUTIONS_CHANNEL).await?;
+        }
         transaction.commit().await?;
         Ok(fired_now)
     }
@@ -504,12 +627,13 @@ impl Store for PgStore {
     ) -> Result<Vec<Execution>, StoreError> {
         // SKIP LOCKED: instances claiming at the same moment take different rows, none waits.
         let sql = format!(
-            "UPDATE executions SET lease_until = $1 WHERE id IN (SELECT id FROM executions WHERE status = 'pending' AND next_attempt_at <= $2 AND (lease_until IS NULL OR lease_until < $2) ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING {EXECUTION_COLUMNS}"
+            "UPDATE executions SET lease_until = $1, lease_owner = $4 WHERE id IN (SELECT id FROM executions WHERE status = 'pending' AND next_attempt_at <= $2 AND (lease_until IS NULL OR lease_until < $2) ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING {EXECUTION_COLUMNS}"
         );
         let rows = query(&sql)
             .bind(lease_end(now, lease))
             .bind(now)
             .bind(limit)
+            .bind(&self.instance)
             .fetch_all(&self.pool)
             .await?;
         let mut claimed = convert(rows, execution_from_row)?;
@@ -832,6 +956,9 @@ impl Store for PgStore {
         for execution in executions {
             insert_execution(&mut transaction, execution, now).await?;
         }
+        if !executions.is_empty() {
+            notify(&mut transaction, EXECUTIONS_CHANNEL).await?;
+        }
         transaction.commit().await?;
         Ok(())
     }
@@ -839,28 +966,5 @@ impl Store for PgStore {
     async fn ping(&self) -> Result<(), StoreError> {
         (&self.pool).execute("SELECT 1").await?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::pool_size;
-
-    #[test]
-    fn pool_max_is_taken_out_of_the_url() {
-        assert_eq!(
-            pool_size("postgres://h/db").ok(),
-            Some(("postgres://h/db".to_owned(), 10))
-        );
-        assert_eq!(
-            pool_size("postgres://h/db?sslmode=require&pool_max=4").ok(),
-            Some(("postgres://h/db?sslmode=require".to_owned(), 4))
-        );
-        assert_eq!(
-            pool_size("postgres://h/db?pool_max=2").ok(),
-            Some(("postgres://h/db".to_owned(), 2))
-        );
-        assert!(pool_size("postgres://h/db?pool_max=0").is_err());
-        assert!(pool_size("postgres://h/db?pool_max=x").is_err());
     }
 }

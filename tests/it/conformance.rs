@@ -38,7 +38,7 @@ async fn sqlite_store() -> Option<(Arc<dyn Store>, Box<dyn Any>)> {
 /// the `Box`); `None`, with a notice, when that is not set.
 async fn postgres_store() -> Option<(Arc<dyn Store>, Box<dyn Any>)> {
     let schema = crate::support::postgres_schema().await?;
-    let store = flowd::store::postgres::PgStore::open(&schema.url)
+    let store = flowd::store::postgres::PgStore::open(&schema.url, None, "test-instance")
         .await
         .expect("open the Postgres store");
     Some((Arc::new(store), Box::new(schema)))

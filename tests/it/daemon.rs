@@ -25,7 +25,10 @@ async fn a_daemon_in_process_runs_an_event_to_its_end_and_quiesces() {
     let state = tempfile::tempdir().expect("state");
     let settings = Settings {
         rules: rules.path().to_path_buf(),
-        database: format!("sqlite://{}", state.path().join("flowd.db").display()),
+        database: flowd::settings::DatabaseSettings {
+            url: format!("sqlite://{}", state.path().join("flowd.db").display()),
+            ..Default::default()
+        },
         listen: "127.0.0.1:0".parse().expect("addr"),
         admin_listen: "127.0.0.1:0".parse().expect("addr"),
         events: flowd::settings::EventsSettings {

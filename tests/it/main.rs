@@ -4,6 +4,7 @@
 
 mod admin_guard;
 mod cli;
+mod cluster;
 mod conformance;
 mod corpus;
 mod daemon;

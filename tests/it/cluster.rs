@@ -1,0 +1,564 @@
+//! Several flowd instances on one Postgres database (DESIGN 6): the stores of two instances side
+//! by side, then real daemons as separate processes behind a round-robin balancer, with the
+//! simulator. Skipped (with a notice) when `FLOWD_TEST_POSTGRES` is not set.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use chrono::Utc;
+use serde_json::{Value, json};
+
+use flowd::recrubo::ListQuery;
+use flowd::settings::Secret;
+use flowd::sim::SimSettings;
+use flowd::store::postgres::PgStore;
+use flowd::store::{EventOutcome, EventSource, NewEvent, NewExecution, Store};
+
+use crate::engine::{EVENT_TOKEN, WEBHOOK_SECRET};
+use crate::receiver::{Receiver, distinct_strings};
+use crate::recrubo_client::{client_for, sim};
+use crate::support::{Daemon, PostgresSchema, eventually, postgres_schema};
+
+const CLAIM: Duration = Duration::from_secs(10);
+
+fn webhook(run: &str, status: &str, log: &str) -> NewEvent {
+    NewEvent {
+        source: EventSource::Recrubo,
+        event_type: "flowRuns/update".to_owned(),
+        dedup_key: Some(log.to_owned()),
+        payload: json!({ "data": { "type": "webhookPayload", "id": log, "attributes": {
+            "event": "update", "fields": ["status"],
+            "resource": { "id": run, "type": "flowRuns", "attributes": { "status": status } },
+        } } }),
+    }
+}
+
+fn external(id: &str) -> NewEvent {
+    NewEvent {
+        source: EventSource::Event,
+        event_type: "ping".to_owned(),
+        dedup_key: Some(id.to_owned()),
+        payload: json!({ "type": "ping", "id": id }),
+    }
+}
+
+async fn two_instances() -> Option<(PgStore, PgStore, PostgresSchema)> {
+    let schema = postgres_schema().await?;
+    let a = PgStore::open(&schema.url, Some(4), "a").await.expect("a");
+    let b = PgStore::open(&schema.url, Some(4), "b").await.expect("b");
+    Some((a, b, schema))
+}
+
+fn ids(events: &[flowd::store::StoredEvent]) -> Vec<i64> {
+    events.iter().map(|e| e.id).collect()
+}
+
+#[tokio::test]
+async fn two_instances_claim_different_events_and_a_run_s_changes_one_at_a_time() {
+    let Some((a, b, _schema)) = two_instances().await else {
+        return;
+    };
+    a.insert_events(vec![
+        webhook("run-1", "running", "l1"),
+        external("e1"),
+        webhook("run-1", "finished", "l2"),
+        external("e2"),
+    ])
+    .await
+    .unwrap();
+    let now = Utc::now();
+    let first = a.claim_events(2, i64::MAX, now, CLAIM).await.unwrap();
+    assert_eq!(first.len(), 2, "the two oldest");
+    let second = b.claim_events(10, i64::MAX, now, CLAIM).await.unwrap();
+    // run-1's finished waits until its running is done, whoever holds that.
+    assert_eq!(
+        second
+            .iter()
+            .map(|e| e.event_type.as_str())
+            .collect::<Vec<_>>(),
+        vec!["ping"],
+        "{second:?}"
+    );
+    assert!(ids(&first).iter().all(|id| !ids(&second).contains(id)));
+    // Once the running is processed, the finished is free for anyone.
+    a.complete_events(&[(first[0].id, EventOutcome::default())])
+        .await
+        .unwrap();
+    a.release_events(&ids(&first)).await.unwrap();
+    let third = b.claim_events(10, i64::MAX, now, CLAIM).await.unwrap();
+    let types: Vec<&str> = third.iter().map(|e| e.event_type.as_str()).collect();
+    assert!(types.contains(&"flowRuns/update"), "{third:?}");
+}
+
+#[tokio::test]
+async fn an_event_another_instance_processed_first_stores_nothing_again() {
+    let Some((a, b, _schema)) = two_instances().await else {
+        return;
+    };
+    a.insert_events(vec![external("e1")]).await.unwrap();
+    let event = a
+        .claim_events(10, i64::MAX, Utc::now(), CLAIM)
+        .await
+        .unwrap()
+        .remove(0);
+    // A's claim ran out (it stalled): B takes the event and processes it first.
+    let later = Utc::now() + chrono::TimeDelta::seconds(11);
+    let taken = b.claim_events(10, i64::MAX, later, CLAIM).await.unwrap();
+    assert_eq!(ids(&taken), vec![event.id]);
+    let outcome = |id: &str| EventOutcome {
+        executions: vec![NewExecution {
+            id: id.to_owned(),
+            rule: "r".to_owned(),
+            event_id: Some(event.id),
+            handler_step: None,
+            handler_status: None,
+            status: "pending".to_owned(),
+            context: json!({}),
+            note: None,
+            rule_version: None,
+            sweep: false,
+        }],
+        ..EventOutcome::default()
+    };
+    assert_eq!(
+        b.complete_events(&[(event.id, outcome("by-b"))])
+            .await
+            .unwrap(),
+        vec![true]
+    );
+    assert_eq!(
+        a.complete_events(&[(event.id, outcome("by-a"))])
+            .await
+            .unwrap(),
+        vec![false],
+        "processed already: nothing is stored"
+    );
+    assert!(a.execution("by-b").await.unwrap().is_some());
+    assert!(a.execution("by-a").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_claimed_execution_names_its_instance_in_the_cluster_view() {
+    let Some((a, b, _schema)) = two_instances().await else {
+        return;
+    };
+    let now = Utc::now();
+    for (store, id) in [(&a, "a"), (&b, "b")] {
+        store
+            .heartbeat(&flowd::store::Instance {
+                id: id.to_owned(),
+                address: format!("127.0.0.1:{}", if id == "a" { 1 } else { 2 }),
+                rules_hash: "h".to_owned(),
+                heartbeat_at: now,
+                leases: 0,
+            })
+            .await
+            .unwrap();
+    }
+    a.insert_executions(&[NewExecution {
+        id: "x".to_owned(),
+        rule: "r".to_owned(),
+        event_id: None,
+        handler_step: None,
+        handler_status: None,
+        status: "pending".to_owned(),
+        context: json!({}),
+        note: None,
+        rule_version: None,
+        sweep: false,
+    }])
+    .await
+    .unwrap();
+    assert_eq!(
+        b.claim_executions(Utc::now(), Duration::from_secs(30), 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let instances = a
+        .instances(now - chrono::TimeDelta::seconds(30))
+        .await
+        .unwrap();
+    let leases: Vec<(String, i64)> = instances.iter().map(|i| (i.id.clone(), i.leases)).collect();
+    assert_eq!(leases, vec![("a".to_owned(), 0), ("b".to_owned(), 1)]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Daemons as processes
+
+/// Forwards every request to the next upstream in turn, as a load balancer in front of the
+/// public listeners would; an upstream that is down gets the next one.
+struct Balancer {
+    url: String,
+}
+
+#[derive(Clone)]
+struct Upstreams {
+    targets: Arc<std::sync::Mutex<Vec<String>>>,
+    next: Arc<AtomicUsize>,
+    client: reqwest::Client,
+}
+
+async fn forward(
+    State(upstreams): State<Upstreams>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, String) {
+    let targets = upstreams.targets.lock().unwrap().clone();
+    for _ in 0..targets.len() {
+        let index = upstreams.next.fetch_add(1, Ordering::Relaxed) % targets.len();
+        let mut request = upstreams
+            .client
+            .post(format!("{}{}", targets[index], uri.path()))
+            .body(body.clone());
+        for (name, value) in &headers {
+            if name != "host" && name != "content-length" {
+                request = request.header(name, value);
+            }
+        }
+        if let Ok(response) = request.send().await {
+            let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
+            return (status, response.text().await.unwrap_or_default());
+        }
+    }
+    (StatusCode::BAD_GATEWAY, "no upstream".to_owned())
+}
+
+impl Balancer {
+    async fn start(targets: Vec<String>) -> (Balancer, Upstreams) {
+        let upstreams = Upstreams {
+            targets: Arc::new(std::sync::Mutex::new(targets)),
+            next: Arc::new(AtomicUsize::new(0)),
+            client: reqwest::Client::new(),
+        };
+        let app = axum::Router::new()
+            .fallback(axum::routing::post(forward))
+            .with_state(upstreams.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (Balancer { url }, upstreams)
+    }
+}
+
+const RULES: &str = r#"
+rules:
+  - name: screen
+    on: { event: application.created }
+    do:
+      - id: screening
+        start_flow_run: { flow: f, message_thread: "{{event.data.thread}}" }
+        retry: { attempts: 20, backoff: 20ms, max_backoff: 500ms }
+        on_status:
+          running:
+            - notify: { url: SINK_URL, body: { kind: running, run: "{{run.id}}" } }
+              retry: { attempts: 20, backoff: 20ms, max_backoff: 500ms }
+          finished:
+            - notify: { url: SINK_URL, body: { kind: finished, run: "{{run.id}}", thread: "{{run.messageThreadId}}" } }
+              retry: { attempts: 20, backoff: 20ms, max_backoff: 500ms }
+"#;
+
+/// The simulator, a sink, `count` daemons on one schema, and a balancer in front of them that
+/// the simulator's webhooks go through.
+struct Cluster {
+    sim: flowd::sim::SimHandle,
+    sink: Receiver,
+    daemons: Vec<Option<Daemon>>,
+    client: flowd::recrubo::RecruboClient,
+    upstreams: Upstreams,
+    _balancer: Balancer,
+    _rules: tempfile::TempDir,
+    schema: PostgresSchema,
+}
+
+async fn cluster(count: usize, rules: &str, extra_env: &[(&str, &str)]) -> Option<Cluster> {
+    let schema = postgres_schema().await?;
+    let sink = Receiver::start().await;
+    let sim = sim(SimSettings {
+        webhook_secret: Some(WEBHOOK_SECRET.into()),
+        retry_scale: Some(0.0001),
+        ..SimSettings::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("rules.yaml"),
+        rules.replace("SINK_URL", &sink.url()),
+    )
+    .unwrap();
+    let base_url = sim.base_url();
+    let mut env = vec![
+        ("FLOWD_RECRUBO_BASE_URL", base_url.as_str()),
+        ("RECRUBO_API_TOKEN", "t"),
+        ("RECRUBO_WEBHOOK_SECRET", WEBHOOK_SECRET),
+        ("FLOWD_EVENTS_TOKENS", EVENT_TOKEN),
+        ("FLOWD_RECRUBO_RATE_LIMIT", "0"),
+        ("FLOWD_DATABASE_POOL_SIZE", "4"),
+    ];
+    env.extend_from_slice(extra_env);
+    let daemons: Vec<Option<Daemon>> = (0..count)
+        .map(|_| {
+            Some(Daemon::start_with_database(
+                dir.path(),
+                &env,
+                &schema.url,
+                tempfile::tempdir().unwrap(),
+            ))
+        })
+        .collect();
+    let targets = daemons
+        .iter()
+        .flatten()
+        .map(|d| d.public_url(""))
+        .collect();
+    let (balancer, upstreams) = Balancer::start(targets).await;
+    let client = client_for(&sim, "t", |_| {});
+    let organization = client
+        .list("organizations", &ListQuery::new())
+        .await
+        .unwrap()
+        .items[0]
+        .id
+        .clone();
+    client
+        .set_organization_webhook(
+            &organization,
+            &format!("{}/webhooks/recrubo", balancer.url),
+            &Secret::new(WEBHOOK_SECRET.into()),
+        )
+        .await
+        .unwrap();
+    Some(Cluster {
+        sim,
+        sink,
+        daemons,
+        client,
+        upstreams,
+        _balancer: balancer,
+        _rules: dir,
+        schema,
+    })
+}
+
+impl Cluster {
+    /// Posts `count` application events round-robin over the live instances, `parallel` at a
+    /// time; returns the threads of the events that were accepted (202).
+    async fn post(&self, from: usize, count: usize, parallel: usize) -> Vec<String> {
+        use futures_util::StreamExt;
+        let client = reqwest::Client::new();
+        let targets: Vec<String> = self.upstreams.targets.lock().unwrap().clone();
+        futures_util::stream::iter(from..from + count)
+            .map(|n| {
+                let client = client.clone();
+                let target = targets[n % targets.len()].clone();
+                async move {
+                    let thread = format!("t{n}");
+                    let accepted = client
+                        .post(format!("{target}/events/application.created"))
+                        .bearer_auth(EVENT_TOKEN)
+                        .json(&json!({ "id": format!("e{n}"), "thread": thread }))
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status() == 202);
+                    accepted.then_some(thread)
+                }
+            })
+            .buffer_unordered(parallel)
+            .filter_map(|thread| async move { thread })
+            .collect()
+            .await
+    }
+
+    /// Every FlowRun the simulator holds.
+    async fn runs(&self) -> Vec<flowd::recrubo::jsonapi::Resource> {
+        futures_util::TryStreamExt::try_collect(
+            self.client
+                .list_all("flow-runs", ListQuery::new().page_size(200)),
+        )
+        .await
+        .unwrap_or_default()
+    }
+
+    /// Waits until the sink has `count` notifications of `kind`.
+    async fn wait_for(&self, kind: &str, count: usize, within: Duration) {
+        eventually(within, &format!("{count} {kind} notifications"), || async {
+            let seen = self
+                .sink
+                .received()
+                .iter()
+                .filter(|r| r.body["kind"] == kind)
+                .count();
+            (seen >= count).then_some(())
+        })
+        .await;
+    }
+
+    /// Asserts that each accepted thread has exactly one run, and each run exactly one
+    /// `running` and one `finished` notification.
+    async fn assert_each_once(&self, threads: &[String]) {
+        let runs = self.runs().await;
+        let mut run_threads: Vec<String> = runs
+            .iter()
+            .filter_map(|r| r.attributes["messageThreadId"].as_str().map(str::to_owned))
+            .collect();
+        run_threads.sort();
+        let before = run_threads.len();
+        run_threads.dedup();
+        assert_eq!(before, run_threads.len(), "no FlowRun was created twice");
+        let mut expected = threads.to_vec();
+        expected.sort();
+        assert_eq!(
+            run_threads, expected,
+            "one FlowRun per accepted event, none lost"
+        );
+        let received = self.sink.received();
+        for kind in ["running", "finished"] {
+            let of_kind: Vec<_> = received
+                .iter()
+                .filter(|r| r.body["kind"] == kind)
+                .cloned()
+                .collect();
+            let (total, distinct) = distinct_strings(&of_kind, "run");
+            assert_eq!(total, distinct.len(), "no {kind} handler fired twice");
+            assert_eq!(total, threads.len(), "every run's {kind} handler fired");
+        }
+    }
+
+    /// Waits until the inbox is empty and nothing is pending, as every instance sees it.
+    async fn settle(&self) {
+        let store = PgStore::open(&self.schema.url, Some(1), "observer")
+            .await
+            .unwrap();
+        eventually(Duration::from_secs(60), "the cluster settles", || async {
+            let far = Utc::now() + chrono::TimeDelta::days(1);
+            let inbox = store.unprocessed_events(1, i64::MAX, far).await.ok()?;
+            let pending = store
+                .executions(&flowd::store::ExecutionFilter {
+                    status: Some("pending".to_owned()),
+                    limit: 1,
+                    ..Default::default()
+                })
+                .await
+                .ok()?;
+            (inbox.is_empty() && pending.is_empty()).then_some(())
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_instances_share_5000_events_each_processed_once() {
+    let Some(cluster) = cluster(3, RULES, &[]).await else {
+        return;
+    };
+    let threads = cluster.post(0, 5000, 48).await;
+    assert_eq!(threads.len(), 5000, "every event accepted");
+    cluster
+        .wait_for("finished", 5000, Duration::from_secs(300))
+        .await;
+    cluster
+        .wait_for("running", 5000, Duration::from_secs(60))
+        .await;
+    cluster.settle().await;
+    cluster.assert_each_once(&threads).await;
+    // The work was shared: every instance created some of the executions.
+    let admin = reqwest::Client::new();
+    let view: Value = admin
+        .get(cluster.daemons[0].as_ref().unwrap().admin_url("/api/v1/cluster"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["instances"].as_array().map(Vec::len), Some(3), "{view}");
+    drop(cluster.sim);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_killed_mid_burst_loses_and_doubles_nothing() {
+    let Some(mut cluster) = cluster(3, RULES, &[("FLOWD_DATABASE_LEASE", "2s")]).await else {
+        return;
+    };
+    let mut threads = cluster.post(0, 600, 24).await;
+    // kill -9 one instance while the work is in flight; the balancer goes on without it.
+    let killed = cluster.daemons[1].take().unwrap();
+    let killed_url = killed.public_url("");
+    let _state = killed.kill();
+    cluster
+        .upstreams
+        .targets
+        .lock()
+        .unwrap()
+        .retain(|t| *t != killed_url);
+    threads.extend(cluster.post(600, 600, 24).await);
+    assert!(threads.len() >= 1000, "{} accepted", threads.len());
+    cluster
+        .wait_for("finished", threads.len(), Duration::from_secs(240))
+        .await;
+    cluster.settle().await;
+    cluster.assert_each_once(&threads).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn schedules_on_three_instances_fire_each_tick_once() {
+    let mut rules = String::from("rules:\n");
+    for n in 0..100 {
+        rules.push_str(&format!(
+            "  - name: tick-{n}\n    on: {{ every: 1s }}\n    do: [ {{ notify: {{ url: SINK_URL, body: {{ tick: \"{n}@{{{{event.scheduled_at}}}}\" }} }} }} ]\n"
+        ));
+    }
+    let Some(cluster) = cluster(3, &rules, &[]).await else {
+        return;
+    };
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let received = cluster.sink.received();
+    let (total, distinct) = distinct_strings(&received, "tick");
+    assert_eq!(total, distinct.len(), "no tick fired twice");
+    // 100 rules for about 12 s: most ticks are in (start-up and the last second aside).
+    assert!(total >= 100 * 8, "{total} ticks");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_webhook_at_two_instances_at_once_runs_once() {
+    let rules = r#"
+rules:
+  - name: candidate
+    on: { recrubo: { resource: candidates, event: create } }
+    do: [ { notify: { url: SINK_URL, body: { candidate: "{{event.id}}" } } } ]
+"#;
+    let Some(cluster) = cluster(2, rules, &[]).await else {
+        return;
+    };
+    let body = json!({ "data": { "type": "webhookPayload", "id": "log-1", "attributes": {
+        "event": "create",
+        "resource": { "id": "c-1", "type": "candidates", "attributes": {} },
+    } } })
+    .to_string();
+    let client = reqwest::Client::new();
+    let send = |daemon: &Daemon| {
+        client
+            .post(daemon.public_url("/webhooks/recrubo"))
+            .header("content-type", "application/json")
+            .header("x-recrubo-webhook-secret", WEBHOOK_SECRET)
+            .body(body.clone())
+            .send()
+    };
+    let (a, b) = tokio::join!(
+        send(cluster.daemons[0].as_ref().unwrap()),
+        send(cluster.daemons[1].as_ref().unwrap())
+    );
+    assert!(a.unwrap().status().is_success());
+    assert!(b.unwrap().status().is_success());
+    cluster.settle().await;
+    let received = cluster.sink.received();
+    assert_eq!(received.len(), 1, "{received:?}");
+}
