@@ -266,34 +266,41 @@ impl Daemon {
             })
         };
         // The heartbeat: the cluster view, and which rules each instance has in force.
-        let heartbeat_task = {
-            let store = store.clone();
-            let reloader = reloader.clone();
-            let stop = work_shutdown.clone();
-            let me = me.clone();
-            tokio::spawn(async move {
-                let mut every = tokio::time::interval(Duration::from_secs(5));
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = every.tick() => {}
-                    }
-                    let mine = me(&reloader);
-                    if let Err(err) = store.heartbeat(&mine).await {
-                        warn!(error = %err, "Cannot record this instance's heartbeat");
-                        continue;
-                    }
-                    match store.instances(chrono::Utc::now() - crate::http::INSTANCE_ALIVE).await {
-                        Ok(instances) => {
-                            let mismatch = instances.iter().any(|i| i.rules_hash != mine.rules_hash);
-                            metrics::gauge!("flowd_cluster_rules_hash_mismatch").set(if mismatch { 1.0 } else { 0.0 });
-                            metrics::gauge!("flowd_cluster_instances").set(instances.len().max(1) as f64);
+        let heartbeat_task =
+            {
+                let store = store.clone();
+                let reloader = reloader.clone();
+                let stop = work_shutdown.clone();
+                let me = me.clone();
+                tokio::spawn(async move {
+                    let mut every = tokio::time::interval(Duration::from_secs(5));
+                    loop {
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = every.tick() => {}
                         }
-                        Err(err) => warn!(error = %err, "Cannot read the cluster's instances"),
+                        let mine = me(&reloader);
+                        if let Err(err) = store.heartbeat(&mine).await {
+                            warn!(error = %err, "Cannot record this instance's heartbeat");
+                            continue;
+                        }
+                        match store
+                            .instances(chrono::Utc::now() - crate::http::INSTANCE_ALIVE)
+                            .await
+                        {
+                            Ok(instances) => {
+                                let mismatch =
+                                    instances.iter().any(|i| i.rules_hash != mine.rules_hash);
+                                metrics::gauge!("flowd_cluster_rules_hash_mismatch")
+                                    .set(if mismatch { 1.0 } else { 0.0 });
+                                metrics::gauge!("flowd_cluster_instances")
+                                    .set(instances.len().max(1) as f64);
+                            }
+                            Err(err) => warn!(error = %err, "Cannot read the cluster's instances"),
+                        }
                     }
-                }
-            })
-        };
+                })
+            };
         info!(
             public = %public_addr,
             admin = %admin_addr,

@@ -282,9 +282,19 @@ struct Cluster {
 async fn cluster(count: usize, rules: &str, extra_env: &[(&str, &str)]) -> Option<Cluster> {
     let schema = postgres_schema().await?;
     let sink = Receiver::start().await;
+    // Runs move on by themselves, quickly: running, then finished.
+    let script = flowd::sim::Script {
+        flow_runs: Some(flowd::sim::lifecycle::RunScript {
+            running_after: Duration::from_millis(50),
+            finish_after: Duration::from_millis(150),
+            ..Default::default()
+        }),
+        ..flowd::sim::Script::auto()
+    };
     let sim = sim(SimSettings {
         webhook_secret: Some(WEBHOOK_SECRET.into()),
         retry_scale: Some(0.0001),
+        script,
         ..SimSettings::default()
     })
     .await;
@@ -314,11 +324,7 @@ async fn cluster(count: usize, rules: &str, extra_env: &[(&str, &str)]) -> Optio
             ))
         })
         .collect();
-    let targets = daemons
-        .iter()
-        .flatten()
-        .map(|d| d.public_url(""))
-        .collect();
+    let targets = daemons.iter().flatten().map(|d| d.public_url("")).collect();
     let (balancer, upstreams) = Balancer::start(targets).await;
     let client = client_for(&sim, "t", |_| {});
     let organization = client
@@ -389,6 +395,9 @@ impl Cluster {
 
     /// Waits until the sink has `count` notifications of `kind`.
     async fn wait_for(&self, kind: &str, count: usize, within: Duration) {
+        let started = std::time::Instant::now();
+        let last = std::sync::Mutex::new(std::time::Instant::now());
+        let last = &last;
         eventually(within, &format!("{count} {kind} notifications"), || async {
             let seen = self
                 .sink
@@ -396,6 +405,11 @@ impl Cluster {
                 .iter()
                 .filter(|r| r.body["kind"] == kind)
                 .count();
+            let mut last = last.lock().unwrap();
+            if last.elapsed() > Duration::from_secs(10) {
+                eprintln!("{kind}: {seen}/{count} after {:?}", started.elapsed());
+                *last = std::time::Instant::now();
+            }
             (seen >= count).then_some(())
         })
         .await;
@@ -459,27 +473,40 @@ async fn three_instances_share_5000_events_each_processed_once() {
     let Some(cluster) = cluster(3, RULES, &[]).await else {
         return;
     };
-    let threads = cluster.post(0, 5000, 48).await;
-    assert_eq!(threads.len(), 5000, "every event accepted");
+    let events: usize = std::env::var("FLOWD_CLUSTER_EVENTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(5000);
+    let threads = cluster.post(0, events, 48).await;
+    assert_eq!(threads.len(), events, "every event accepted");
     cluster
-        .wait_for("finished", 5000, Duration::from_secs(300))
+        .wait_for("finished", events, Duration::from_secs(300))
         .await;
     cluster
-        .wait_for("running", 5000, Duration::from_secs(60))
+        .wait_for("running", events, Duration::from_secs(60))
         .await;
     cluster.settle().await;
     cluster.assert_each_once(&threads).await;
     // The work was shared: every instance created some of the executions.
     let admin = reqwest::Client::new();
     let view: Value = admin
-        .get(cluster.daemons[0].as_ref().unwrap().admin_url("/api/v1/cluster"))
+        .get(
+            cluster.daemons[0]
+                .as_ref()
+                .unwrap()
+                .admin_url("/api/v1/cluster"),
+        )
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    assert_eq!(view["instances"].as_array().map(Vec::len), Some(3), "{view}");
+    assert_eq!(
+        view["instances"].as_array().map(Vec::len),
+        Some(3),
+        "{view}"
+    );
     drop(cluster.sim);
 }
 
