@@ -211,6 +211,31 @@ pub async fn status_page(
         }
         html.push_str("</table>");
 
+        // The instances sharing the database (one: this one, on SQLite).
+        let mut instances = store
+            .instances(now - crate::http::INSTANCE_ALIVE)
+            .await
+            .unwrap_or_default();
+        if instances.is_empty() {
+            instances.extend(state.instance.clone());
+        }
+        html.push_str("<h2>Instances</h2><table><tr><th>instance</th><th>address</th><th>rules hash</th><th>heartbeat</th><th>leases</th></tr>");
+        for instance in &instances {
+            let same = instance.rules_hash == set.hash;
+            let _ = write!(
+                html,
+                "<tr><td><code>{}</code></td><td>{}</td><td class={}><code>{}</code>{}</td><td class=muted>{}</td><td>{}</td></tr>",
+                escape(&instance.id.chars().take(8).collect::<String>()),
+                escape(&instance.address),
+                if same { "ok" } else { "bad" },
+                escape(&instance.rules_hash.chars().take(12).collect::<String>()),
+                if same { "" } else { " (other rules)" },
+                instance.heartbeat_at.format("%H:%M:%S"),
+                instance.leases
+            );
+        }
+        html.push_str("</table>");
+
         html.push_str("<h2>Dead letters</h2><table><tr><th>id</th><th>rule</th><th>step</th><th>error</th><th></th></tr>");
         for letter in store.dead_letters(25).await.unwrap_or_default() {
             let action = if letter.retried_at.is_some() {

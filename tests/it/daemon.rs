@@ -44,6 +44,7 @@ async fn a_daemon_in_process_runs_an_event_to_its_end_and_quiesces() {
         .await
         .expect("daemon");
     let public = daemon.public_addr();
+    let daemon_admin = daemon.admin_addr();
     let store = daemon.store();
     let quiet = daemon.quiesce();
     let stop = CancellationToken::new();
@@ -69,6 +70,29 @@ async fn a_daemon_in_process_runs_an_event_to_its_end_and_quiesces() {
         .expect("executions");
     assert_eq!(executions.len(), 1);
     assert_eq!(executions[0].status, "succeeded");
+
+    // One process on SQLite is the whole cluster: the view and the page show it alone.
+    let admin = daemon_admin;
+    let view: serde_json::Value = reqwest::Client::new()
+        .get(format!("http://{admin}/api/v1/cluster"))
+        .send()
+        .await
+        .expect("cluster")
+        .json()
+        .await
+        .expect("json");
+    let instances = view["instances"].as_array().expect("instances");
+    assert_eq!(instances.len(), 1, "{view}");
+    assert_eq!(instances[0]["address"], public.to_string());
+    let page = reqwest::Client::new()
+        .get(format!("http://{admin}/"))
+        .send()
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("text");
+    assert!(page.contains("<h2>Instances</h2>"), "{page}");
 
     stop.cancel();
     running.await.expect("join").expect("stops cleanly");
