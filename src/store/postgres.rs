@@ -49,6 +49,7 @@ const MIGRATIONS: [(i64, &str, &str); 1] = [(
 pub struct PgStore {
     pool: Pool<Postgres>,
     instance: String,
+    url: String,
 }
 
 /// The channel `insert_events` and `complete_events` notify: the inbox has work.
@@ -129,6 +130,7 @@ impl PgStore {
         Ok(PgStore {
             pool,
             instance: instance.to_owned(),
+            url: url.to_owned(),
         })
     }
 }
@@ -238,6 +240,18 @@ async fn insert_events(
     events: &[NewEvent],
 ) -> Result<Vec<InsertOutcome>, StoreError> {
     let now = Utc::now();
+    // A run's status changes must get their ids in commit order (the inbox takes them in id
+    // order, one at a time): a transaction storing one waits for any other storing one of the
+    // same run to commit. Locks are taken sorted, so two batches never wait on each other.
+    let mut keys: Vec<&str> = events.iter().filter_map(NewEvent::order_key).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    for key in keys {
+        query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(key)
+            .execute(&mut *connection)
+            .await?;
+    }
     let mut outcomes = Vec::with_capacity(events.len());
     for event in events {
         let stored = query(
@@ -295,9 +309,13 @@ async fn update_execution(
     connection: &mut PgConnection,
     execution: &Execution,
     release: bool,
+    owner: &str,
 ) -> Result<(), StoreError> {
-    query(
-        "UPDATE executions SET status = $1, context = $2, next_step = $3, attempt = $4, next_attempt_at = $5, step_started_at = $6, last_error = $7, lease_until = CASE WHEN $8 THEN NULL ELSE lease_until END, updated_at = $9 WHERE id = $10",
+    // Only the lease holder writes: an instance whose lease ran out (a stall, an outage longer
+    // than the lease) and was taken over gets an error, stops the execution there, and
+    // overwrites nothing of the instance that took it.
+    let updated = query(
+        "UPDATE executions SET status = $1, context = $2, next_step = $3, attempt = $4, next_attempt_at = $5, step_started_at = $6, last_error = $7, lease_until = CASE WHEN $8 THEN NULL ELSE lease_until END, lease_owner = CASE WHEN $8 THEN NULL ELSE lease_owner END, updated_at = $9 WHERE id = $10 AND (lease_owner IS NULL OR lease_owner = $11)",
     )
     .bind(&execution.status)
     .bind(execution.context.to_string())
@@ -309,9 +327,20 @@ async fn update_execution(
     .bind(release)
     .bind(Utc::now())
     .bind(&execution.id)
+    .bind(owner)
     .execute(&mut *connection)
-    .await?;
+    .await?
+    .rows_affected();
+    if updated == 0 {
+        return Err(lost_lease(&execution.id));
+    }
     Ok(())
+}
+
+fn lost_lease(execution: &str) -> StoreError {
+    StoreError::Database(format!(
+        "execution {execution} is leased by another instance now (this one's lease ran out): it goes on there"
+    ))
 }
 
 async fn insert_step(connection: &mut PgConnection, record: &StepRecord) -> Result<(), StoreError> {
@@ -375,7 +404,7 @@ impl Store for PgStore {
         // earlier one of it is out with another instance: they are judged one at a time, in
         // order (fire once, older deliveries, implied statuses), whoever takes them.
         let rows = query(
-            "WITH candidates AS (SELECT id, order_key FROM events WHERE processed_at IS NULL AND (deferred_until IS NULL OR deferred_until <= $1) AND (claimed_until IS NULL OR claimed_until < $1) ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED), free AS (SELECT c.id FROM candidates c WHERE c.order_key IS NULL OR NOT EXISTS (SELECT 1 FROM events e WHERE e.order_key = c.order_key AND e.id < c.id AND e.processed_at IS NULL AND e.id NOT IN (SELECT id FROM candidates))) UPDATE events SET claimed_until = $3 WHERE id IN (SELECT id FROM free) RETURNING id, source, event_type, payload, received_at",
+            "WITH candidates AS (SELECT id, order_key FROM events WHERE processed_at IS NULL AND (deferred_until IS NULL OR deferred_until <= $1) AND (claimed_until IS NULL OR claimed_until < $1) AND (order_key IS NULL OR NOT EXISTS (SELECT 1 FROM events d WHERE d.order_key = events.order_key AND d.id < events.id AND d.processed_at IS NULL AND (d.deferred_until > $1 OR d.claimed_until >= $1))) ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED), free AS (SELECT c.id FROM candidates c WHERE c.order_key IS NULL OR NOT EXISTS (SELECT 1 FROM events e WHERE e.order_key = c.order_key AND e.id < c.id AND e.processed_at IS NULL AND e.id NOT IN (SELECT id FROM candidates))) UPDATE events SET claimed_until = $3 WHERE id IN (SELECT id FROM free) RETURNING id, source, event_type, payload, received_at",
         )
         .bind(now)
         .bind(limit)
@@ -416,7 +445,8 @@ impl Store for PgStore {
         events: std::sync::Arc<tokio::sync::Notify>,
         executions: std::sync::Arc<tokio::sync::Notify>,
     ) -> Result<(), StoreError> {
-        let mut listener = sqlx_postgres::PgListener::connect_with(&self.pool).await?;
+        // Its own connection, not one of the pool's: a listener holds it for good.
+        let mut listener = sqlx_postgres::PgListener::connect(&self.url).await?;
         listener
             .listen_all([INBOX_CHANNEL, EXECUTIONS_CHANNEL])
             .await?;
@@ -512,9 +542,10 @@ impl Store for PgStore {
         execution_id: &str,
         until: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        query("UPDATE executions SET lease_until = $1 WHERE id = $2 AND status = 'pending' AND lease_until IS NOT NULL")
+        query("UPDATE executions SET lease_until = $1 WHERE id = $2 AND status = 'pending' AND lease_until IS NOT NULL AND lease_owner = $3")
             .bind(until)
             .bind(execution_id)
+            .bind(&self.instance)
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -648,18 +679,23 @@ impl Store for PgStore {
         now: DateTime<Utc>,
         lease: Duration,
     ) -> Result<(), StoreError> {
-        query("UPDATE executions SET step_started_at = COALESCE(step_started_at, $1), lease_until = $2, updated_at = $1 WHERE id = $3")
+        let updated = query("UPDATE executions SET step_started_at = COALESCE(step_started_at, $1), lease_until = $2, updated_at = $1 WHERE id = $3 AND (lease_owner IS NULL OR lease_owner = $4)")
             .bind(now)
             .bind(lease_end(now, lease))
             .bind(execution_id)
+            .bind(&self.instance)
             .execute(&self.pool)
-            .await?;
+            .await?
+            .rows_affected();
+        if updated == 0 {
+            return Err(lost_lease(execution_id));
+        }
         Ok(())
     }
 
     async fn save_execution(&self, execution: &Execution, release: bool) -> Result<(), StoreError> {
         let mut connection = self.pool.acquire().await?;
-        update_execution(&mut connection, execution, release).await
+        update_execution(&mut connection, execution, release, &self.instance).await
     }
 
     async fn finish_step(
@@ -671,7 +707,8 @@ impl Store for PgStore {
     ) -> Result<(), StoreError> {
         let mut transaction = self.pool.begin().await?;
         insert_step(&mut transaction, record).await?;
-        update_execution(&mut transaction, execution, false).await?;
+        // A lost lease fails this, and the whole transaction (the record too) is rolled back.
+        update_execution(&mut transaction, execution, false, &self.instance).await?;
         if let Some(followed) = followed {
             query("INSERT INTO followed (resource_id, resource_type, rule, step_id, execution_id, context, status, remote_updated_at, changed_at, terminal) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (resource_id) DO NOTHING")
                 .bind(&followed.resource_id)

@@ -625,3 +625,82 @@ rules:
     let received = cluster.sink.received();
     assert_eq!(received.len(), 1, "{received:?}");
 }
+
+#[tokio::test]
+async fn a_run_waiting_behind_its_deferred_first_change_does_not_hold_up_the_inbox() {
+    let Some((a, _b, _schema)) = two_instances().await else {
+        return;
+    };
+    let mut events = vec![webhook("run-1", "running", "l0")];
+    for n in 1..=5 {
+        events.push(webhook("run-1", "running", &format!("l{n}")));
+    }
+    events.push(external("e1"));
+    a.insert_events(events).await.unwrap();
+    let now = Utc::now();
+    let head = a.claim_events(1, i64::MAX, now, CLAIM).await.unwrap();
+    a.defer_events(&[flowd::store::Deferral {
+        event_id: head[0].id,
+        key: "run-1".to_owned(),
+        until: now + chrono::TimeDelta::seconds(30),
+    }])
+    .await
+    .unwrap();
+    // Five changes of run-1 wait behind the deferred one; a page of five still finds the
+    // unrelated event instead of coming back empty.
+    let page = a.claim_events(5, i64::MAX, now, CLAIM).await.unwrap();
+    assert_eq!(
+        page.iter()
+            .map(|e| e.event_type.as_str())
+            .collect::<Vec<_>>(),
+        vec!["ping"]
+    );
+}
+
+#[tokio::test]
+async fn an_instance_whose_lease_was_taken_over_writes_nothing_more() {
+    let Some((a, b, _schema)) = two_instances().await else {
+        return;
+    };
+    a.insert_executions(&[NewExecution {
+        id: "x".to_owned(),
+        rule: "r".to_owned(),
+        event_id: None,
+        handler_step: None,
+        handler_status: None,
+        status: "pending".to_owned(),
+        context: json!({}),
+        note: None,
+        rule_version: None,
+        sweep: false,
+    }])
+    .await
+    .unwrap();
+    let mut mine = a
+        .claim_executions(Utc::now(), Duration::from_secs(1), 10)
+        .await
+        .unwrap()
+        .remove(0);
+    // A stalls past its lease; B takes the execution over.
+    let later = Utc::now() + chrono::TimeDelta::seconds(5);
+    let theirs = b
+        .claim_executions(later, Duration::from_secs(30), 10)
+        .await
+        .unwrap();
+    assert_eq!(theirs.len(), 1);
+    mine.next_step = 7;
+    assert!(
+        a.save_execution(&mine, false).await.is_err(),
+        "A's write is refused"
+    );
+    assert!(
+        a.begin_step("x", Utc::now(), Duration::from_secs(30))
+            .await
+            .is_err()
+    );
+    assert_eq!(a.execution("x").await.unwrap().unwrap().next_step, 0);
+    assert!(
+        b.save_execution(&theirs[0], true).await.is_ok(),
+        "B's goes through"
+    );
+}
