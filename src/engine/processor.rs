@@ -584,6 +584,12 @@ async fn status_change(
         (Some(_), Some(None)) => return Ok(StatusOutcome::Reread),
         _ => {}
     }
+    // The create that made this run may have recorded it (and left doubt) between the first
+    // read and the doubt check: read again before judging it a run flowd does not follow, or
+    // its status would be fired without the handler.
+    if followed.is_none() && engine.store.followed(&resource.id).await?.is_some() {
+        return Ok(StatusOutcome::Reread);
+    }
     if let (Some(followed), Some(updated_at)) = (&followed, updated_at)
         && let Some(known) = followed.remote_updated_at
         && updated_at < known
