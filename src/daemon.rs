@@ -164,21 +164,10 @@ impl Daemon {
     pub fn quiesce(&self) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
         let store = self.engine.store.clone();
         async move {
-            let far = chrono::Utc::now() + chrono::TimeDelta::days(365 * 20);
-            loop {
-                let inbox = store.unprocessed_events(1, i64::MAX, far).await?;
-                let pending = store
-                    .executions(&ExecutionFilter {
-                        status: Some("pending".to_owned()),
-                        limit: 1,
-                        ..ExecutionFilter::default()
-                    })
-                    .await?;
-                if inbox.is_empty() && pending.is_empty() {
-                    return Ok(());
-                }
+            while !nothing_pending(&*store).await? {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            Ok(())
         }
     }
 
@@ -385,6 +374,21 @@ impl Daemon {
         info!("flowd stopped");
         Ok(())
     }
+}
+
+/// Whether a store holds no work: no event in the inbox (deferred ones included) and no
+/// pending execution (retries included) — for whichever instances share it.
+pub async fn nothing_pending(store: &dyn Store) -> Result<bool, StoreError> {
+    let far = chrono::Utc::now() + chrono::TimeDelta::days(365 * 20);
+    let inbox = store.unprocessed_events(1, i64::MAX, far).await?;
+    let pending = store
+        .executions(&ExecutionFilter {
+            status: Some("pending".to_owned()),
+            limit: 1,
+            ..ExecutionFilter::default()
+        })
+        .await?;
+    Ok(inbox.is_empty() && pending.is_empty())
 }
 
 /// Opens the store a database URL names.

@@ -63,6 +63,7 @@ pub async fn run(engine: Engine, shutdown: CancellationToken) {
                 let full = !events.is_empty();
                 let claimed: Vec<i64> = events.iter().map(|event| event.id).collect();
                 let mut failed = false;
+                let mut reread = false;
                 let mut created = false;
                 let mut batch: Vec<(i64, EventOutcome)> = Vec::new();
                 let mut deferrals: Vec<Deferral> = Vec::new();
@@ -107,6 +108,7 @@ pub async fn run(engine: Engine, shutdown: CancellationToken) {
                         Ok(Outcome::Reread) => {
                             // The run is known now and its deferred webhooks were released
                             // with it: read the page again so they come first, in order.
+                            reread = true;
                             break;
                         }
                         Err(err) => {
@@ -124,9 +126,12 @@ pub async fn run(engine: Engine, shutdown: CancellationToken) {
                         false
                     }
                 };
-                // What this page did not complete goes back at once, for any instance (the
-                // store leaves processed events alone).
-                if let Err(err) = engine.store.release_events(&claimed).await {
+                // A page not completed goes back at once, for any instance (the store leaves
+                // its processed events alone). So do deferrals the store did not write (their
+                // run was recorded meanwhile). A page all processed has nothing to give back.
+                if (failed || reread || !flushed || !set_aside || !deferrals.is_empty())
+                    && let Err(err) = engine.store.release_events(&claimed).await
+                {
                     warn!(error = %err, "Cannot give unprocessed events back; they are taken again when their claim ends");
                 }
                 more = full && flushed && set_aside && !failed;

@@ -121,12 +121,11 @@ fn blank_key(lines: &mut [Vec<char>], line: usize, column: usize) -> Option<bool
         let length = lines[line].len();
         blank(&mut lines[line], column, length);
         let mut after = None;
-        for (index, next) in lines.iter_mut().enumerate().skip(line + 1) {
+        for next in lines.iter_mut().skip(line + 1) {
             match indent(next) {
                 // A list may sit at its key's indentation (`labels:` then `- one`).
                 Some(at) if at < column || (at == column && next[at] != '-') => {
                     after = Some(at);
-                    let _ = index;
                     break;
                 }
                 _ => {
@@ -135,15 +134,15 @@ fn blank_key(lines: &mut [Vec<char>], line: usize, column: usize) -> Option<bool
                 }
             }
         }
-        // Empty now: nothing of the mapping before the key (the line above is its parent key,
-        // less indented, or the item's dash is on this line) and nothing after it.
-        let first = before.contains('-')
-            || (0..line)
-                .rev()
-                .find_map(|l| indent(&lines[l]))
-                .is_some_and(|at| at < column);
+        // Empty now: the key was the mapping's first (the line above is its parent key, less
+        // indented) and its last (nothing as indented after it). The first key of a list item
+        // leaves the item, not a mapping to report empty.
+        let first = (0..line)
+            .rev()
+            .find_map(|l| indent(&lines[l]))
+            .is_some_and(|at| at < column);
         let last = after.is_none_or(|at| at < column);
-        return Some(first && last && !before.contains('-'));
+        return Some(!before.contains('-') && first && last);
     }
     // Flow style: scan to the end of this entry, across lines, minding quotes, brackets and
     // comments. A quote opens a quoted scalar only where a scalar starts (`don't` is plain).
@@ -324,20 +323,23 @@ fn blank_item(lines: &mut [Vec<char>], line: usize, column: usize) -> Option<Vec
     Some(ids)
 }
 
+/// The key written on a line from column `at` (`- name: x` → `name`).
+fn key_at(line: &[char], at: usize) -> String {
+    let text: String = line.iter().skip(at).collect();
+    text.trim_start_matches(['-', ' '])
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
 /// The key of the mapping that holds the key on `line` (the nearest less indented line above).
 fn parent_key(lines: &[Vec<char>], line: usize) -> Option<String> {
     let at = indent(&lines[line])?;
     (0..line).rev().find_map(|l| {
         let above = indent(&lines[l])?;
-        (above < at).then(|| {
-            let text: String = lines[l].iter().skip(above).collect();
-            text.trim_start_matches(['-', ' '])
-                .split(':')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_owned()
-        })
+        (above < at).then(|| key_at(&lines[l], above))
     })
 }
 
@@ -348,15 +350,7 @@ fn owner_key(lines: &[Vec<char>], line: usize, dash: usize) -> Option<(String, u
         if at > dash || (at == dash && lines[l].get(at) == Some(&'-')) {
             return None;
         }
-        let text: String = lines[l].iter().skip(at).collect();
-        let key = text
-            .trim_start_matches(['-', ' '])
-            .split(':')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_owned();
-        Some((key, l))
+        Some((key_at(&lines[l], at), l))
     })
 }
 

@@ -404,27 +404,31 @@ impl Store for PgStore {
         // earlier one of it is out with another instance: they are judged one at a time, in
         // order (fire once, older deliveries, implied statuses), whoever takes them.
         let rows = query(
-            "WITH candidates AS (SELECT id, order_key FROM events WHERE processed_at IS NULL AND (deferred_until IS NULL OR deferred_until <= $1) AND (claimed_until IS NULL OR claimed_until < $1) AND (order_key IS NULL OR NOT EXISTS (SELECT 1 FROM events d WHERE d.order_key = events.order_key AND d.id < events.id AND d.processed_at IS NULL AND (d.deferred_until > $1 OR d.claimed_until >= $1))) ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED), free AS (SELECT c.id FROM candidates c WHERE c.order_key IS NULL OR NOT EXISTS (SELECT 1 FROM events e WHERE e.order_key = c.order_key AND e.id < c.id AND e.processed_at IS NULL AND e.id NOT IN (SELECT id FROM candidates))) UPDATE events SET claimed_until = $3 WHERE id IN (SELECT id FROM free) RETURNING id, source, event_type, payload, received_at",
+            "WITH candidates AS (SELECT id, order_key FROM events WHERE processed_at IS NULL AND (deferred_until IS NULL OR deferred_until <= $1) AND (claimed_until IS NULL OR claimed_until < $1) AND (order_key IS NULL OR NOT EXISTS (SELECT 1 FROM events d WHERE d.order_key = events.order_key AND d.id < events.id AND d.processed_at IS NULL AND (d.deferred_until > $1 OR d.claimed_until >= $1))) ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED), free AS (SELECT c.id FROM candidates c WHERE c.order_key IS NULL OR NOT EXISTS (SELECT 1 FROM events e WHERE e.order_key = c.order_key AND e.id < c.id AND e.processed_at IS NULL AND e.id NOT IN (SELECT id FROM candidates))) UPDATE events SET claimed_until = $3 WHERE id IN (SELECT id FROM free) RETURNING id, source, event_type, payload, received_at, octet_length(payload)::bigint AS size",
         )
         .bind(now)
         .bind(limit)
         .bind(lease_end(now, lease))
         .fetch_all(&self.pool)
         .await?;
-        let mut events = convert(rows, event_from_row)?;
-        events.sort_by_key(|event| event.id);
-        // The page's byte bound, as `unprocessed_events` keeps it; the rest goes back.
+        let mut page = rows
+            .iter()
+            .map(|row| Ok((row.try_get::<i64, _>("size")?, event_from_row(row)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        page.sort_by_key(|(_, event)| event.id);
+        // The page's byte bound, as `unprocessed_events` keeps it (the stored bytes, counted by
+        // the database); the rest goes back.
         let mut bytes = 0i64;
         let mut keep = 0;
-        for event in &events {
-            let size = i64::try_from(event.payload.to_string().len()).unwrap_or(i64::MAX);
-            if keep > 0 && bytes.saturating_add(size) > max_bytes {
+        for (size, _) in &page {
+            if keep > 0 && bytes.saturating_add(*size) > max_bytes {
                 break;
             }
-            bytes = bytes.saturating_add(size);
+            bytes = bytes.saturating_add(*size);
             keep += 1;
         }
-        let rest: Vec<i64> = events.split_off(keep).iter().map(|e| e.id).collect();
+        let rest: Vec<i64> = page.split_off(keep).iter().map(|(_, e)| e.id).collect();
+        let events: Vec<StoredEvent> = page.into_iter().map(|(_, event)| event).collect();
         self.release_events(&rest).await?;
         Ok(events)
     }

@@ -18,6 +18,7 @@ use flowd::sim::SimSettings;
 use flowd::store::postgres::PgStore;
 use flowd::store::{EventOutcome, EventSource, NewEvent, NewExecution, Store};
 
+use crate::conformance::new_execution;
 use crate::engine::{EVENT_TOKEN, WEBHOOK_SECRET};
 use crate::receiver::{Receiver, distinct_strings};
 use crate::recrubo_client::{client_for, sim};
@@ -111,16 +112,8 @@ async fn an_event_another_instance_processed_first_stores_nothing_again() {
     assert_eq!(ids(&taken), vec![event.id]);
     let outcome = |id: &str| EventOutcome {
         executions: vec![NewExecution {
-            id: id.to_owned(),
-            rule: "r".to_owned(),
             event_id: Some(event.id),
-            handler_step: None,
-            handler_status: None,
-            status: "pending".to_owned(),
-            context: json!({}),
-            note: None,
-            rule_version: None,
-            sweep: false,
+            ..new_execution(id, "r", "pending")
         }],
         ..EventOutcome::default()
     };
@@ -159,20 +152,9 @@ async fn a_claimed_execution_names_its_instance_in_the_cluster_view() {
             .await
             .unwrap();
     }
-    a.insert_executions(&[NewExecution {
-        id: "x".to_owned(),
-        rule: "r".to_owned(),
-        event_id: None,
-        handler_step: None,
-        handler_status: None,
-        status: "pending".to_owned(),
-        context: json!({}),
-        note: None,
-        rule_version: None,
-        sweep: false,
-    }])
-    .await
-    .unwrap();
+    a.insert_executions(&[new_execution("x", "r", "pending")])
+        .await
+        .unwrap();
     assert_eq!(
         b.claim_executions(Utc::now(), Duration::from_secs(30), 10)
             .await
@@ -488,17 +470,10 @@ impl Cluster {
             .await
             .unwrap();
         eventually(Duration::from_secs(60), "the cluster settles", || async {
-            let far = Utc::now() + chrono::TimeDelta::days(1);
-            let inbox = store.unprocessed_events(1, i64::MAX, far).await.ok()?;
-            let pending = store
-                .executions(&flowd::store::ExecutionFilter {
-                    status: Some("pending".to_owned()),
-                    limit: 1,
-                    ..Default::default()
-                })
+            flowd::daemon::nothing_pending(&store)
                 .await
-                .ok()?;
-            (inbox.is_empty() && pending.is_empty()).then_some(())
+                .ok()
+                .filter(|quiet| *quiet)
         })
         .await;
     }
@@ -662,20 +637,9 @@ async fn an_instance_whose_lease_was_taken_over_writes_nothing_more() {
     let Some((a, b, _schema)) = two_instances().await else {
         return;
     };
-    a.insert_executions(&[NewExecution {
-        id: "x".to_owned(),
-        rule: "r".to_owned(),
-        event_id: None,
-        handler_step: None,
-        handler_status: None,
-        status: "pending".to_owned(),
-        context: json!({}),
-        note: None,
-        rule_version: None,
-        sweep: false,
-    }])
-    .await
-    .unwrap();
+    a.insert_executions(&[new_execution("x", "r", "pending")])
+        .await
+        .unwrap();
     let mut mine = a
         .claim_executions(Utc::now(), Duration::from_secs(1), 10)
         .await

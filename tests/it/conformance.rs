@@ -215,7 +215,7 @@ async fn unprocessed_ids(store: &dyn Store, at: DateTime<Utc>) -> Vec<i64> {
         .collect()
 }
 
-fn new_execution(id: &str, rule: &str, status: &str) -> NewExecution {
+pub(crate) fn new_execution(id: &str, rule: &str, status: &str) -> NewExecution {
     NewExecution {
         id: id.to_owned(),
         rule: rule.to_owned(),
