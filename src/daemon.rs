@@ -255,41 +255,60 @@ impl Daemon {
             })
         };
         // The heartbeat: the cluster view, and which rules each instance has in force.
-        let heartbeat_task =
-            {
-                let store = store.clone();
-                let reloader = reloader.clone();
-                let stop = work_shutdown.clone();
-                let me = me.clone();
-                tokio::spawn(async move {
-                    let mut every = tokio::time::interval(Duration::from_secs(5));
-                    loop {
-                        tokio::select! {
-                            _ = stop.cancelled() => return,
-                            _ = every.tick() => {}
+        let heartbeat_task = {
+            let store = store.clone();
+            let reloader = reloader.clone();
+            let stop = work_shutdown.clone();
+            let me = me.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = every.tick() => {}
+                    }
+                    let mine = me(&reloader);
+                    let sent = chrono::Utc::now();
+                    match store.heartbeat(&mine).await {
+                        Ok(Some(clock)) => {
+                            // Leases and claims are reckoned by each instance's clock: one
+                            // far off the database's takes work early or holds it too long.
+                            let back = chrono::Utc::now();
+                            let skew = clock_skew(sent, back, clock);
+                            metrics::gauge!("flowd_cluster_clock_skew_seconds").set(skew);
+                            if skew.abs() > CLOCK_SKEW_WARNING {
+                                warn!(
+                                    skew_seconds = skew,
+                                    "This instance's clock is off the database's; leases between instances assume clocks within a second or two (run NTP)"
+                                );
+                            }
                         }
-                        let mine = me(&reloader);
-                        if let Err(err) = store.heartbeat(&mine).await {
+                        Ok(None) => {}
+                        Err(err) => {
                             warn!(error = %err, "Cannot record this instance's heartbeat");
                             continue;
                         }
-                        match store
-                            .instances(chrono::Utc::now() - crate::http::INSTANCE_ALIVE)
-                            .await
-                        {
-                            Ok(instances) => {
-                                let mismatch =
-                                    instances.iter().any(|i| i.rules_hash != mine.rules_hash);
-                                metrics::gauge!("flowd_cluster_rules_hash_mismatch")
-                                    .set(if mismatch { 1.0 } else { 0.0 });
-                                metrics::gauge!("flowd_cluster_instances")
-                                    .set(instances.len().max(1) as f64);
-                            }
-                            Err(err) => warn!(error = %err, "Cannot read the cluster's instances"),
-                        }
                     }
-                })
-            };
+                    match store
+                        .instances(chrono::Utc::now() - crate::http::INSTANCE_ALIVE)
+                        .await
+                    {
+                        Ok(instances) => {
+                            let mismatch =
+                                instances.iter().any(|i| i.rules_hash != mine.rules_hash);
+                            metrics::gauge!("flowd_cluster_rules_hash_mismatch").set(if mismatch {
+                                1.0
+                            } else {
+                                0.0
+                            });
+                            metrics::gauge!("flowd_cluster_instances")
+                                .set(instances.len().max(1) as f64);
+                        }
+                        Err(err) => warn!(error = %err, "Cannot read the cluster's instances"),
+                    }
+                }
+            })
+        };
         info!(
             public = %public_addr,
             admin = %admin_addr,
@@ -416,6 +435,20 @@ async fn open_store(
 }
 
 /// A database URL as it may be printed: a password in it replaced by `***`.
+/// How far an instance's clock may be off the database's before it warns, in seconds.
+const CLOCK_SKEW_WARNING: f64 = 2.0;
+
+/// This instance's clock minus the database's, in seconds: the database read its clock between
+/// `sent` and `back` (taken as halfway).
+fn clock_skew(
+    sent: chrono::DateTime<chrono::Utc>,
+    back: chrono::DateTime<chrono::Utc>,
+    database: chrono::DateTime<chrono::Utc>,
+) -> f64 {
+    let ours = sent + (back - sent) / 2;
+    (ours - database).num_milliseconds() as f64 / 1000.0
+}
+
 fn redact_url(url: &str) -> String {
     match url.split_once("://") {
         Some((scheme, rest)) => match rest.split_once('@') {

@@ -257,6 +257,7 @@ async fn run_execution(engine: &Engine, mut execution: Execution) -> Result<(), 
             note: None,
             started_at: now,
             finished_at: None,
+            instance: None,
         };
         let input = match plan::start_step(step, &context) {
             StepStart::Act(input) => input,

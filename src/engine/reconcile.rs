@@ -41,7 +41,14 @@ pub async fn run(engine: Engine, shutdown: CancellationToken) {
             .ok()
             .and_then(|after| now.checked_sub_signed(after))
             .unwrap_or(now);
-        let stale = match engine.store.stale_followed(before, now, BATCH).await {
+        // Claimed until a run would be stale again: another instance polls it then if this one
+        // died before it did.
+        let until = super::checked_after(now, engine.settings.reconcile_after).unwrap_or(now);
+        let stale = match engine
+            .store
+            .claim_stale_followed(before, now, BATCH, until)
+            .await
+        {
             Ok(stale) => stale,
             Err(err) => {
                 warn!(error = %err, "Cannot list followed runs to reconcile");

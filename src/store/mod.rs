@@ -224,6 +224,9 @@ pub struct StepRecord {
     pub started_at: DateTime<Utc>,
     /// Finished.
     pub finished_at: Option<DateTime<Utc>>,
+    /// The instance that ran it, where several share the database (Postgres: the store fills it
+    /// in when it writes the record); `None` on SQLite, which has one.
+    pub instance: Option<String>,
 }
 
 /// What polling a followed run found, for [`Store::mark_polled`].
@@ -424,11 +427,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         let _ = (events, executions);
         Ok(())
     }
-    /// Records that `instance` is alive (its heartbeat, address and rules); the default keeps
-    /// nothing (one process: it is the cluster).
-    async fn heartbeat(&self, instance: &Instance) -> Result<(), StoreError> {
+    /// Records that `instance` is alive (its heartbeat, address and rules) and answers the
+    /// database's clock at that moment (instances compare it with their own: leases and claims
+    /// are reckoned by each instance's clock); the default keeps nothing and has no clock of its
+    /// own (one process: it is the cluster).
+    async fn heartbeat(&self, instance: &Instance) -> Result<Option<DateTime<Utc>>, StoreError> {
         let _ = instance;
-        Ok(())
+        Ok(None)
     }
     /// The instances that beat since `since`, each with the leases it holds; empty where the
     /// store keeps no heartbeats.
@@ -506,6 +511,19 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         now: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<FollowedRun>, StoreError>;
+    /// [`Store::stale_followed`], taken for this instance's reconciler until `until` (no other
+    /// instance polls them meanwhile; [`Store::mark_polled`] ends the claim). The default, for
+    /// a store with one instance, only lists them.
+    async fn claim_stale_followed(
+        &self,
+        before: DateTime<Utc>,
+        now: DateTime<Utc>,
+        limit: i64,
+        until: DateTime<Utc>,
+    ) -> Result<Vec<FollowedRun>, StoreError> {
+        let _ = until;
+        self.stale_followed(before, now, limit).await
+    }
     /// Notes what polling a followed run found (see [`PollMark`]).
     async fn mark_polled(
         &self,

@@ -37,11 +37,18 @@ use super::{
 };
 
 /// The migrations, in order (embedded: the binary carries its schema).
-const MIGRATIONS: [(i64, &str, &str); 1] = [(
-    1,
-    "init",
-    include_str!("../../migrations/postgres/0001_init.sql"),
-)];
+const MIGRATIONS: [(i64, &str, &str); 2] = [
+    (
+        1,
+        "init",
+        include_str!("../../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        "holders",
+        include_str!("../../migrations/postgres/0002_holders.sql"),
+    ),
+];
 
 /// The PostgreSQL store: a connection pool, and the id of the instance it serves (leases name
 /// their holder).
@@ -65,7 +72,12 @@ impl std::fmt::Debug for PgStore {
 
 impl From<sqlx_core::Error> for StoreError {
     fn from(err: sqlx_core::Error) -> Self {
-        StoreError::Database(err.to_string())
+        // The SQLSTATE goes with the message: `retryable` reads it, and an operator can look it
+        // up.
+        match err.as_database_error().and_then(|db| db.code()) {
+            Some(code) => StoreError::Database(format!("{err} (SQLSTATE {code})")),
+            None => StoreError::Database(err.to_string()),
+        }
     }
 }
 
@@ -201,6 +213,7 @@ fn step_from_row(row: &PgRow) -> Result<StepRecord, StoreError> {
         note: row.try_get("note")?,
         started_at: row.try_get("started_at")?,
         finished_at: row.try_get("finished_at")?,
+        instance: row.try_get("instance")?,
     })
 }
 
@@ -234,6 +247,22 @@ fn convert<T>(
     rows.iter().map(from).collect()
 }
 
+/// Takes a run's lock until the transaction ends: storing its status changes, deferring them
+/// and recording the run take it, so each sees what the others committed.
+async fn run_lock(connection: &mut PgConnection, resource_id: &str) -> Result<(), StoreError> {
+    query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(resource_id)
+        .execute(&mut *connection)
+        .await?;
+    Ok(())
+}
+
+/// Whether an error is a deadlock or a serialization failure: the transaction did nothing and
+/// can be tried again as it was.
+fn retryable(err: &StoreError) -> bool {
+    matches!(err, StoreError::Database(text) if text.ends_with("(SQLSTATE 40P01)") || text.ends_with("(SQLSTATE 40001)"))
+}
+
 /// Stores events; one carrying a dedup key stored before is absorbed as a duplicate.
 async fn insert_events(
     connection: &mut PgConnection,
@@ -247,10 +276,7 @@ async fn insert_events(
     keys.sort_unstable();
     keys.dedup();
     for key in keys {
-        query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-            .bind(key)
-            .execute(&mut *connection)
-            .await?;
+        run_lock(connection, key).await?;
     }
     let mut outcomes = Vec::with_capacity(events.len());
     for event in events {
@@ -343,9 +369,14 @@ fn lost_lease(execution: &str) -> StoreError {
     ))
 }
 
-async fn insert_step(connection: &mut PgConnection, record: &StepRecord) -> Result<(), StoreError> {
+/// Records a step attempt as run by `instance`.
+async fn insert_step(
+    connection: &mut PgConnection,
+    record: &StepRecord,
+    instance: &str,
+) -> Result<(), StoreError> {
     query(
-        "INSERT INTO step_runs (execution_id, step_index, step_id, kind, status, attempts, input, output, error, note, started_at, finished_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (execution_id, step_index) DO UPDATE SET status = excluded.status, attempts = excluded.attempts, input = excluded.input, output = excluded.output, error = excluded.error, note = excluded.note, finished_at = excluded.finished_at",
+        "INSERT INTO step_runs (execution_id, step_index, step_id, kind, status, attempts, input, output, error, note, started_at, finished_at, instance) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (execution_id, step_index) DO UPDATE SET status = excluded.status, attempts = excluded.attempts, input = excluded.input, output = excluded.output, error = excluded.error, note = excluded.note, finished_at = excluded.finished_at, instance = excluded.instance",
     )
     .bind(&record.execution_id)
     .bind(record.step_index)
@@ -359,6 +390,7 @@ async fn insert_step(connection: &mut PgConnection, record: &StepRecord) -> Resu
     .bind(&record.note)
     .bind(record.started_at)
     .bind(record.finished_at)
+    .bind(instance)
     .execute(&mut *connection)
     .await?;
     Ok(())
@@ -367,10 +399,22 @@ async fn insert_step(connection: &mut PgConnection, record: &StepRecord) -> Resu
 #[async_trait]
 impl Store for PgStore {
     async fn insert_events(&self, events: Vec<NewEvent>) -> Result<Vec<InsertOutcome>, StoreError> {
-        let mut transaction = self.pool.begin().await?;
-        let outcomes = insert_events(&mut transaction, &events).await?;
-        transaction.commit().await?;
-        Ok(outcomes)
+        // Two instances storing the same deliveries in different orders (one webhook sent to
+        // both) can deadlock on the dedup keys; PostgreSQL aborts one, which then goes again.
+        let mut tries = 0;
+        loop {
+            let attempt = async {
+                let mut transaction = self.pool.begin().await?;
+                let outcomes = insert_events(&mut transaction, &events).await?;
+                transaction.commit().await?;
+                Ok(outcomes)
+            }
+            .await;
+            match attempt {
+                Err(err) if retryable(&err) && tries < 3 => tries += 1,
+                other => return other,
+            }
+        }
     }
 
     async fn unprocessed_events(
@@ -404,11 +448,12 @@ impl Store for PgStore {
         // earlier one of it is out with another instance: they are judged one at a time, in
         // order (fire once, older deliveries, implied statuses), whoever takes them.
         let rows = query(
-            "WITH candidates AS (SELECT id, order_key FROM events WHERE processed_at IS NULL AND (deferred_until IS NULL OR deferred_until <= $1) AND (claimed_until IS NULL OR claimed_until < $1) AND (order_key IS NULL OR NOT EXISTS (SELECT 1 FROM events d WHERE d.order_key = events.order_key AND d.id < events.id AND d.processed_at IS NULL AND (d.deferred_until > $1 OR d.claimed_until >= $1))) ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED), free AS (SELECT c.id FROM candidates c WHERE c.order_key IS NULL OR NOT EXISTS (SELECT 1 FROM events e WHERE e.order_key = c.order_key AND e.id < c.id AND e.processed_at IS NULL AND e.id NOT IN (SELECT id FROM candidates))) UPDATE events SET claimed_until = $3 WHERE id IN (SELECT id FROM free) RETURNING id, source, event_type, payload, received_at, octet_length(payload)::bigint AS size",
+            "WITH candidates AS (SELECT id, order_key FROM events WHERE processed_at IS NULL AND (deferred_until IS NULL OR deferred_until <= $1) AND (claimed_until IS NULL OR claimed_until < $1) AND (order_key IS NULL OR NOT EXISTS (SELECT 1 FROM events d WHERE d.order_key = events.order_key AND d.id < events.id AND d.processed_at IS NULL AND (d.deferred_until > $1 OR d.claimed_until >= $1))) ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED), free AS (SELECT c.id FROM candidates c WHERE c.order_key IS NULL OR NOT EXISTS (SELECT 1 FROM events e WHERE e.order_key = c.order_key AND e.id < c.id AND e.processed_at IS NULL AND e.id NOT IN (SELECT id FROM candidates))) UPDATE events SET claimed_until = $3, claimed_by = $4 WHERE id IN (SELECT id FROM free) RETURNING id, source, event_type, payload, received_at, octet_length(payload)::bigint AS size",
         )
         .bind(now)
         .bind(limit)
         .bind(lease_end(now, lease))
+        .bind(&self.instance)
         .fetch_all(&self.pool)
         .await?;
         let mut page = rows
@@ -437,8 +482,10 @@ impl Store for PgStore {
         if ids.is_empty() {
             return Ok(());
         }
-        query("UPDATE events SET claimed_until = NULL WHERE id = ANY($1) AND processed_at IS NULL")
+        // Only this instance's claims: one that ran out may be another instance's by now.
+        query("UPDATE events SET claimed_until = NULL, claimed_by = NULL WHERE id = ANY($1) AND processed_at IS NULL AND claimed_by = $2")
             .bind(ids)
+            .bind(&self.instance)
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -465,15 +512,18 @@ impl Store for PgStore {
         }
     }
 
-    async fn heartbeat(&self, instance: &super::Instance) -> Result<(), StoreError> {
-        query("INSERT INTO instances (id, address, rules_hash, started_at, heartbeat_at) VALUES ($1, $2, $3, $4, $4) ON CONFLICT (id) DO UPDATE SET address = excluded.address, rules_hash = excluded.rules_hash, heartbeat_at = excluded.heartbeat_at")
+    async fn heartbeat(
+        &self,
+        instance: &super::Instance,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let row = query("INSERT INTO instances (id, address, rules_hash, started_at, heartbeat_at) VALUES ($1, $2, $3, $4, $4) ON CONFLICT (id) DO UPDATE SET address = excluded.address, rules_hash = excluded.rules_hash, heartbeat_at = excluded.heartbeat_at RETURNING clock_timestamp() AS clock")
             .bind(&instance.id)
             .bind(&instance.address)
             .bind(&instance.rules_hash)
             .bind(instance.heartbeat_at)
-            .execute(&self.pool)
+            .fetch_one(&self.pool)
             .await?;
-        Ok(())
+        Ok(Some(row.try_get("clock")?))
     }
 
     async fn instances(&self, since: DateTime<Utc>) -> Result<Vec<super::Instance>, StoreError> {
@@ -561,7 +611,11 @@ impl Store for PgStore {
         }
         let mut transaction = self.pool.begin().await?;
         for deferral in deferrals {
-            // Not when the run was recorded meanwhile: it released its webhooks already.
+            // Not when the run was recorded meanwhile: it released its webhooks already. The
+            // run's lock orders this against `finish_step` recording it on another instance
+            // (each statement then sees what the other committed): without it, a deferral
+            // could land just after the release and wait out its time.
+            run_lock(&mut transaction, &deferral.key).await?;
             query("UPDATE events SET deferred_until = $1, defer_key = $2, claimed_until = NULL WHERE id = $3 AND processed_at IS NULL AND NOT EXISTS (SELECT 1 FROM followed WHERE resource_id = $2)")
                 .bind(deferral.until)
                 .bind(&deferral.key)
@@ -710,10 +764,11 @@ impl Store for PgStore {
         event: Option<&NewEvent>,
     ) -> Result<(), StoreError> {
         let mut transaction = self.pool.begin().await?;
-        insert_step(&mut transaction, record).await?;
+        insert_step(&mut transaction, record, &self.instance).await?;
         // A lost lease fails this, and the whole transaction (the record too) is rolled back.
         update_execution(&mut transaction, execution, false, &self.instance).await?;
         if let Some(followed) = followed {
+            run_lock(&mut transaction, &followed.resource_id).await?;
             query("INSERT INTO followed (resource_id, resource_type, rule, step_id, execution_id, context, status, remote_updated_at, changed_at, terminal) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (resource_id) DO NOTHING")
                 .bind(&followed.resource_id)
                 .bind(followed.resource_type.json_api_type())
@@ -743,7 +798,7 @@ impl Store for PgStore {
 
     async fn record_step(&self, record: &StepRecord) -> Result<(), StoreError> {
         let mut connection = self.pool.acquire().await?;
-        insert_step(&mut connection, record).await
+        insert_step(&mut connection, record, &self.instance).await
     }
 
     async fn followed(&self, resource_id: &str) -> Result<Option<FollowedRun>, StoreError> {
@@ -767,6 +822,27 @@ impl Store for PgStore {
             .fetch_all(&self.pool)
             .await?;
         convert(rows, followed_from_row)
+    }
+
+    async fn claim_stale_followed(
+        &self,
+        before: DateTime<Utc>,
+        now: DateTime<Utc>,
+        limit: i64,
+        until: DateTime<Utc>,
+    ) -> Result<Vec<FollowedRun>, StoreError> {
+        // `poll_after` doubles as the claim: instances reconciling together poll different
+        // runs, and a run whose poller died is polled by another once the claim runs out.
+        let rows = query("UPDATE followed SET poll_after = $4 WHERE resource_id IN (SELECT resource_id FROM followed WHERE NOT terminal AND changed_at < $1 AND (poll_after IS NULL OR poll_after <= $2) ORDER BY changed_at LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING *")
+            .bind(before)
+            .bind(now)
+            .bind(limit)
+            .bind(until)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut runs = convert(rows, followed_from_row)?;
+        runs.sort_by_key(|run| run.changed_at);
+        Ok(runs)
     }
 
     async fn mark_polled(
@@ -876,6 +952,15 @@ impl Store for PgStore {
 
     async fn prune_history(&self, before: DateTime<Utc>, keep: i64) -> Result<u64, StoreError> {
         let mut transaction = self.pool.begin().await?;
+        // One instance prunes at a time; the others find the lock taken and leave it to it. (Per
+        // schema: advisory locks are the database's, and two installations may share one.)
+        let ours: bool = query("SELECT pg_try_advisory_xact_lock(hashtextextended('flowd prune_history ' || current_schema(), 0)) AS ours")
+            .fetch_one(&mut *transaction)
+            .await?
+            .try_get("ours")?;
+        if !ours {
+            return Ok(0);
+        }
         let doomed = "SELECT id FROM executions WHERE status != 'pending' AND (created_at < $1 OR id NOT IN (SELECT id FROM executions ORDER BY created_at DESC LIMIT $2))";
         query(&format!(
             "DELETE FROM step_runs WHERE execution_id IN ({doomed})"

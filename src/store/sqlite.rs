@@ -330,6 +330,7 @@ fn step_from_row(row: &Row<'_>) -> Result<StepRecord, StoreError> {
         note: row.get("note")?,
         started_at: parse_time(&row.get::<_, String>("started_at")?)?,
         finished_at: parse_optional_time(row.get("finished_at")?)?,
+        instance: None,
     })
 }
 

@@ -135,6 +135,94 @@ async fn an_event_another_instance_processed_first_stores_nothing_again() {
 }
 
 #[tokio::test]
+async fn only_the_holder_gives_a_claim_back() {
+    let Some((a, b, _schema)) = two_instances().await else {
+        return;
+    };
+    a.insert_events(vec![external("e1")]).await.unwrap();
+    let event = a
+        .claim_events(10, i64::MAX, Utc::now(), CLAIM)
+        .await
+        .unwrap()
+        .remove(0);
+    // A stalled past its claim; B has the event now. A giving back what it held leaves B's
+    // claim alone: nobody else takes the event while B works on it.
+    let later = Utc::now() + chrono::TimeDelta::seconds(11);
+    assert_eq!(
+        ids(&b.claim_events(10, i64::MAX, later, CLAIM).await.unwrap()),
+        vec![event.id]
+    );
+    a.release_events(&[event.id]).await.unwrap();
+    assert!(
+        a.claim_events(10, i64::MAX, later, CLAIM)
+            .await
+            .unwrap()
+            .is_empty(),
+        "B still holds it"
+    );
+    b.release_events(&[event.id]).await.unwrap();
+    assert_eq!(
+        ids(&a.claim_events(10, i64::MAX, later, CLAIM).await.unwrap()),
+        vec![event.id]
+    );
+}
+
+#[tokio::test]
+async fn instances_reconciling_together_poll_different_runs() {
+    let Some((a, b, _schema)) = two_instances().await else {
+        return;
+    };
+    let t = Utc::now();
+    let minutes = chrono::TimeDelta::minutes;
+    crate::conformance::following(
+        &a,
+        &[
+            ("run-1", t - minutes(30)),
+            ("run-2", t - minutes(20)),
+            ("run-3", t - minutes(10)),
+        ],
+    )
+    .await;
+    let until = t + minutes(5);
+    let first = a
+        .claim_stale_followed(t - minutes(5), t, 2, until)
+        .await
+        .unwrap();
+    let second = b
+        .claim_stale_followed(t - minutes(5), t, 10, until)
+        .await
+        .unwrap();
+    let names = |runs: &[flowd::store::FollowedRun]| -> Vec<String> {
+        runs.iter().map(|r| r.resource_id.clone()).collect()
+    };
+    assert_eq!(names(&first), ["run-1", "run-2"], "the quiet longest first");
+    assert_eq!(names(&second), ["run-3"], "the rest, not A's");
+    // A died without polling run-1: once its claim runs out, B polls it.
+    let after = until + chrono::TimeDelta::seconds(1);
+    b.mark_polled("run-3", flowd::store::PollMark::Read, after)
+        .await
+        .unwrap();
+    let again = b
+        .claim_stale_followed(after - minutes(5), after, 10, after + minutes(5))
+        .await
+        .unwrap();
+    assert_eq!(names(&again), ["run-1", "run-2"]);
+}
+
+#[tokio::test]
+async fn a_step_record_names_the_instance_that_ran_it() {
+    let Some((a, b, _schema)) = two_instances().await else {
+        return;
+    };
+    crate::conformance::pending(&a, "x").await;
+    b.record_step(&crate::conformance::step("x", 0))
+        .await
+        .unwrap();
+    let records = a.step_records("x").await.unwrap();
+    assert_eq!(records[0].instance.as_deref(), Some("b"));
+}
+
+#[tokio::test]
 async fn a_claimed_execution_names_its_instance_in_the_cluster_view() {
     let Some((a, b, _schema)) = two_instances().await else {
         return;
