@@ -350,7 +350,26 @@ struct Cluster {
 }
 
 async fn cluster(count: usize, rules: &str, extra_env: &[(&str, &str)]) -> Option<Cluster> {
+    cluster_via(count, rules, extra_env, None).await
+}
+
+/// [`cluster`], with the daemons reaching the database through `switch` when given.
+async fn cluster_via(
+    count: usize,
+    rules: &str,
+    extra_env: &[(&str, &str)],
+    switch: Option<&crate::proxy::Switch>,
+) -> Option<Cluster> {
     let schema = postgres_schema().await?;
+    let database = match switch {
+        Some(switch) => {
+            let mut url = url::Url::parse(&schema.url).unwrap();
+            url.set_host(Some("127.0.0.1")).unwrap();
+            url.set_port(Some(switch.addr.port())).unwrap();
+            url.to_string()
+        }
+        None => schema.url.clone(),
+    };
     let sink = Receiver::start().await;
     // Runs move on by themselves, quickly: running, then finished.
     let script = flowd::sim::Script {
@@ -389,7 +408,7 @@ async fn cluster(count: usize, rules: &str, extra_env: &[(&str, &str)]) -> Optio
             Some(Daemon::start_with_database(
                 dir.path(),
                 &env,
-                &schema.url,
+                &database,
                 tempfile::tempdir().unwrap(),
             ))
         })
@@ -755,4 +774,88 @@ async fn an_instance_whose_lease_was_taken_over_writes_nothing_more() {
         b.save_execution(&theirs[0], true).await.is_ok(),
         "B's goes through"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn instances_answer_503_while_the_database_is_down_and_recover_losing_nothing() {
+    let Some(server) = std::env::var("FLOWD_TEST_POSTGRES").ok() else {
+        let _ = postgres_schema().await; // prints the notice, or fails under FLOWD_REQUIRE_POSTGRES
+        return;
+    };
+    let server = url::Url::parse(&server).unwrap();
+    let upstream = format!(
+        "{}:{}",
+        server.host_str().unwrap_or("127.0.0.1"),
+        server.port().unwrap_or(5432)
+    );
+    let upstream = tokio::net::lookup_host(upstream)
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let switch = crate::proxy::Switch::start(upstream).await;
+    // Webhooks the outage costs (the simulator gives up on them) are found by polling.
+    let env = [("FLOWD_RECRUBO_RECONCILE_AFTER", "2s")];
+    let Some(cluster) = cluster_via(2, RULES, &env, Some(&switch)).await else {
+        return;
+    };
+    let mut accepted = cluster.post(0, 100, 8).await;
+    assert_eq!(accepted.len(), 100);
+
+    switch.off();
+    let client = reqwest::Client::new();
+    let targets: Vec<String> = cluster.upstreams.targets.lock().unwrap().clone();
+    // While it is down, every instance refuses what it cannot store: 503, never a 2xx for an
+    // event it might lose; readiness says so; liveness does not.
+    for target in &targets {
+        let answer = eventually(Duration::from_secs(15), "a 503 while down", || async {
+            let answer = client
+                .post(format!("{target}/events/application.created"))
+                .bearer_auth(EVENT_TOKEN)
+                .json(&json!({ "id": "during", "thread": "t-during" }))
+                .send()
+                .await
+                .ok()?;
+            (answer.status() != 202).then_some(answer)
+        })
+        .await;
+        assert_eq!(answer.status(), 503, "{target}");
+        assert!(answer.headers().contains_key("retry-after"));
+    }
+    for daemon in cluster.daemons.iter().flatten() {
+        let ready = client
+            .get(daemon.public_url("/readyz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), 503);
+        let live = client
+            .get(daemon.public_url("/healthz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(live.status(), 200);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    switch.on();
+    for daemon in cluster.daemons.iter().flatten() {
+        eventually(Duration::from_secs(30), "ready again", || async {
+            let ready = client.get(daemon.public_url("/readyz")).send().await.ok()?;
+            (ready.status() == 200).then_some(())
+        })
+        .await;
+    }
+    accepted.extend(cluster.post(100, 100, 8).await);
+    assert_eq!(accepted.len(), 200, "accepted again once it is back");
+    cluster
+        .wait_for("finished", 200, Duration::from_secs(120))
+        .await;
+    cluster.settle().await;
+    // A notify sent just before the cut whose record could not be written is sent again.
+    cluster.assert_each_once(&accepted, true).await;
+    for daemon in cluster.daemons.iter().flatten() {
+        let live = client.get(daemon.public_url("/healthz")).send().await;
+        assert!(live.is_ok_and(|l| l.status() == 200), "no instance gave up");
+    }
 }

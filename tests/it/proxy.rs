@@ -134,3 +134,58 @@ async fn read_head(
         buffer.extend_from_slice(&chunk[..n]);
     }
 }
+
+/// A TCP forwarder that can be switched off, as a database that went down looks to its clients:
+/// while off, every open connection is cut and new ones are closed at once; switched on, it
+/// forwards again.
+pub struct Switch {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Switch {
+    /// Starts a switch in front of `upstream`, on; must be called inside a tokio runtime.
+    pub async fn start(upstream: SocketAddr) -> Switch {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind switch");
+        let addr = listener.local_addr().expect("switch addr");
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let connections = Arc::new(Mutex::new(Vec::<tokio::task::AbortHandle>::new()));
+        let (accept_up, accept_connections) = (up.clone(), connections.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !accept_up.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                let mut open = accept_connections.lock().unwrap();
+                open.retain(|handle| !handle.is_finished());
+                open.push(task.abort_handle());
+            }
+        });
+        Switch {
+            addr,
+            up,
+            connections,
+        }
+    }
+
+    /// Cuts every connection and refuses new ones until [`Switch::on`].
+    pub fn off(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for connection in self.connections.lock().unwrap().drain(..) {
+            connection.abort();
+        }
+    }
+
+    /// Forwards again.
+    pub fn on(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
