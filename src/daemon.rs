@@ -449,7 +449,7 @@ fn clock_skew(
     (ours - database).num_milliseconds() as f64 / 1000.0
 }
 
-fn redact_url(url: &str) -> String {
+pub(crate) fn redact_url(url: &str) -> String {
     match url.split_once("://") {
         Some((scheme, rest)) => match rest.split_once('@') {
             Some((credentials, host)) if credentials.contains(':') => {

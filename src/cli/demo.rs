@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
+use axum::response::IntoResponse as _;
 use axum::routing::post;
 use clap::Args;
 use serde_json::{Value, json};
@@ -50,6 +51,96 @@ pub struct DemoArgs {
     /// The daemon's admin listener.
     #[arg(long, default_value = "127.0.0.1:0")]
     pub admin_listen: std::net::SocketAddr,
+    /// How many flowd instances share the work (more than one needs a Postgres `--database`);
+    /// the first takes `--listen` and `--admin-listen`, the others ports of their own.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=9))]
+    pub instances: u8,
+    /// The database: a SQLite file in a temporary folder by default, or `postgres://...`, where
+    /// the demo makes a schema of its own and drops it when it ends.
+    #[arg(long)]
+    pub database: Option<String>,
+}
+
+/// The letter an instance goes by in the demo's lines.
+fn letter(index: usize) -> char {
+    char::from(b'A' + (index % 26) as u8)
+}
+
+/// A schema of the demo's own on a Postgres server, dropped by [`DemoSchema::drop_now`].
+struct DemoSchema {
+    server: String,
+    name: String,
+    url: String,
+}
+
+impl DemoSchema {
+    async fn create(server: &str) -> anyhow::Result<DemoSchema> {
+        use sqlx_core::connection::Connection as _;
+        use sqlx_core::executor::Executor as _;
+        let name = format!("flowd_demo_{}", uuid::Uuid::new_v4().simple());
+        let mut connection = sqlx_postgres::PgConnection::connect(server)
+            .await
+            .with_context(|| format!("cannot connect to {}", crate::daemon::redact_url(server)))?;
+        connection
+            .execute(format!("CREATE SCHEMA {name}").as_str())
+            .await
+            .context("cannot create the demo's schema")?;
+        let separator = if server.contains('?') { '&' } else { '?' };
+        Ok(DemoSchema {
+            url: format!("{server}{separator}options=-c%20search_path%3D{name}"),
+            server: server.to_owned(),
+            name,
+        })
+    }
+
+    async fn drop_now(self) {
+        use sqlx_core::connection::Connection as _;
+        use sqlx_core::executor::Executor as _;
+        if let Ok(mut connection) = sqlx_postgres::PgConnection::connect(&self.server).await {
+            let _ = connection
+                .execute(format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name).as_str())
+                .await;
+        }
+    }
+}
+
+/// Forwards each request to the next instance in turn, as a load balancer in front of the
+/// public listeners would (the simulator's webhooks go through it).
+async fn balancer(targets: Vec<std::net::SocketAddr>) -> anyhow::Result<std::net::SocketAddr> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let next = Arc::new(AtomicUsize::new(0));
+    let client = reqwest::Client::new();
+    let forward = move |request: axum::extract::Request| {
+        let (next, client, targets) = (next.clone(), client.clone(), targets.clone());
+        async move {
+            let target = targets[next.fetch_add(1, Ordering::Relaxed) % targets.len()];
+            let (parts, body) = request.into_parts();
+            let body = axum::body::to_bytes(body, 2 << 20)
+                .await
+                .unwrap_or_default();
+            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            let mut outgoing = client.request(parts.method, format!("http://{target}{path}"));
+            for (name, value) in &parts.headers {
+                if name != axum::http::header::HOST {
+                    outgoing = outgoing.header(name, value);
+                }
+            }
+            match outgoing.body(body).send().await {
+                Ok(answer) => {
+                    let status = answer.status();
+                    let bytes = answer.bytes().await.unwrap_or_default();
+                    (status, bytes).into_response()
+                }
+                Err(_) => axum::http::StatusCode::BAD_GATEWAY.into_response(),
+            }
+        }
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, Router::new().fallback(forward)).await;
+    });
+    Ok(addr)
 }
 
 fn say(line: impl AsRef<str>) {
@@ -68,6 +159,28 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let postgres = args
+        .database
+        .as_deref()
+        .filter(|url| url.starts_with("postgres://") || url.starts_with("postgresql://"));
+    if args.instances > 1 && postgres.is_none() {
+        anyhow::bail!(
+            "--instances {} needs a database the instances share: pass --database postgres://user@host/db (the demo makes a schema of its own there and drops it at the end)",
+            args.instances
+        );
+    }
+    let schema = match postgres {
+        Some(server) => Some(DemoSchema::create(server).await?),
+        None => None,
+    };
+    let outcome = demo_on(&args, schema.as_ref().map(|s| s.url.clone())).await;
+    if let Some(schema) = schema {
+        schema.drop_now().await;
+    }
+    outcome
+}
+
+async fn demo_on(args: &DemoArgs, postgres: Option<String>) -> anyhow::Result<()> {
     let folder = tempfile::tempdir().context("cannot create a temporary folder")?;
 
     // A sink that prints the notifications flowd sends.
@@ -112,18 +225,15 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         rules.join("quickstart.yaml"),
         QUICKSTART.replace(QUICKSTART_SINK, &sink_url),
     )?;
-    let public = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let admin = tokio::net::TcpListener::bind(args.admin_listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.admin_listen))?;
-    let public_addr = public.local_addr()?;
-    let admin_addr = admin.local_addr()?;
+    let database = match (&postgres, &args.database) {
+        (Some(url), _) => url.clone(),
+        (None, Some(path)) => path.clone(),
+        (None, None) => format!("sqlite://{}", folder.path().join("flowd.db").display()),
+    };
     let mut settings = Settings {
         rules: rules.clone(),
         database: crate::settings::DatabaseSettings {
-            url: format!("sqlite://{}", folder.path().join("flowd.db").display()),
+            url: database,
             ..Default::default()
         },
         ..Settings::default()
@@ -138,9 +248,41 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         Err(diagnostics) => anyhow::bail!("{}", loaded.render_diagnostics(diagnostics)),
     };
     let stop = CancellationToken::new();
-    let daemon =
-        crate::daemon::Daemon::build_on(settings, rule_set, BTreeMap::new(), public, admin).await?;
-    let daemon = tokio::spawn(daemon.run(stop.clone().cancelled_owned()));
+    let mut daemons = Vec::new();
+    let mut publics = Vec::new();
+    let mut admins = Vec::new();
+    for index in 0..usize::from(args.instances) {
+        let (listen, admin_listen) = if index == 0 {
+            (args.listen, args.admin_listen)
+        } else {
+            ("127.0.0.1:0".parse()?, "127.0.0.1:0".parse()?)
+        };
+        let public = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let admin = tokio::net::TcpListener::bind(admin_listen)
+            .await
+            .with_context(|| format!("cannot listen on {admin_listen}"))?;
+        publics.push(public.local_addr()?);
+        admins.push(admin.local_addr()?);
+        let daemon = crate::daemon::Daemon::build_on(
+            settings.clone(),
+            rule_set.clone(),
+            BTreeMap::new(),
+            public,
+            admin,
+        )
+        .await?;
+        daemons.push(tokio::spawn(daemon.run(stop.clone().cancelled_owned())));
+    }
+    let public_addr = publics[0];
+    let admin_addr = admins[0];
+    let several = publics.len() > 1;
+    let webhook_addr = if several {
+        balancer(publics.clone()).await?
+    } else {
+        public_addr
+    };
 
     // Point the simulator's webhooks at the daemon, as `flowd webhooks set-destination` would.
     let client = RecruboClient::new(&ClientSettings::new(
@@ -153,28 +295,77 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     client
         .set_organization_webhook(
             &organization,
-            &format!("http://{public_addr}/webhooks/recrubo"),
+            &format!("http://{webhook_addr}/webhooks/recrubo"),
             &Secret::new(WEBHOOK_SECRET.to_owned()),
         )
         .await?;
 
+    let http = reqwest::Client::new();
+    // Which instance is which: the cluster view names each by its public address.
+    let mut names: HashMap<String, char> = HashMap::new();
+    if several {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while names.len() < publics.len() && tokio::time::Instant::now() < deadline {
+            let cluster: Value = http
+                .get(format!("http://{admin_addr}/api/v1/cluster"))
+                .send()
+                .await?
+                .json()
+                .await?;
+            for instance in cluster["instances"].as_array().into_iter().flatten() {
+                let address = instance["address"].as_str().unwrap_or_default();
+                if let Some(index) = publics.iter().position(|p| p.to_string() == address) {
+                    names.insert(
+                        instance["id"].as_str().unwrap_or_default().to_owned(),
+                        letter(index),
+                    );
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     say("flowd demo");
     say(format!("  Recrubo simulator  {}", sim.base_url()));
-    say(format!(
-        "  flowd              http://{public_addr} (events, webhooks)   admin http://{admin_addr}"
-    ));
+    if several {
+        say(format!(
+            "  database           {} (a schema of the demo's own, dropped at the end)",
+            crate::daemon::redact_url(args.database.as_deref().unwrap_or_default())
+        ));
+        for (index, (public, admin)) in publics.iter().zip(&admins).enumerate() {
+            say(format!(
+                "  flowd {}            http://{public} (events, webhooks)   admin http://{admin}",
+                letter(index)
+            ));
+        }
+        say(format!(
+            "  load balancer      http://{webhook_addr} (Recrubo's webhooks, round-robin)"
+        ));
+    } else {
+        say(format!(
+            "  flowd              http://{public_addr} (events, webhooks)   admin http://{admin_addr}"
+        ));
+    }
     say(
         "  rules              examples/quickstart: screen new applications, chain the interview, scrub timeouts",
     );
     say("");
-    let http = reqwest::Client::new();
-    for (id, name) in [("app-1", "Ana"), ("app-2", "Bo"), ("app-3", "Cy")] {
-        http.post(format!("http://{public_addr}/events/application.created"))
+    for (index, (id, name)) in [("app-1", "Ana"), ("app-2", "Bo"), ("app-3", "Cy")]
+        .into_iter()
+        .enumerate()
+    {
+        let target = publics[index % publics.len()];
+        http.post(format!("http://{target}/events/application.created"))
             .bearer_auth(DEMO_EVENTS_TOKEN)
             .json(&json!({ "id": id, "name": name, "message_thread_id": format!("thread-{}", name.to_lowercase()) }))
             .send()
             .await?;
-        say(format!("→ event application.created posted for {name}"));
+        let at = if several {
+            format!(" to flowd {}", letter(index % publics.len()))
+        } else {
+            String::new()
+        };
+        say(format!("→ event application.created posted for {name}{at}"));
     }
 
     // Follow what happens through the admin API.
@@ -205,10 +396,13 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
                 .as_str()
                 .map(|name| format!(" for {name}"))
                 .unwrap_or_default();
-            let what = match execution["handler_status"].as_str() {
+            let mut what = match execution["handler_status"].as_str() {
                 Some(handler) => format!("on_status.{handler} handler of {rule}{who}"),
                 None => format!("rule {rule}{who}"),
             };
+            if several && status != "pending" {
+                what.push_str(&ran_on(&http, admin_addr, &id, &names).await);
+            }
             match status.as_str() {
                 "pending" => say(format!("  ▶  {what} matched")),
                 "succeeded" => say(format!("  ✔  {what} done")),
@@ -273,6 +467,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|p| p.into_inner())
             .len()
     ));
+    if several {
+        say("  every instance's admin API and status page show the whole cluster's work:");
+    }
     say(format!("  status page http://{admin_addr}/"));
     say(format!(
         "  executions  http://{admin_addr}/api/v1/executions"
@@ -286,7 +483,41 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         super::daemon::wait_for_termination().await;
     }
     stop.cancel();
-    let _ = daemon.await;
+    for daemon in daemons {
+        let _ = daemon.await;
+    }
     sim.stop().await;
     Ok(())
+}
+
+/// " on flowd B" (or "B, C" when its steps ran on several): the instances that ran an
+/// execution's steps, from its step records.
+async fn ran_on(
+    http: &reqwest::Client,
+    admin: std::net::SocketAddr,
+    id: &str,
+    names: &HashMap<String, char>,
+) -> String {
+    let Ok(answer) = http
+        .get(format!("http://{admin}/api/v1/executions/{id}"))
+        .send()
+        .await
+    else {
+        return String::new();
+    };
+    let detail: Value = answer.json().await.unwrap_or_default();
+    let mut on: Vec<char> = detail["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|step| step["instance"].as_str())
+        .map(|instance| names.get(instance).copied().unwrap_or('?'))
+        .collect();
+    on.sort_unstable();
+    on.dedup();
+    if on.is_empty() {
+        return String::new();
+    }
+    let on: Vec<String> = on.iter().map(char::to_string).collect();
+    format!(" on flowd {}", on.join(", "))
 }

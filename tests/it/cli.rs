@@ -511,6 +511,47 @@ fn the_demo_runs_the_quickstart_scenario_to_its_end() {
 }
 
 #[test]
+fn the_demo_runs_on_three_instances_and_says_which_did_what() {
+    let Ok(server) = std::env::var("FLOWD_TEST_POSTGRES") else {
+        assert!(
+            std::env::var_os("FLOWD_REQUIRE_POSTGRES").is_none(),
+            "FLOWD_REQUIRE_POSTGRES is set but FLOWD_TEST_POSTGRES is not"
+        );
+        eprintln!("notice: FLOWD_TEST_POSTGRES is not set; the three-instance demo is skipped");
+        return;
+    };
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_flowd"))
+        .args([
+            "demo",
+            "--exit-when-done",
+            "--instances",
+            "3",
+            "--database",
+            &server,
+        ])
+        .output()
+        .expect("run the demo");
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{out}");
+    for instance in ["flowd A", "flowd B", "flowd C"] {
+        assert!(out.contains(&format!("  {instance} ")), "{instance}: {out}");
+    }
+    assert!(out.contains("posted for Bo to flowd B"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains("on_status.finished handler") && l.contains(" on flowd ")),
+        "a handler says where it ran: {out}"
+    );
+    assert!(
+        out.contains("done: 8 executions, 4 runs followed, 3 notifications."),
+        "the same scenario as on one instance: {out}"
+    );
+    // Without a shared database, several instances are refused with what to pass.
+    let (code, _) = flowd(&["demo", "--instances", "2"]);
+    assert_eq!(code, 1);
+}
+
+#[test]
 fn simulate_shows_matches_reasons_and_rendered_steps() {
     let root = env!("CARGO_MANIFEST_DIR");
     let dir = tempfile::tempdir().expect("temp dir");
