@@ -26,7 +26,7 @@ rules:
 YAML
 FLOWD_RECRUBO_BASE_URL="$base" RECRUBO_API_TOKEN=bench FLOWD_RECRUBO_RATE_LIMIT=0 \
   ./target/release/flowd run --rules "$work/rules" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
-  --database "sqlite://$work/flowd.db" --log-format json --log-level warn,flowd::cli=info 2> "$work/log" &
+  --database "sqlite://$work/flowd.db" --log-format json --log-level warn,flowd::daemon=info 2> "$work/log" &
 daemon=$!
 for _ in $(seq 100); do grep -q '"flowd listening"' "$work/log" 2>/dev/null && break; sleep 0.1; done
 public=$(python3 -c 'import json,sys; [print(e["public"]) for e in map(json.loads, open(sys.argv[1])) if e.get("message")=="flowd listening"]' "$work/log")

@@ -23,7 +23,7 @@ rules:
 YAML
 start() {
   RECRUBO_WEBHOOK_SECRET=s ./target/release/flowd run --rules "$work/rules" --listen 127.0.0.1:0 \
-    --admin-listen 127.0.0.1:0 --database "sqlite://$work/flowd.db" --log-format json --log-level warn,flowd::cli=info 2> "$work/log" &
+    --admin-listen 127.0.0.1:0 --database "sqlite://$work/flowd.db" --log-format json --log-level warn,flowd::daemon=info 2> "$work/log" &
   daemon=$!
   for _ in $(seq 300); do grep -q '"flowd listening"' "$work/log" 2>/dev/null && break; sleep 0.1; done
 }

@@ -27,7 +27,7 @@ for f in range((count + per_file - 1) // per_file):
             h.write(f"  - name: other-{i}\n    on: {{ event: other.{i} }}\n    do: [ {{ log: \"{{{{event.data.n}}}}\" }} ]\n")
 PY
 ./target/release/flowd run --rules "$work/rules" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
-  --database "sqlite://$work/flowd.db" --log-format json --log-level warn,flowd::cli=info 2> "$work/log" &
+  --database "sqlite://$work/flowd.db" --log-format json --log-level warn,flowd::daemon=info 2> "$work/log" &
 daemon=$!
 for _ in $(seq 100); do
   grep -q '"flowd listening"' "$work/log" 2>/dev/null && break

@@ -64,7 +64,7 @@ start_instance() {
   local log="$work/log.$1"
   FLOWD_RECRUBO_BASE_URL="$base" RECRUBO_API_TOKEN=bench FLOWD_RECRUBO_RATE_LIMIT=0 \
     ./target/release/flowd run --rules "$work/rules" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
-    --database "$2" --log-format json --log-level warn,flowd::cli=info 2> "$log" &
+    --database "$2" --log-format json --log-level warn,flowd::daemon=info 2> "$log" &
   pids+=("$!")
   for _ in $(seq 200); do grep -q '"flowd listening"' "$log" 2>/dev/null && break; sleep 0.1; done
   publics+=("$(python3 -c 'import json,sys; [print(e["public"]) for e in map(json.loads, open(sys.argv[1])) if e.get("message")=="flowd listening"]' "$log")")
@@ -152,7 +152,7 @@ for configuration in "${configurations[@]}"; do
   count=${configuration##*:}
   start_sim
   if [ "$kind" = sqlite ]; then
-    database="sqlite://$work/flowd-$configuration.db"
+    database="sqlite://$work/flowd-$kind-$count.db"
   else
     schema="flowd_bench_$(python3 -c 'import uuid; print(uuid.uuid4().hex)')"
     schemas+=("$schema")
@@ -161,7 +161,7 @@ for configuration in "${configurations[@]}"; do
     database="$server${separator}options=-c%20search_path%3D$schema"
   fi
   publics=()
-  for n in $(seq "$count"); do start_instance "$configuration.$n" "$database"; done
+  for n in $(seq "$count"); do start_instance "$kind-$count-$n" "$database"; done
   # Intake and end to end: one wrk per instance, the connections split between them.
   connections=$((64 / count))
   loads=()

@@ -23,7 +23,7 @@ for f in range(100):
             h.write(f"  - name: every-minute-{n}\n    on: {{ schedule: \"* * * * *\" }}\n    do: [ {{ log: \"tick {n} {{{{event.scheduled_at}}}}\" }} ]\n")
 PY
 ./target/release/flowd run --rules "$work/rules" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
-  --database "sqlite://$work/flowd.db" --log-format json --log-level warn,flowd::cli=info 2> "$work/log" &
+  --database "sqlite://$work/flowd.db" --log-format json --log-level warn,flowd::daemon=info 2> "$work/log" &
 daemon=$!
 for _ in $(seq 300); do grep -q '"flowd listening"' "$work/log" 2>/dev/null && break; sleep 0.1; done
 admin=$(python3 -c 'import json,sys; [print(e["admin"]) for e in map(json.loads, open(sys.argv[1])) if e.get("message")=="flowd listening"]' "$work/log")

@@ -97,6 +97,8 @@ impl DemoSchema {
         use sqlx_core::connection::Connection as _;
         use sqlx_core::executor::Executor as _;
         if let Ok(mut connection) = sqlx_postgres::PgConnection::connect(&self.server).await {
+            // Not forever behind a daemon's transaction, should one still hold a lock.
+            let _ = connection.execute("SET lock_timeout = '5s'").await;
             let _ = connection
                 .execute(format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name).as_str())
                 .await;
@@ -115,9 +117,9 @@ async fn balancer(targets: Vec<std::net::SocketAddr>) -> anyhow::Result<std::net
         async move {
             let target = targets[next.fetch_add(1, Ordering::Relaxed) % targets.len()];
             let (parts, body) = request.into_parts();
-            let body = axum::body::to_bytes(body, 2 << 20)
-                .await
-                .unwrap_or_default();
+            let Ok(body) = axum::body::to_bytes(body, 2 << 20).await else {
+                return axum::http::StatusCode::PAYLOAD_TOO_LARGE.into_response();
+            };
             let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
             let mut outgoing = client.request(parts.method, format!("http://{target}{path}"));
             for (name, value) in &parts.headers {
@@ -128,8 +130,17 @@ async fn balancer(targets: Vec<std::net::SocketAddr>) -> anyhow::Result<std::net
             match outgoing.body(body).send().await {
                 Ok(answer) => {
                     let status = answer.status();
+                    let headers = answer.headers().clone();
                     let bytes = answer.bytes().await.unwrap_or_default();
-                    (status, bytes).into_response()
+                    let mut response = (status, bytes).into_response();
+                    for (name, value) in &headers {
+                        if name != axum::http::header::CONTENT_LENGTH
+                            && name != axum::http::header::TRANSFER_ENCODING
+                        {
+                            response.headers_mut().insert(name, value.clone());
+                        }
+                    }
+                    response
                 }
                 Err(_) => axum::http::StatusCode::BAD_GATEWAY.into_response(),
             }
@@ -173,7 +184,11 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         Some(server) => Some(DemoSchema::create(server).await?),
         None => None,
     };
-    let outcome = demo_on(&args, schema.as_ref().map(|s| s.url.clone())).await;
+    // Ctrl-C before the scenario is done ends it too; the schema is dropped either way.
+    let outcome = tokio::select! {
+        outcome = demo_on(&args, schema.as_ref().map(|s| s.url.clone())) => outcome,
+        () = super::daemon::wait_for_termination() => Ok(()),
+    };
     if let Some(schema) = schema {
         schema.drop_now().await;
     }
@@ -275,219 +290,225 @@ async fn demo_on(args: &DemoArgs, postgres: Option<String>) -> anyhow::Result<()
         .await?;
         daemons.push(tokio::spawn(daemon.run(stop.clone().cancelled_owned())));
     }
-    let public_addr = publics[0];
-    let admin_addr = admins[0];
-    let several = publics.len() > 1;
-    let webhook_addr = if several {
-        balancer(publics.clone()).await?
-    } else {
-        public_addr
-    };
+    // Whatever happens from here, the daemons are stopped before the demo returns (and its
+    // schema is dropped).
+    let outcome = async {
+        let public_addr = publics[0];
+        let admin_addr = admins[0];
+        let several = publics.len() > 1;
+        let webhook_addr = if several {
+            balancer(publics.clone()).await?
+        } else {
+            public_addr
+        };
 
-    // Point the simulator's webhooks at the daemon, as `flowd webhooks set-destination` would.
-    let client = RecruboClient::new(&ClientSettings::new(
-        sim.base_url(),
-        Secret::new("demo-token".to_owned()),
-    ))?;
-    let organization = client.list("organizations", &ListQuery::new()).await?.items[0]
-        .id
-        .clone();
-    client
-        .set_organization_webhook(
-            &organization,
-            &format!("http://{webhook_addr}/webhooks/recrubo"),
-            &Secret::new(WEBHOOK_SECRET.to_owned()),
-        )
-        .await?;
+        // Point the simulator's webhooks at the daemon, as `flowd webhooks set-destination` would.
+        let client = RecruboClient::new(&ClientSettings::new(
+            sim.base_url(),
+            Secret::new("demo-token".to_owned()),
+        ))?;
+        let organization = client.list("organizations", &ListQuery::new()).await?.items[0]
+            .id
+            .clone();
+        client
+            .set_organization_webhook(
+                &organization,
+                &format!("http://{webhook_addr}/webhooks/recrubo"),
+                &Secret::new(WEBHOOK_SECRET.to_owned()),
+            )
+            .await?;
 
-    let http = reqwest::Client::new();
-    // Which instance is which: the cluster view names each by its public address.
-    let mut names: HashMap<String, char> = HashMap::new();
-    if several {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        while names.len() < publics.len() && tokio::time::Instant::now() < deadline {
-            let cluster: Value = http
-                .get(format!("http://{admin_addr}/api/v1/cluster"))
+        let http = reqwest::Client::new();
+        // Which instance is which: the cluster view names each by its public address.
+        let mut names: HashMap<String, char> = HashMap::new();
+        if several {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+            while names.len() < publics.len() && tokio::time::Instant::now() < deadline {
+                let cluster: Value = http
+                    .get(format!("http://{admin_addr}/api/v1/cluster"))
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                for instance in cluster["instances"].as_array().into_iter().flatten() {
+                    let address = instance["address"].as_str().unwrap_or_default();
+                    if let Some(index) = publics.iter().position(|p| p.to_string() == address) {
+                        names.insert(
+                            instance["id"].as_str().unwrap_or_default().to_owned(),
+                            letter(index),
+                        );
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+
+        say("flowd demo");
+        say(format!("  Recrubo simulator  {}", sim.base_url()));
+        if several {
+            say(format!(
+                "  database           {} (a schema of the demo's own, dropped at the end)",
+                crate::daemon::redact_url(args.database.as_deref().unwrap_or_default())
+            ));
+            for (index, (public, admin)) in publics.iter().zip(&admins).enumerate() {
+                say(format!(
+                    "  flowd {}            http://{public} (events, webhooks)   admin http://{admin}",
+                    letter(index)
+                ));
+            }
+            say(format!(
+                "  load balancer      http://{webhook_addr} (Recrubo's webhooks, round-robin)"
+            ));
+        } else {
+            say(format!(
+                "  flowd              http://{public_addr} (events, webhooks)   admin http://{admin_addr}"
+            ));
+        }
+        say(
+            "  rules              examples/quickstart: screen new applications, chain the interview, scrub timeouts",
+        );
+        say("");
+        for (index, (id, name)) in [("app-1", "Ana"), ("app-2", "Bo"), ("app-3", "Cy")]
+            .into_iter()
+            .enumerate()
+        {
+            let target = publics[index % publics.len()];
+            http.post(format!("http://{target}/events/application.created"))
+                .bearer_auth(DEMO_EVENTS_TOKEN)
+                .json(&json!({ "id": id, "name": name, "message_thread_id": format!("thread-{}", name.to_lowercase()) }))
+                .send()
+                .await?;
+            let at = if several {
+                format!(" to flowd {}", letter(index % publics.len()))
+            } else {
+                String::new()
+            };
+            say(format!("→ event application.created posted for {name}{at}"));
+        }
+
+        // Follow what happens through the admin API.
+        let mut seen_executions: HashMap<String, String> = HashMap::new();
+        let mut seen_runs: HashMap<String, String> = HashMap::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let executions: Value = http
+                .get(format!("http://{admin_addr}/api/v1/executions?limit=200"))
                 .send()
                 .await?
                 .json()
                 .await?;
-            for instance in cluster["instances"].as_array().into_iter().flatten() {
-                let address = instance["address"].as_str().unwrap_or_default();
-                if let Some(index) = publics.iter().position(|p| p.to_string() == address) {
-                    names.insert(
-                        instance["id"].as_str().unwrap_or_default().to_owned(),
-                        letter(index),
-                    );
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    say("flowd demo");
-    say(format!("  Recrubo simulator  {}", sim.base_url()));
-    if several {
-        say(format!(
-            "  database           {} (a schema of the demo's own, dropped at the end)",
-            crate::daemon::redact_url(args.database.as_deref().unwrap_or_default())
-        ));
-        for (index, (public, admin)) in publics.iter().zip(&admins).enumerate() {
-            say(format!(
-                "  flowd {}            http://{public} (events, webhooks)   admin http://{admin}",
-                letter(index)
-            ));
-        }
-        say(format!(
-            "  load balancer      http://{webhook_addr} (Recrubo's webhooks, round-robin)"
-        ));
-    } else {
-        say(format!(
-            "  flowd              http://{public_addr} (events, webhooks)   admin http://{admin_addr}"
-        ));
-    }
-    say(
-        "  rules              examples/quickstart: screen new applications, chain the interview, scrub timeouts",
-    );
-    say("");
-    for (index, (id, name)) in [("app-1", "Ana"), ("app-2", "Bo"), ("app-3", "Cy")]
-        .into_iter()
-        .enumerate()
-    {
-        let target = publics[index % publics.len()];
-        http.post(format!("http://{target}/events/application.created"))
-            .bearer_auth(DEMO_EVENTS_TOKEN)
-            .json(&json!({ "id": id, "name": name, "message_thread_id": format!("thread-{}", name.to_lowercase()) }))
-            .send()
-            .await?;
-        let at = if several {
-            format!(" to flowd {}", letter(index % publics.len()))
-        } else {
-            String::new()
-        };
-        say(format!("→ event application.created posted for {name}{at}"));
-    }
-
-    // Follow what happens through the admin API.
-    let mut seen_executions: HashMap<String, String> = HashMap::new();
-    let mut seen_runs: HashMap<String, String> = HashMap::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
-    loop {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        let executions: Value = http
-            .get(format!("http://{admin_addr}/api/v1/executions?limit=200"))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let mut list: Vec<&Value> = executions["executions"]
-            .as_array()
-            .map(|a| a.iter().collect())
-            .unwrap_or_default();
-        list.reverse();
-        for execution in list {
-            let id = execution["id"].as_str().unwrap_or_default().to_owned();
-            let status = execution["status"].as_str().unwrap_or_default().to_owned();
-            if seen_executions.get(&id) == Some(&status) {
-                continue;
-            }
-            let rule = execution["rule"].as_str().unwrap_or_default();
-            let who = execution["context"]["event"]["data"]["name"]
-                .as_str()
-                .map(|name| format!(" for {name}"))
+            let mut list: Vec<&Value> = executions["executions"]
+                .as_array()
+                .map(|a| a.iter().collect())
                 .unwrap_or_default();
-            let mut what = match execution["handler_status"].as_str() {
-                Some(handler) => format!("on_status.{handler} handler of {rule}{who}"),
-                None => format!("rule {rule}{who}"),
-            };
-            if several && status != "pending" {
-                what.push_str(&ran_on(&http, admin_addr, &id, &names).await);
+            list.reverse();
+            for execution in list {
+                let id = execution["id"].as_str().unwrap_or_default().to_owned();
+                let status = execution["status"].as_str().unwrap_or_default().to_owned();
+                if seen_executions.get(&id) == Some(&status) {
+                    continue;
+                }
+                let rule = execution["rule"].as_str().unwrap_or_default();
+                let who = execution["context"]["event"]["data"]["name"]
+                    .as_str()
+                    .map(|name| format!(" for {name}"))
+                    .unwrap_or_default();
+                let mut what = match execution["handler_status"].as_str() {
+                    Some(handler) => format!("on_status.{handler} handler of {rule}{who}"),
+                    None => format!("rule {rule}{who}"),
+                };
+                if several && status != "pending" {
+                    what.push_str(&ran_on(&http, admin_addr, &id, &names).await);
+                }
+                match status.as_str() {
+                    "pending" => say(format!("  ▶  {what} matched")),
+                    "succeeded" => say(format!("  ✔  {what} done")),
+                    "skipped" => say(format!(
+                        "  ·  {what} skipped: {}",
+                        execution["last_error"]
+                            .as_str()
+                            .unwrap_or("condition false")
+                    )),
+                    other => say(format!(
+                        "  ✖  {what} {other}: {}",
+                        execution["last_error"].as_str().unwrap_or_default()
+                    )),
+                }
+                seen_executions.insert(id, status);
             }
-            match status.as_str() {
-                "pending" => say(format!("  ▶  {what} matched")),
-                "succeeded" => say(format!("  ✔  {what} done")),
-                "skipped" => say(format!(
-                    "  ·  {what} skipped: {}",
-                    execution["last_error"]
-                        .as_str()
-                        .unwrap_or("condition false")
-                )),
-                other => say(format!(
-                    "  ✖  {what} {other}: {}",
-                    execution["last_error"].as_str().unwrap_or_default()
-                )),
+            let runs: Value = http
+                .get(format!("http://{admin_addr}/api/v1/runs"))
+                .send()
+                .await?
+                .json()
+                .await?;
+            for run in runs["runs"].as_array().into_iter().flatten() {
+                let id = run["resource_id"].as_str().unwrap_or_default().to_owned();
+                let status = run["status"].as_str().unwrap_or_default().to_owned();
+                if seen_runs.get(&id) == Some(&status) {
+                    continue;
+                }
+                let short: String = id.chars().take(8).collect();
+                if seen_runs.contains_key(&id) {
+                    say(format!("  ↻  run {short}… is now {status}"));
+                } else {
+                    say(format!(
+                        "  ●  run {short}… started by {} ({status})",
+                        run["rule"].as_str().unwrap_or_default()
+                    ));
+                }
+                seen_runs.insert(id, status);
             }
-            seen_executions.insert(id, status);
+            let all_runs_done = !seen_runs.is_empty()
+                && seen_runs
+                    .values()
+                    .all(|status| crate::recrubo::FlowRunStatus::parse(status).is_terminal());
+            let nothing_pending = seen_executions.values().all(|status| status != "pending");
+            let notified = notifications
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .len();
+            if (all_runs_done && nothing_pending && notified >= 3)
+                || tokio::time::Instant::now() > deadline
+            {
+                break;
+            }
         }
-        let runs: Value = http
-            .get(format!("http://{admin_addr}/api/v1/runs"))
-            .send()
-            .await?
-            .json()
-            .await?;
-        for run in runs["runs"].as_array().into_iter().flatten() {
-            let id = run["resource_id"].as_str().unwrap_or_default().to_owned();
-            let status = run["status"].as_str().unwrap_or_default().to_owned();
-            if seen_runs.get(&id) == Some(&status) {
-                continue;
-            }
-            let short: String = id.chars().take(8).collect();
-            if seen_runs.contains_key(&id) {
-                say(format!("  ↻  run {short}… is now {status}"));
-            } else {
-                say(format!(
-                    "  ●  run {short}… started by {} ({status})",
-                    run["rule"].as_str().unwrap_or_default()
-                ));
-            }
-            seen_runs.insert(id, status);
-        }
-        let all_runs_done = !seen_runs.is_empty()
-            && seen_runs
-                .values()
-                .all(|status| crate::recrubo::FlowRunStatus::parse(status).is_terminal());
-        let nothing_pending = seen_executions.values().all(|status| status != "pending");
-        let notified = notifications
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len();
-        if (all_runs_done && nothing_pending && notified >= 3)
-            || tokio::time::Instant::now() > deadline
-        {
-            break;
-        }
-    }
-    say("");
-    say(format!(
-        "done: {} executions, {} runs followed, {} notifications.",
-        seen_executions.len(),
-        seen_runs.len(),
-        notifications
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len()
-    ));
-    if several {
-        say("  every instance's admin API and status page show the whole cluster's work:");
-    }
-    say(format!("  status page http://{admin_addr}/"));
-    say(format!(
-        "  executions  http://{admin_addr}/api/v1/executions"
-    ));
-    say(format!("  runs        http://{admin_addr}/api/v1/runs"));
-    say(format!("  metrics     http://{admin_addr}/metrics"));
-    if !args.exit_when_done {
+        say("");
         say(format!(
-            "flowd keeps running; post more events (Authorization: Bearer {DEMO_EVENTS_TOKEN}) or press Ctrl-C to stop."
+            "done: {} executions, {} runs followed, {} notifications.",
+            seen_executions.len(),
+            seen_runs.len(),
+            notifications
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .len()
         ));
-        super::daemon::wait_for_termination().await;
+        if several {
+            say("  every instance's admin API and status page show the whole cluster's work:");
+        }
+        say(format!("  status page http://{admin_addr}/"));
+        say(format!(
+            "  executions  http://{admin_addr}/api/v1/executions"
+        ));
+        say(format!("  runs        http://{admin_addr}/api/v1/runs"));
+        say(format!("  metrics     http://{admin_addr}/metrics"));
+        if !args.exit_when_done {
+            say(format!(
+                "flowd keeps running; post more events (Authorization: Bearer {DEMO_EVENTS_TOKEN}) or press Ctrl-C to stop."
+            ));
+            super::daemon::wait_for_termination().await;
+        }
+        Ok::<(), anyhow::Error>(())
     }
+    .await;
     stop.cancel();
     for daemon in daemons {
         let _ = daemon.await;
     }
     sim.stop().await;
-    Ok(())
+    outcome
 }
 
 /// " on flowd B" (or "B, C" when its steps ran on several): the instances that ran an

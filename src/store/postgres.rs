@@ -57,6 +57,145 @@ pub struct PgStore {
     pool: Pool<Postgres>,
     instance: String,
     url: String,
+    intake: tokio::sync::mpsc::Sender<IntakeJob>,
+    notifier: Notifier,
+}
+
+/// Events to store and where their outcomes go.
+type IntakeJob = (
+    Vec<NewEvent>,
+    tokio::sync::oneshot::Sender<Result<Vec<InsertOutcome>, StoreError>>,
+);
+
+/// At most this many events share one intake transaction.
+const INTAKE_BATCH: usize = 512;
+
+/// Stores what `insert_events` is given, many callers' events per transaction (group commit:
+/// under load one commit, and its WAL flush, serves a batch, as the SQLite writer does). A
+/// batch that fails is stored again caller by caller, so one caller's bad event fails only
+/// that caller. Ends when every handle of the store is dropped.
+async fn intake(
+    pool: Pool<Postgres>,
+    notifier: Notifier,
+    mut jobs: tokio::sync::mpsc::Receiver<IntakeJob>,
+) {
+    while let Some(first) = jobs.recv().await {
+        let mut count = first.0.len();
+        let mut batch = vec![first];
+        while count < INTAKE_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => {
+                    count += job.0.len();
+                    batch.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let events: Vec<NewEvent> = batch
+            .iter()
+            .flat_map(|(events, _)| events.clone())
+            .collect();
+        match store_events(&pool, &events).await {
+            Ok(outcomes) => {
+                if outcomes
+                    .iter()
+                    .any(|o| matches!(o, InsertOutcome::Stored(_)))
+                {
+                    notifier.signal(INBOX_CHANNEL);
+                }
+                let mut outcomes = outcomes.into_iter();
+                for (events, answer) in batch {
+                    let _ = answer.send(Ok(outcomes.by_ref().take(events.len()).collect()));
+                }
+            }
+            // Only an error about an event's data (SQLSTATE class 22 or 23) is one caller's: the
+            // others go again alone. Any other (the database down, a lost connection, a failed
+            // commit that may have committed) is everyone's: storing again could store twice.
+            Err(err) if batch.len() == 1 || !about_data(&err) => {
+                for (_, answer) in batch {
+                    let _ = answer.send(Err(err.clone()));
+                }
+            }
+            Err(_) => {
+                for (events, answer) in batch {
+                    let outcome = store_events(&pool, &events).await;
+                    if outcome.as_ref().is_ok_and(|outcomes| {
+                        outcomes
+                            .iter()
+                            .any(|o| matches!(o, InsertOutcome::Stored(_)))
+                    }) {
+                        notifier.signal(INBOX_CHANNEL);
+                    }
+                    let _ = answer.send(outcome);
+                }
+            }
+        }
+    }
+}
+
+/// One transaction storing `events`. Two instances storing the same deliveries in different
+/// orders (one webhook sent to both) can deadlock on the dedup keys; PostgreSQL aborts one,
+/// which then goes again.
+async fn store_events(
+    pool: &Pool<Postgres>,
+    events: &[NewEvent],
+) -> Result<Vec<InsertOutcome>, StoreError> {
+    let mut tries = 0;
+    loop {
+        let attempt = async {
+            let mut transaction = pool.begin().await?;
+            let outcomes = insert_events(&mut transaction, events).await?;
+            transaction.commit().await?;
+            Ok(outcomes)
+        }
+        .await;
+        match attempt {
+            Err(err) if retryable(&err) && tries < 3 => tries += 1,
+            other => return other,
+        }
+    }
+}
+
+/// Tells the other instances (and this one) that a channel has work, after the commit that
+/// made it and outside it: `NOTIFY` in a transaction takes a database-wide lock at commit, and
+/// every commit of the hot path would queue on it. Signals coalesce while one is being sent, so
+/// a busy instance sends a few hundred a second, not one per write. Listeners also look by time,
+/// so a lost signal delays work, never loses it.
+#[derive(Clone)]
+struct Notifier {
+    pending: std::sync::Arc<[std::sync::atomic::AtomicBool; 2]>,
+    wake: tokio::sync::mpsc::Sender<()>,
+}
+
+impl Notifier {
+    fn start(pool: Pool<Postgres>) -> Notifier {
+        let (wake, mut woken) = tokio::sync::mpsc::channel::<()>(1);
+        let pending: std::sync::Arc<[std::sync::atomic::AtomicBool; 2]> = std::sync::Arc::default();
+        let flags = pending.clone();
+        tokio::spawn(async move {
+            use std::sync::atomic::Ordering::AcqRel;
+            while woken.recv().await.is_some() {
+                for (flag, channel) in flags.iter().zip([INBOX_CHANNEL, EXECUTIONS_CHANNEL]) {
+                    if flag.swap(false, AcqRel)
+                        && let Err(err) = query("SELECT pg_notify($1, '')")
+                            .bind(channel)
+                            .execute(&pool)
+                            .await
+                    {
+                        tracing::debug!(error = %err, channel, "Cannot signal other instances; they find the work by polling");
+                    }
+                }
+            }
+        });
+        Notifier { pending, wake }
+    }
+
+    fn signal(&self, channel: &str) {
+        let index = usize::from(channel != INBOX_CHANNEL);
+        self.pending[index].store(true, std::sync::atomic::Ordering::Release);
+        // Full: a wake-up is pending already, and it reads the flag.
+        let _ = self.wake.try_send(());
+    }
 }
 
 /// The channel `insert_events` and `complete_events` notify: the inbox has work.
@@ -139,21 +278,17 @@ impl PgStore {
             .run(&pool)
             .await
             .map_err(|err| StoreError::Database(format!("migrating the database failed: {err}")))?;
+        let notifier = Notifier::start(pool.clone());
+        let (jobs, waiting) = tokio::sync::mpsc::channel(1024);
+        tokio::spawn(intake(pool.clone(), notifier.clone(), waiting));
         Ok(PgStore {
             pool,
             instance: instance.to_owned(),
             url: url.to_owned(),
+            intake: jobs,
+            notifier,
         })
     }
-}
-
-/// Tells the other instances (and this one) that a channel has work; delivered at commit.
-async fn notify(connection: &mut PgConnection, channel: &str) -> Result<(), StoreError> {
-    query("SELECT pg_notify($1, '')")
-        .bind(channel)
-        .execute(&mut *connection)
-        .await?;
-    Ok(())
 }
 
 const EXECUTION_COLUMNS: &str = "id, rule, event_id, handler_step, handler_status, status, context, next_step, attempt, next_attempt_at, step_started_at, last_error, rule_version, sweep, created_at, updated_at";
@@ -248,13 +383,21 @@ fn convert<T>(
 }
 
 /// Takes a run's lock until the transaction ends: storing its status changes, deferring them
-/// and recording the run take it, so each sees what the others committed.
+/// and recording the run take it, so each sees what the others committed. (Per schema:
+/// advisory locks are the database's, and two installations may share one.) Where a
+/// transaction takes several, it takes them sorted, so two never wait on each other.
 async fn run_lock(connection: &mut PgConnection, resource_id: &str) -> Result<(), StoreError> {
-    query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+    query("SELECT pg_advisory_xact_lock(hashtextextended(current_schema() || ' ' || $1, 0))")
         .bind(resource_id)
         .execute(&mut *connection)
         .await?;
     Ok(())
+}
+
+/// Whether an error is about the data a statement was given (SQLSTATE class 22, data exception,
+/// or 23, integrity constraint violation), not about the database or the connection.
+fn about_data(err: &StoreError) -> bool {
+    matches!(err, StoreError::Database(text) if text.ends_with(')') && (text.contains("(SQLSTATE 22") || text.contains("(SQLSTATE 23")))
 }
 
 /// Whether an error is a deadlock or a serialization failure: the transaction did nothing and
@@ -295,12 +438,6 @@ async fn insert_events(
             Some(row) => InsertOutcome::Stored(row.try_get("id")?),
             None => InsertOutcome::Duplicate,
         });
-    }
-    if outcomes
-        .iter()
-        .any(|outcome| matches!(outcome, InsertOutcome::Stored(_)))
-    {
-        notify(connection, INBOX_CHANNEL).await?;
     }
     Ok(outcomes)
 }
@@ -399,22 +536,16 @@ async fn insert_step(
 #[async_trait]
 impl Store for PgStore {
     async fn insert_events(&self, events: Vec<NewEvent>) -> Result<Vec<InsertOutcome>, StoreError> {
-        // Two instances storing the same deliveries in different orders (one webhook sent to
-        // both) can deadlock on the dedup keys; PostgreSQL aborts one, which then goes again.
-        let mut tries = 0;
-        loop {
-            let attempt = async {
-                let mut transaction = self.pool.begin().await?;
-                let outcomes = insert_events(&mut transaction, &events).await?;
-                transaction.commit().await?;
-                Ok(outcomes)
-            }
-            .await;
-            match attempt {
-                Err(err) if retryable(&err) && tries < 3 => tries += 1,
-                other => return other,
-            }
+        if events.is_empty() {
+            return Ok(Vec::new());
         }
+        let (answer, outcome) = tokio::sync::oneshot::channel();
+        let stopped = || StoreError::Database("the intake writer stopped".to_owned());
+        self.intake
+            .send((events, answer))
+            .await
+            .map_err(|_| stopped())?;
+        outcome.await.map_err(|_| stopped())?
     }
 
     async fn unprocessed_events(
@@ -610,12 +741,17 @@ impl Store for PgStore {
             return Ok(());
         }
         let mut transaction = self.pool.begin().await?;
+        let mut keys: Vec<&str> = deferrals.iter().map(|d| d.key.as_str()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        for key in keys {
+            run_lock(&mut transaction, key).await?;
+        }
         for deferral in deferrals {
             // Not when the run was recorded meanwhile: it released its webhooks already. The
-            // run's lock orders this against `finish_step` recording it on another instance
-            // (each statement then sees what the other committed): without it, a deferral
-            // could land just after the release and wait out its time.
-            run_lock(&mut transaction, &deferral.key).await?;
+            // run's lock (taken above) orders this against `finish_step` recording it on
+            // another instance (each statement then sees what the other committed): without
+            // it, a deferral could land just after the release and wait out its time.
             query("UPDATE events SET deferred_until = $1, defer_key = $2, claimed_until = NULL WHERE id = $3 AND processed_at IS NULL AND NOT EXISTS (SELECT 1 FROM followed WHERE resource_id = $2)")
                 .bind(deferral.until)
                 .bind(&deferral.key)
@@ -699,12 +835,12 @@ impl Store for PgStore {
             }
             fired_now.push(true);
         }
-        // Done events may let the next status change of their run go; new executions are work.
-        notify(&mut transaction, INBOX_CHANNEL).await?;
-        if created {
-            notify(&mut transaction, EXECUTIONS_CHANNEL).await?;
-        }
         transaction.commit().await?;
+        // Done events may let the next status change of their run go; new executions are work.
+        self.notifier.signal(INBOX_CHANNEL);
+        if created {
+            self.notifier.signal(EXECUTIONS_CHANNEL);
+        }
         Ok(fired_now)
     }
 
@@ -764,12 +900,48 @@ impl Store for PgStore {
         event: Option<&NewEvent>,
     ) -> Result<(), StoreError> {
         let mut transaction = self.pool.begin().await?;
-        insert_step(&mut transaction, record, &self.instance).await?;
-        // A lost lease fails this, and the whole transaction (the record too) is rolled back.
-        update_execution(&mut transaction, execution, false, &self.instance).await?;
+        // The hot path of every step, in as few round trips as it can be: the execution's
+        // progress and the step's record in one statement (the record only if the progress
+        // was written: a lost lease writes neither), with the run's lock when a run is
+        // recorded; then the run and the release of its waiting webhooks in another, which
+        // must come after the lock (its snapshot then sees a deferral committed before).
+        let written = query(
+            "WITH lock AS (SELECT CASE WHEN $13::text IS NULL THEN NULL ELSE pg_advisory_xact_lock(hashtextextended(current_schema() || ' ' || $13, 0)) END AS locked), progress AS (UPDATE executions SET status = $14, context = $15, next_step = $16, attempt = $17, next_attempt_at = $18, step_started_at = $19, last_error = $20, updated_at = $21 WHERE id = $22 AND (lease_owner IS NULL OR lease_owner = $23) RETURNING id) INSERT INTO step_runs (execution_id, step_index, step_id, kind, status, attempts, input, output, error, note, started_at, finished_at, instance) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $23 FROM progress, lock ON CONFLICT (execution_id, step_index) DO UPDATE SET status = excluded.status, attempts = excluded.attempts, input = excluded.input, output = excluded.output, error = excluded.error, note = excluded.note, finished_at = excluded.finished_at, instance = excluded.instance",
+        )
+        .bind(&record.execution_id)
+        .bind(record.step_index)
+        .bind(&record.step_id)
+        .bind(&record.kind)
+        .bind(&record.status)
+        .bind(record.attempts)
+        .bind(record.input.as_ref().map(Value::to_string))
+        .bind(record.output.as_ref().map(Value::to_string))
+        .bind(&record.error)
+        .bind(&record.note)
+        .bind(record.started_at)
+        .bind(record.finished_at)
+        .bind(followed.map(|f| f.resource_id.as_str()))
+        .bind(&execution.status)
+        .bind(execution.context.to_string())
+        .bind(execution.next_step)
+        .bind(execution.attempt)
+        .bind(execution.next_attempt_at)
+        .bind(execution.step_started_at)
+        .bind(&execution.last_error)
+        .bind(Utc::now())
+        .bind(&execution.id)
+        .bind(&self.instance)
+        .execute(&mut *transaction)
+        .await?
+        .rows_affected();
+        if written == 0 {
+            // Nothing was written; the transaction is rolled back when dropped.
+            return Err(lost_lease(&execution.id));
+        }
         if let Some(followed) = followed {
-            run_lock(&mut transaction, &followed.resource_id).await?;
-            query("INSERT INTO followed (resource_id, resource_type, rule, step_id, execution_id, context, status, remote_updated_at, changed_at, terminal) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (resource_id) DO NOTHING")
+            // Webhooks that overtook the create's answer wait no longer; `defer_key` stays, so
+            // a later webhook of the run finds these still unprocessed and lets them go first.
+            query("WITH run AS (INSERT INTO followed (resource_id, resource_type, rule, step_id, execution_id, context, status, remote_updated_at, changed_at, terminal) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (resource_id) DO NOTHING) UPDATE events SET deferred_until = NULL WHERE defer_key = $1 AND processed_at IS NULL")
                 .bind(&followed.resource_id)
                 .bind(followed.resource_type.json_api_type())
                 .bind(&followed.rule)
@@ -782,17 +954,14 @@ impl Store for PgStore {
                 .bind(followed.terminal)
                 .execute(&mut *transaction)
                 .await?;
-            // Webhooks that overtook the create's answer wait no longer; `defer_key` stays, so
-            // a later webhook of the run finds these still unprocessed and lets them go first.
-            query("UPDATE events SET deferred_until = NULL WHERE defer_key = $1 AND processed_at IS NULL")
-                .bind(&followed.resource_id)
-                .execute(&mut *transaction)
-                .await?;
         }
         if let Some(event) = event {
             insert_events(&mut transaction, std::slice::from_ref(event)).await?;
         }
         transaction.commit().await?;
+        if event.is_some() {
+            self.notifier.signal(INBOX_CHANNEL);
+        }
         Ok(())
     }
 
@@ -1073,6 +1242,9 @@ impl Store for PgStore {
         }
         insert_events(&mut transaction, &events).await?;
         transaction.commit().await?;
+        if !events.is_empty() {
+            self.notifier.signal(INBOX_CHANNEL);
+        }
         Ok(flags)
     }
 
@@ -1082,14 +1254,19 @@ impl Store for PgStore {
         for execution in executions {
             insert_execution(&mut transaction, execution, now).await?;
         }
-        if !executions.is_empty() {
-            notify(&mut transaction, EXECUTIONS_CHANNEL).await?;
-        }
         transaction.commit().await?;
+        if !executions.is_empty() {
+            self.notifier.signal(EXECUTIONS_CHANNEL);
+        }
         Ok(())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
+        if self.intake.is_closed() {
+            return Err(StoreError::Database(
+                "the intake writer stopped; restart flowd".to_owned(),
+            ));
+        }
         (&self.pool).execute("SELECT 1").await?;
         Ok(())
     }

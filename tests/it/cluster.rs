@@ -135,6 +135,47 @@ async fn an_event_another_instance_processed_first_stores_nothing_again() {
 }
 
 #[tokio::test]
+async fn tls_is_chosen_by_sslmode() {
+    let Some(schema) = postgres_schema().await else {
+        return;
+    };
+    use sqlx_core::connection::Connection as _;
+    use sqlx_core::row::Row as _;
+    let with = |mode: &str| schema.url.replace("?", &format!("?sslmode={mode}&"));
+    let mut plain = sqlx_postgres::PgConnection::connect(&with("disable"))
+        .await
+        .unwrap();
+    let ssl: String = sqlx_core::query::query("SHOW ssl")
+        .fetch_one(&mut plain)
+        .await
+        .unwrap()
+        .get(0);
+    if ssl != "on" {
+        let refused = PgStore::open(&with("require"), Some(1), "tls").await;
+        assert!(
+            refused.is_err(),
+            "a server without TLS is refused under require"
+        );
+        return;
+    }
+    // This server has TLS on with a certificate of its own: `require` encrypts without checking
+    // it; `verify-full` checks it against the system's roots and refuses, naming why.
+    let store = PgStore::open(&with("require"), Some(1), "tls")
+        .await
+        .expect("sslmode=require connects");
+    store.ping().await.unwrap();
+    let refused = PgStore::open(&with("verify-full"), Some(1), "tls")
+        .await
+        .expect_err("an unverifiable certificate is refused");
+    let text = refused.to_string();
+    assert!(
+        text.contains("cannot connect")
+            && (text.contains("certificate") || text.contains("TLS") || text.contains("tls")),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn only_the_holder_gives_a_claim_back() {
     let Some((a, b, _schema)) = two_instances().await else {
         return;
