@@ -15,6 +15,8 @@
 # dropped at the end. Loopback only; stops by itself.
 #
 #   bench/postgres_load.sh [SECONDS] [CONFIGURATIONS...]     (default: 10 sqlite:1 postgres:1 postgres:2 postgres:3)
+#
+# FLOWD_BIN=path runs that binary instead of building this checkout (to compare two builds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-10}"
@@ -32,7 +34,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cargo build --release --quiet
+bin="${FLOWD_BIN:-}"
+if [ -z "$bin" ]; then
+  cargo build --release --quiet
+  bin=./target/release/flowd
+fi
 mkdir -p "$work/rules"
 cat > "$work/rules/start.yaml" <<'YAML'
 rules:
@@ -52,7 +58,7 @@ LUA
 
 # Starts the simulator; sets $base.
 start_sim() {
-  ./target/release/flowd sim --listen 127.0.0.1:0 --no-default-deliveries > "$work/sim.out" 2> "$work/sim.log" &
+  "$bin" sim --listen 127.0.0.1:0 --no-default-deliveries > "$work/sim.out" 2> "$work/sim.log" &
   sim=$!
   pids+=("$sim")
   for _ in $(seq 100); do grep -q 'base_url to' "$work/sim.out" 2>/dev/null && break; sleep 0.1; done
@@ -63,7 +69,7 @@ start_sim() {
 start_instance() {
   local log="$work/log.$1"
   FLOWD_RECRUBO_BASE_URL="$base" RECRUBO_API_TOKEN=bench FLOWD_RECRUBO_RATE_LIMIT=0 \
-    ./target/release/flowd run --rules "$work/rules" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
+    "$bin" run --rules "$work/rules" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
     --database "$2" --log-format json --log-level warn,flowd::daemon=info 2> "$log" &
   pids+=("$!")
   for _ in $(seq 200); do grep -q '"flowd listening"' "$log" 2>/dev/null && break; sleep 0.1; done
@@ -109,9 +115,9 @@ host, seconds = sys.argv[1], float(sys.argv[2])
 connection = http.client.HTTPConnection(host, timeout=10)
 accepted, start, n = 0, time.monotonic(), 0
 while time.monotonic() - start < seconds:
-    due = start + n / 100
-    if due > time.monotonic():
-        time.sleep(due - time.monotonic())
+    delay = start + n / 100 - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
     connection.request("POST", "/events/application.created", json.dumps({"thread": f"steady-{uuid.uuid4()}"}), {"Content-Type": "application/json"})
     response = connection.getresponse()
     response.read()
@@ -136,7 +142,7 @@ print(f"{pick(0.5):.1f} {pick(0.99):.1f} - -")
 PY
   else
     psql -qAt "$database" -F' ' -c "
-      WITH l AS (SELECT extract(epoch FROM s.started_at - e.received_at) * 1000 AS ms, s.instance <> '$accepted_by' AS other
+      WITH l AS (SELECT extract(epoch FROM s.started_at - e.received_at) * 1000 AS ms, (to_jsonb(s)->>'instance') <> '$accepted_by' AS other
                  FROM step_runs s JOIN executions x ON x.id = s.execution_id JOIN events e ON e.id = x.event_id
                  WHERE e.payload LIKE '%steady-%')
       SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1), round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric, 1),
