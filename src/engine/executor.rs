@@ -351,6 +351,13 @@ async fn run_execution(engine: &Engine, mut execution: Execution) -> Result<(), 
                 execution.attempt = 0;
                 execution.step_started_at = None;
                 execution.last_error = None;
+                // The last step done is the execution done: one write for both (the next turn
+                // of this loop would only save `succeeded` and give the lease up).
+                let last = execution.next_step as usize >= steps.len();
+                if last {
+                    execution.status = "succeeded".to_owned();
+                    count_finished(&execution, "succeeded");
+                }
                 // The step's record, the progress and the followed run: one transaction.
                 engine
                     .store
@@ -361,6 +368,9 @@ async fn run_execution(engine: &Engine, mut execution: Execution) -> Result<(), 
                 }
                 if let Some(followed) = &followed {
                     info!(rule = %execution.rule, resource = %followed.resource_id, kind = %followed.resource_type, "Following");
+                }
+                if last {
+                    return Ok(());
                 }
             }
             Err(failure) => {
@@ -503,13 +513,18 @@ async fn finish(
     if status != "succeeded" {
         warn!(rule = %execution.rule, execution = %execution.id, status, note = note.as_deref().unwrap_or(""), "Execution ended");
     }
-    metrics::counter!("flowd_executions_total", "rule" => execution.rule.clone(), "status" => status.to_owned()).increment(1);
+    count_finished(&execution, status);
     execution.status = status.to_owned();
     if note.is_some() {
         execution.last_error = note;
     }
     execution.step_started_at = None;
     engine.store.save_execution(&execution, true).await
+}
+
+/// Counts an execution that ended with `status`.
+fn count_finished(execution: &Execution, status: &str) {
+    metrics::counter!("flowd_executions_total", "rule" => execution.rule.clone(), "status" => status.to_owned()).increment(1);
 }
 
 /// One attempt of a step, with the daemon's effects.

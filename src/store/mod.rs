@@ -489,7 +489,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ///
     /// Recording a followed run releases the webhooks deferred for it; `event`, when given, is
     /// stored in the same transaction (the status a create answered with, e.g. a `sync: true`
-    /// generation already finished, goes through the inbox like a webhook).
+    /// generation already finished, goes through the inbox like a webhook). An execution no
+    /// longer `pending` (its last step done) gives its lease up in the same write.
     async fn finish_step(
         &self,
         record: &StepRecord,

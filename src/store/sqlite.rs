@@ -601,7 +601,7 @@ fn apply(transaction: &Transaction<'_>, op: &WriteOp) -> Result<WriteResult, Sto
         WriteOp::FinishStep(parts) => {
             let (record, execution, followed, event) = parts.as_ref();
             insert_step(transaction, record)?;
-            update_execution(transaction, execution, false)?;
+            update_execution(transaction, execution, execution.status != "pending")?;
             if let Some(followed) = followed {
                 insert_followed(transaction, followed)?;
                 // Webhooks that overtook the create's answer wait no longer.
