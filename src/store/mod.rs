@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 /// A failed store operation.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database failed.
     #[error("database error: {0}")]

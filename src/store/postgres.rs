@@ -57,80 +57,7 @@ pub struct PgStore {
     pool: Pool<Postgres>,
     instance: String,
     url: String,
-    intake: tokio::sync::mpsc::Sender<IntakeJob>,
     notifier: Notifier,
-}
-
-/// Events to store and where their outcomes go.
-type IntakeJob = (
-    Vec<NewEvent>,
-    tokio::sync::oneshot::Sender<Result<Vec<InsertOutcome>, StoreError>>,
-);
-
-/// At most this many events share one intake transaction.
-const INTAKE_BATCH: usize = 512;
-
-/// Stores what `insert_events` is given, many callers' events per transaction (group commit:
-/// under load one commit, and its WAL flush, serves a batch, as the SQLite writer does). A
-/// batch that fails is stored again caller by caller, so one caller's bad event fails only
-/// that caller. Ends when every handle of the store is dropped.
-async fn intake(
-    pool: Pool<Postgres>,
-    notifier: Notifier,
-    mut jobs: tokio::sync::mpsc::Receiver<IntakeJob>,
-) {
-    while let Some(first) = jobs.recv().await {
-        let mut count = first.0.len();
-        let mut batch = vec![first];
-        while count < INTAKE_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => {
-                    count += job.0.len();
-                    batch.push(job);
-                }
-                Err(_) => break,
-            }
-        }
-        let events: Vec<NewEvent> = batch
-            .iter()
-            .flat_map(|(events, _)| events.clone())
-            .collect();
-        match store_events(&pool, &events).await {
-            Ok(outcomes) => {
-                if outcomes
-                    .iter()
-                    .any(|o| matches!(o, InsertOutcome::Stored(_)))
-                {
-                    notifier.signal(INBOX_CHANNEL);
-                }
-                let mut outcomes = outcomes.into_iter();
-                for (events, answer) in batch {
-                    let _ = answer.send(Ok(outcomes.by_ref().take(events.len()).collect()));
-                }
-            }
-            // Only an error about an event's data (SQLSTATE class 22 or 23) is one caller's: the
-            // others go again alone. Any other (the database down, a lost connection, a failed
-            // commit that may have committed) is everyone's: storing again could store twice.
-            Err(err) if batch.len() == 1 || !about_data(&err) => {
-                for (_, answer) in batch {
-                    let _ = answer.send(Err(err.clone()));
-                }
-            }
-            Err(_) => {
-                for (events, answer) in batch {
-                    let outcome = store_events(&pool, &events).await;
-                    if outcome.as_ref().is_ok_and(|outcomes| {
-                        outcomes
-                            .iter()
-                            .any(|o| matches!(o, InsertOutcome::Stored(_)))
-                    }) {
-                        notifier.signal(INBOX_CHANNEL);
-                    }
-                    let _ = answer.send(outcome);
-                }
-            }
-        }
-    }
 }
 
 /// One transaction storing `events`. Two instances storing the same deliveries in different
@@ -279,13 +206,10 @@ impl PgStore {
             .await
             .map_err(|err| StoreError::Database(format!("migrating the database failed: {err}")))?;
         let notifier = Notifier::start(pool.clone());
-        let (jobs, waiting) = tokio::sync::mpsc::channel(1024);
-        tokio::spawn(intake(pool.clone(), notifier.clone(), waiting));
         Ok(PgStore {
             pool,
             instance: instance.to_owned(),
             url: url.to_owned(),
-            intake: jobs,
             notifier,
         })
     }
@@ -394,12 +318,6 @@ async fn run_lock(connection: &mut PgConnection, resource_id: &str) -> Result<()
     Ok(())
 }
 
-/// Whether an error is about the data a statement was given (SQLSTATE class 22, data exception,
-/// or 23, integrity constraint violation), not about the database or the connection.
-fn about_data(err: &StoreError) -> bool {
-    matches!(err, StoreError::Database(text) if text.ends_with(')') && (text.contains("(SQLSTATE 22") || text.contains("(SQLSTATE 23")))
-}
-
 /// Whether an error is a deadlock or a serialization failure: the transaction did nothing and
 /// can be tried again as it was.
 fn retryable(err: &StoreError) -> bool {
@@ -506,27 +424,55 @@ fn lost_lease(execution: &str) -> StoreError {
     ))
 }
 
+/// The columns a step record is stored in, its values being `$1`..`$12` (see [`bind_step`])
+/// and the instance.
+macro_rules! step_columns {
+    () => {
+        "INSERT INTO step_runs (execution_id, step_index, step_id, kind, status, attempts, input, output, error, note, started_at, finished_at, instance)"
+    };
+}
+
+/// A retry's record replaces the earlier attempt's.
+macro_rules! step_conflict {
+    () => {
+        " ON CONFLICT (execution_id, step_index) DO UPDATE SET status = excluded.status, attempts = excluded.attempts, input = excluded.input, output = excluded.output, error = excluded.error, note = excluded.note, finished_at = excluded.finished_at, instance = excluded.instance"
+    };
+}
+
+/// Binds a step record's fields as `$1`..`$12`, in [`step_columns`]'s order.
+fn bind_step<'q>(
+    statement: sqlx_core::query::Query<'q, Postgres, sqlx_postgres::PgArguments>,
+    record: &'q StepRecord,
+) -> sqlx_core::query::Query<'q, Postgres, sqlx_postgres::PgArguments> {
+    statement
+        .bind(&record.execution_id)
+        .bind(record.step_index)
+        .bind(&record.step_id)
+        .bind(&record.kind)
+        .bind(&record.status)
+        .bind(record.attempts)
+        .bind(record.input.as_ref().map(Value::to_string))
+        .bind(record.output.as_ref().map(Value::to_string))
+        .bind(&record.error)
+        .bind(&record.note)
+        .bind(record.started_at)
+        .bind(record.finished_at)
+}
+
 /// Records a step attempt as run by `instance`.
 async fn insert_step(
     connection: &mut PgConnection,
     record: &StepRecord,
     instance: &str,
 ) -> Result<(), StoreError> {
-    query(
-        "INSERT INTO step_runs (execution_id, step_index, step_id, kind, status, attempts, input, output, error, note, started_at, finished_at, instance) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (execution_id, step_index) DO UPDATE SET status = excluded.status, attempts = excluded.attempts, input = excluded.input, output = excluded.output, error = excluded.error, note = excluded.note, finished_at = excluded.finished_at, instance = excluded.instance",
+    bind_step(
+        query(concat!(
+            step_columns!(),
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            step_conflict!()
+        )),
+        record,
     )
-    .bind(&record.execution_id)
-    .bind(record.step_index)
-    .bind(&record.step_id)
-    .bind(&record.kind)
-    .bind(&record.status)
-    .bind(record.attempts)
-    .bind(record.input.as_ref().map(Value::to_string))
-    .bind(record.output.as_ref().map(Value::to_string))
-    .bind(&record.error)
-    .bind(&record.note)
-    .bind(record.started_at)
-    .bind(record.finished_at)
     .bind(instance)
     .execute(&mut *connection)
     .await?;
@@ -539,13 +485,15 @@ impl Store for PgStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let (answer, outcome) = tokio::sync::oneshot::channel();
-        let stopped = || StoreError::Database("the intake writer stopped".to_owned());
-        self.intake
-            .send((events, answer))
-            .await
-            .map_err(|_| stopped())?;
-        outcome.await.map_err(|_| stopped())?
+        // The HTTP intake group-commits already (one writer task, many requests per call).
+        let outcomes = store_events(&self.pool, &events).await?;
+        if outcomes
+            .iter()
+            .any(|o| matches!(o, InsertOutcome::Stored(_)))
+        {
+            self.notifier.signal(INBOX_CHANNEL);
+        }
+        Ok(outcomes)
     }
 
     async fn unprocessed_events(
@@ -905,21 +853,14 @@ impl Store for PgStore {
         // was written: a lost lease writes neither), with the run's lock when a run is
         // recorded; then the run and the release of its waiting webhooks in another, which
         // must come after the lock (its snapshot then sees a deferral committed before).
-        let written = query(
-            "WITH lock AS (SELECT CASE WHEN $13::text IS NULL THEN NULL ELSE pg_advisory_xact_lock(hashtextextended(current_schema() || ' ' || $13, 0)) END AS locked), progress AS (UPDATE executions SET status = $14, context = $15, next_step = $16, attempt = $17, next_attempt_at = $18, step_started_at = $19, last_error = $20, updated_at = $21, lease_until = CASE WHEN $14 = 'pending' THEN lease_until END, lease_owner = CASE WHEN $14 = 'pending' THEN lease_owner END WHERE id = $22 AND (lease_owner IS NULL OR lease_owner = $23) RETURNING id) INSERT INTO step_runs (execution_id, step_index, step_id, kind, status, attempts, input, output, error, note, started_at, finished_at, instance) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $23 FROM progress, lock ON CONFLICT (execution_id, step_index) DO UPDATE SET status = excluded.status, attempts = excluded.attempts, input = excluded.input, output = excluded.output, error = excluded.error, note = excluded.note, finished_at = excluded.finished_at, instance = excluded.instance",
-        )
-        .bind(&record.execution_id)
-        .bind(record.step_index)
-        .bind(&record.step_id)
-        .bind(&record.kind)
-        .bind(&record.status)
-        .bind(record.attempts)
-        .bind(record.input.as_ref().map(Value::to_string))
-        .bind(record.output.as_ref().map(Value::to_string))
-        .bind(&record.error)
-        .bind(&record.note)
-        .bind(record.started_at)
-        .bind(record.finished_at)
+        let written = bind_step(query(
+            concat!(
+                "WITH lock AS (SELECT CASE WHEN $13::text IS NULL THEN NULL ELSE pg_advisory_xact_lock(hashtextextended(current_schema() || ' ' || $13, 0)) END AS locked), progress AS (UPDATE executions SET status = $14, context = $15, next_step = $16, attempt = $17, next_attempt_at = $18, step_started_at = $19, last_error = $20, updated_at = $21, lease_until = CASE WHEN $14 = 'pending' THEN lease_until END, lease_owner = CASE WHEN $14 = 'pending' THEN lease_owner END WHERE id = $22 AND (lease_owner IS NULL OR lease_owner = $23) RETURNING id) ",
+                step_columns!(),
+                " SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $23 FROM progress, lock",
+                step_conflict!()
+            ),
+        ), record)
         .bind(followed.map(|f| f.resource_id.as_str()))
         .bind(&execution.status)
         .bind(execution.context.to_string())
@@ -1262,11 +1203,6 @@ impl Store for PgStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        if self.intake.is_closed() {
-            return Err(StoreError::Database(
-                "the intake writer stopped; restart flowd".to_owned(),
-            ));
-        }
         (&self.pool).execute("SELECT 1").await?;
         Ok(())
     }
