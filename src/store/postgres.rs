@@ -361,25 +361,34 @@ async fn insert_events(
 }
 
 /// Stores a new execution, due at once; an id stored before is left alone (sweeps re-run).
-async fn insert_execution(
+/// Stores new executions in one statement, whatever their number (arrays, unnested): the
+/// inbox completes a page of events at a time, and a statement per execution was most of its
+/// round trips.
+async fn insert_new_executions(
     connection: &mut PgConnection,
-    execution: &NewExecution,
+    executions: &[&NewExecution],
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
+    if executions.is_empty() {
+        return Ok(());
+    }
+    let column = |get: fn(&NewExecution) -> Option<String>| -> Vec<Option<String>> {
+        executions.iter().map(|e| get(e)).collect()
+    };
     query(
-        "INSERT INTO executions (id, rule, event_id, handler_step, handler_status, status, context, next_step, attempt, next_attempt_at, last_error, rule_version, sweep, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 0, 0, $8, $9, $10, $11, $8, $8) ON CONFLICT (id) DO NOTHING",
+        "INSERT INTO executions (id, rule, event_id, handler_step, handler_status, status, context, next_step, attempt, next_attempt_at, last_error, rule_version, sweep, created_at, updated_at) SELECT id, rule, event_id, handler_step, handler_status, status, context, 0, 0, $11, last_error, rule_version, sweep, $11, $11 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::boolean[]) AS new (id, rule, event_id, handler_step, handler_status, status, context, last_error, rule_version, sweep) ON CONFLICT (id) DO NOTHING",
     )
-    .bind(&execution.id)
-    .bind(&execution.rule)
-    .bind(execution.event_id)
-    .bind(&execution.handler_step)
-    .bind(&execution.handler_status)
-    .bind(&execution.status)
-    .bind(execution.context.to_string())
+    .bind(column(|e| Some(e.id.clone())))
+    .bind(column(|e| Some(e.rule.clone())))
+    .bind(executions.iter().map(|e| e.event_id).collect::<Vec<_>>())
+    .bind(column(|e| e.handler_step.clone()))
+    .bind(column(|e| e.handler_status.clone()))
+    .bind(column(|e| Some(e.status.clone())))
+    .bind(column(|e| Some(e.context.to_string())))
+    .bind(column(|e| e.note.clone()))
+    .bind(column(|e| e.rule_version.clone()))
+    .bind(executions.iter().map(|e| e.sweep).collect::<Vec<_>>())
     .bind(now)
-    .bind(&execution.note)
-    .bind(&execution.rule_version)
-    .bind(execution.sweep)
     .execute(&mut *connection)
     .await?;
     Ok(())
@@ -523,11 +532,12 @@ impl Store for PgStore {
         lease: Duration,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         // The oldest free events (SKIP LOCKED: instances claiming together take different
-        // ones), but of a run's status changes only the first unprocessed one, and only while no
+        // ones; a deferred one is free once its run is followed, even when the deferral
+        // committed too late for `finish_step` to release it), but of a run's status changes only the first unprocessed one, and only while no
         // earlier one of it is out with another instance: they are judged one at a time, in
         // order (fire once, older deliveries, implied statuses), whoever takes them.
         let rows = query(
-            "WITH candidates AS (SELECT id, order_key FROM events WHERE processed_at IS NULL AND (deferred_until IS NULL OR deferred_until <= $1) AND (claimed_until IS NULL OR claimed_until < $1) AND (order_key IS NULL OR NOT EXISTS (SELECT 1 FROM events d WHERE d.order_key = events.order_key AND d.id < events.id AND d.processed_at IS NULL AND (d.deferred_until > $1 OR d.claimed_until >= $1))) ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED), free AS (SELECT c.id FROM candidates c WHERE c.order_key IS NULL OR NOT EXISTS (SELECT 1 FROM events e WHERE e.order_key = c.order_key AND e.id < c.id AND e.processed_at IS NULL AND e.id NOT IN (SELECT id FROM candidates))) UPDATE events SET claimed_until = $3, claimed_by = $4 WHERE id IN (SELECT id FROM free) RETURNING id, source, event_type, payload, received_at, octet_length(payload)::bigint AS size",
+            "WITH candidates AS (SELECT id, order_key FROM events WHERE processed_at IS NULL AND (deferred_until IS NULL OR deferred_until <= $1 OR EXISTS (SELECT 1 FROM followed f WHERE f.resource_id = events.defer_key)) AND (claimed_until IS NULL OR claimed_until < $1) AND (order_key IS NULL OR NOT EXISTS (SELECT 1 FROM events d WHERE d.order_key = events.order_key AND d.id < events.id AND d.processed_at IS NULL AND ((d.deferred_until > $1 AND NOT EXISTS (SELECT 1 FROM followed f WHERE f.resource_id = d.defer_key)) OR d.claimed_until >= $1))) ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED), free AS (SELECT c.id FROM candidates c WHERE c.order_key IS NULL OR NOT EXISTS (SELECT 1 FROM events e WHERE e.order_key = c.order_key AND e.id < c.id AND e.processed_at IS NULL AND e.id NOT IN (SELECT id FROM candidates))) UPDATE events SET claimed_until = $3, claimed_by = $4 WHERE id IN (SELECT id FROM free) RETURNING id, source, event_type, payload, received_at, octet_length(payload)::bigint AS size",
         )
         .bind(now)
         .bind(limit)
@@ -696,10 +706,10 @@ impl Store for PgStore {
             run_lock(&mut transaction, key).await?;
         }
         for deferral in deferrals {
-            // Not when the run was recorded meanwhile: it released its webhooks already. The
-            // run's lock (taken above) orders this against `finish_step` recording it on
-            // another instance (each statement then sees what the other committed): without
-            // it, a deferral could land just after the release and wait out its time.
+            // Not when the run was recorded meanwhile: it released its webhooks already. A
+            // deferral that lands just after `finish_step` recorded the run (on another
+            // instance) does not wait out its time: `claim_events` takes a deferred event of a
+            // followed run. The run's lock orders deferrals against status changes of the run.
             query("UPDATE events SET deferred_until = $1, defer_key = $2, claimed_until = NULL WHERE id = $3 AND processed_at IS NULL AND NOT EXISTS (SELECT 1 FROM followed WHERE resource_id = $2)")
                 .bind(deferral.until)
                 .bind(&deferral.key)
@@ -717,32 +727,27 @@ impl Store for PgStore {
     ) -> Result<Vec<bool>, StoreError> {
         let now = Utc::now();
         let mut transaction = self.pool.begin().await?;
+        // Processed once, by whichever instance commits first: one whose claim ran out while
+        // it worked finds the event done and stores nothing for it. The whole page is marked
+        // in one statement.
+        let mut ids: Vec<i64> = batch.iter().map(|(id, _)| *id).collect();
+        ids.dedup();
+        let taken: std::collections::HashSet<i64> = query("UPDATE events SET processed_at = $1, claimed_until = NULL WHERE id = ANY($2) AND processed_at IS NULL RETURNING id")
+            .bind(now)
+            .bind(&ids)
+            .fetch_all(&mut *transaction)
+            .await?
+            .iter()
+            .map(|row| row.try_get::<i64, _>("id"))
+            .collect::<Result<_, _>>()?;
         let mut fired_now = Vec::with_capacity(batch.len());
+        let mut executions: Vec<&NewExecution> = Vec::new();
         let change = "UPDATE followed SET status = $1, remote_updated_at = COALESCE($2, remote_updated_at), changed_at = $3, terminal = $4 WHERE resource_id = $5";
-        let mut created = false;
-        let mut previous = None;
         for (event_id, outcome) in batch {
-            // Processed once, by whichever instance commits first: one whose claim ran out
-            // while it worked finds the event done and stores nothing for it. (An event twice
-            // in a row is an implied status and its own: the first marked it.)
-            if previous == Some((*event_id, false)) {
+            if !taken.contains(event_id) {
                 fired_now.push(false);
                 continue;
             }
-            if previous.is_none_or(|(id, _)| id != *event_id) {
-                let taken = query("UPDATE events SET processed_at = $1, claimed_until = NULL WHERE id = $2 AND processed_at IS NULL")
-                    .bind(now)
-                    .bind(event_id)
-                    .execute(&mut *transaction)
-                    .await?
-                    .rows_affected();
-                previous = Some((*event_id, taken == 1));
-                if taken == 0 {
-                    fired_now.push(false);
-                    continue;
-                }
-            }
-            created |= !outcome.executions.is_empty();
             if let Some((resource_id, status)) = &outcome.fire {
                 let fired = query("INSERT INTO fired (resource_id, status, fired_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
                     .bind(resource_id)
@@ -778,11 +783,11 @@ impl Store for PgStore {
                     .execute(&mut *transaction)
                     .await?;
             }
-            for execution in &outcome.executions {
-                insert_execution(&mut transaction, execution, now).await?;
-            }
+            executions.extend(&outcome.executions);
             fired_now.push(true);
         }
+        let created = !executions.is_empty();
+        insert_new_executions(&mut transaction, &executions, now).await?;
         transaction.commit().await?;
         // Done events may let the next status change of their run go; new executions are work.
         self.notifier.signal(INBOX_CHANNEL);
@@ -847,42 +852,45 @@ impl Store for PgStore {
         followed: Option<&FollowedRun>,
         event: Option<&NewEvent>,
     ) -> Result<(), StoreError> {
-        let mut transaction = self.pool.begin().await?;
-        // The hot path of every step, in as few round trips as it can be: the execution's
-        // progress and the step's record in one statement (the record only if the progress
-        // was written: a lost lease writes neither), with the run's lock when a run is
-        // recorded; then the run and the release of its waiting webhooks in another, which
-        // must come after the lock (its snapshot then sees a deferral committed before).
-        let written = bind_step(query(
+        // The hot path of every step, in one statement (one round trip, committed on its own
+        // unless a status answered with the create goes into the inbox with it): the
+        // execution's progress, then, only if the progress was written (a lost lease writes
+        // nothing), the step's record, the followed run and the release of the webhooks that
+        // overtook the create's answer (they wait no longer; `defer_key` stays, so a later
+        // webhook of the run finds these still unprocessed and lets them go first). A deferral
+        // committed after this statement's snapshot is not released here, but it does not
+        // wait out its time either: the inbox claims a deferred event as soon as its run is
+        // followed (`claim_events`).
+        let sql = if followed.is_some() {
             concat!(
-                "WITH lock AS (SELECT CASE WHEN $13::text IS NULL THEN NULL ELSE pg_advisory_xact_lock(hashtextextended(current_schema() || ' ' || $13, 0)) END AS locked), progress AS (UPDATE executions SET status = $14, context = $15, next_step = $16, attempt = $17, next_attempt_at = $18, step_started_at = $19, last_error = $20, updated_at = $21, lease_until = CASE WHEN $14 = 'pending' THEN lease_until END, lease_owner = CASE WHEN $14 = 'pending' THEN lease_owner END WHERE id = $22 AND (lease_owner IS NULL OR lease_owner = $23) RETURNING id) ",
+                "WITH progress AS (UPDATE executions SET status = $13, context = $14, next_step = $15, attempt = $16, next_attempt_at = $17, step_started_at = $18, last_error = $19, updated_at = $20, lease_until = CASE WHEN $13 = 'pending' THEN lease_until END, lease_owner = CASE WHEN $13 = 'pending' THEN lease_owner END WHERE id = $21 AND (lease_owner IS NULL OR lease_owner = $22) RETURNING id), step AS (",
                 step_columns!(),
-                " SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $23 FROM progress, lock",
-                step_conflict!()
-            ),
-        ), record)
-        .bind(followed.map(|f| f.resource_id.as_str()))
-        .bind(&execution.status)
-        .bind(execution.context.to_string())
-        .bind(execution.next_step)
-        .bind(execution.attempt)
-        .bind(execution.next_attempt_at)
-        .bind(execution.step_started_at)
-        .bind(&execution.last_error)
-        .bind(Utc::now())
-        .bind(&execution.id)
-        .bind(&self.instance)
-        .execute(&mut *transaction)
-        .await?
-        .rows_affected();
-        if written == 0 {
-            // Nothing was written; the transaction is rolled back when dropped.
-            return Err(lost_lease(&execution.id));
-        }
+                " SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $22 FROM progress",
+                step_conflict!(),
+                "), run AS (INSERT INTO followed (resource_id, resource_type, rule, step_id, execution_id, context, status, remote_updated_at, changed_at, terminal) SELECT $23, $24, $25, $26, $27, $28, $29, $30, $31, $32 FROM progress ON CONFLICT (resource_id) DO NOTHING), released AS (UPDATE events SET deferred_until = NULL WHERE defer_key = $23 AND processed_at IS NULL AND EXISTS (SELECT 1 FROM progress)) SELECT id FROM progress"
+            )
+        } else {
+            concat!(
+                "WITH progress AS (UPDATE executions SET status = $13, context = $14, next_step = $15, attempt = $16, next_attempt_at = $17, step_started_at = $18, last_error = $19, updated_at = $20, lease_until = CASE WHEN $13 = 'pending' THEN lease_until END, lease_owner = CASE WHEN $13 = 'pending' THEN lease_owner END WHERE id = $21 AND (lease_owner IS NULL OR lease_owner = $22) RETURNING id), step AS (",
+                step_columns!(),
+                " SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $22 FROM progress",
+                step_conflict!(),
+                ") SELECT id FROM progress"
+            )
+        };
+        let mut statement = bind_step(query(sql), record)
+            .bind(&execution.status)
+            .bind(execution.context.to_string())
+            .bind(execution.next_step)
+            .bind(execution.attempt)
+            .bind(execution.next_attempt_at)
+            .bind(execution.step_started_at)
+            .bind(&execution.last_error)
+            .bind(Utc::now())
+            .bind(&execution.id)
+            .bind(&self.instance);
         if let Some(followed) = followed {
-            // Webhooks that overtook the create's answer wait no longer; `defer_key` stays, so
-            // a later webhook of the run finds these still unprocessed and lets them go first.
-            query("WITH run AS (INSERT INTO followed (resource_id, resource_type, rule, step_id, execution_id, context, status, remote_updated_at, changed_at, terminal) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (resource_id) DO NOTHING) UPDATE events SET deferred_until = NULL WHERE defer_key = $1 AND processed_at IS NULL")
+            statement = statement
                 .bind(&followed.resource_id)
                 .bind(followed.resource_type.json_api_type())
                 .bind(&followed.rule)
@@ -892,14 +900,23 @@ impl Store for PgStore {
                 .bind(&followed.status)
                 .bind(followed.remote_updated_at)
                 .bind(followed.changed_at)
-                .bind(followed.terminal)
-                .execute(&mut *transaction)
-                .await?;
+                .bind(followed.terminal);
         }
-        if let Some(event) = event {
-            insert_events(&mut transaction, std::slice::from_ref(event)).await?;
+        let written = match event {
+            None => statement.fetch_optional(&self.pool).await?,
+            Some(event) => {
+                let mut transaction = self.pool.begin().await?;
+                let written = statement.fetch_optional(&mut *transaction).await?;
+                if written.is_some() {
+                    insert_events(&mut transaction, std::slice::from_ref(event)).await?;
+                    transaction.commit().await?;
+                }
+                written
+            }
+        };
+        if written.is_none() {
+            return Err(lost_lease(&execution.id));
         }
-        transaction.commit().await?;
         if event.is_some() {
             self.notifier.signal(INBOX_CHANNEL);
         }
@@ -1191,11 +1208,8 @@ impl Store for PgStore {
 
     async fn insert_executions(&self, executions: &[NewExecution]) -> Result<(), StoreError> {
         let now = Utc::now();
-        let mut transaction = self.pool.begin().await?;
-        for execution in executions {
-            insert_execution(&mut transaction, execution, now).await?;
-        }
-        transaction.commit().await?;
+        let mut connection = self.pool.acquire().await?;
+        insert_new_executions(&mut connection, &executions.iter().collect::<Vec<_>>(), now).await?;
         if !executions.is_empty() {
             self.notifier.signal(EXECUTIONS_CHANNEL);
         }
