@@ -39,8 +39,27 @@ pub async fn run(engine: Engine, shutdown: CancellationToken, drain: Duration) {
     // Executions running in this process: one claimed again (its lease ran out while a long
     // step ran) is not started a second time.
     let running = Arc::new(Mutex::new(std::collections::HashSet::<String>::new()));
+    // Under a backlog (the last claim filled every free slot), a claim waits a moment for
+    // more slots to free up: one claim per finished execution was a commit per execution.
+    let total = engine.settings.max_steps_in_flight.max(1);
+    let gather = (total / 8).clamp(1, 16);
+    let mut backlog = false;
     loop {
+        if backlog {
+            let until = tokio::time::Instant::now() + Duration::from_millis(5);
+            while permits.available_permits() < gather && tokio::time::Instant::now() < until {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = engine.executions_waiting.notified() => {}
+                    _ = tokio::time::sleep_until(until) => {}
+                }
+            }
+            if shutdown.is_cancelled() {
+                break;
+            }
+        }
         let free = permits.available_permits();
+        backlog = false;
         if free > 0 {
             match engine
                 .store
@@ -48,6 +67,7 @@ pub async fn run(engine: Engine, shutdown: CancellationToken, drain: Duration) {
                 .await
             {
                 Ok(claimed) => {
+                    backlog = claimed.len() == free;
                     let set = engine.reloader.current();
                     for mut execution in claimed {
                         if !running
@@ -120,8 +140,7 @@ pub async fn run(engine: Engine, shutdown: CancellationToken, drain: Duration) {
         }
     }
     // Let steps in flight finish; what does not finish in time resumes after the restart.
-    let total = engine.settings.max_steps_in_flight.max(1) as u32;
-    let _ = tokio::time::timeout(drain, permits.acquire_many(total)).await;
+    let _ = tokio::time::timeout(drain, permits.acquire_many(total as u32)).await;
 }
 
 /// Records an execution whose run panicked: failed, with a dead letter naming the panic.

@@ -339,24 +339,48 @@ async fn insert_events(
     for key in keys {
         run_lock(connection, key).await?;
     }
-    let mut outcomes = Vec::with_capacity(events.len());
-    for event in events {
-        let stored = query(
-            "INSERT INTO events (source, event_type, dedup_key, payload, received_at, order_key) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (dedup_key) DO NOTHING RETURNING id",
-        )
-        .bind(event.source.as_str())
-        .bind(&event.event_type)
-        .bind(&event.dedup_key)
-        .bind(event.payload.to_string())
-        .bind(now)
-        .bind(event.order_key())
-        .fetch_optional(&mut *connection)
-        .await?;
-        outcomes.push(match stored {
-            Some(row) => InsertOutcome::Stored(row.try_get("id")?),
-            None => InsertOutcome::Duplicate,
-        });
+    // One statement for the whole batch. Ids are drawn in the batch's order (the rows are
+    // inserted as the ordered select yields them), so the stored events without a dedup key
+    // come back, sorted by id, in the batch's order; one with a key is found by its key (the
+    // first of a key in the batch is stored, a later one is a duplicate, as before).
+    let column = |get: fn(&NewEvent) -> Option<String>| -> Vec<Option<String>> {
+        events.iter().map(get).collect()
+    };
+    let rows = query(
+        "WITH new AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) WITH ORDINALITY AS new (source, event_type, dedup_key, payload, order_key, position)), stored AS (INSERT INTO events (source, event_type, dedup_key, payload, received_at, order_key) SELECT source, event_type, dedup_key, payload, $6, order_key FROM new ORDER BY position ON CONFLICT (dedup_key) DO NOTHING RETURNING id, dedup_key) SELECT id, dedup_key FROM stored ORDER BY id",
+    )
+    .bind(column(|e| Some(e.source.as_str().to_owned())))
+    .bind(column(|e| Some(e.event_type.clone())))
+    .bind(column(|e| e.dedup_key.clone()))
+    .bind(column(|e| Some(e.payload.to_string())))
+    .bind(column(|e| e.order_key().map(str::to_owned)))
+    .bind(now)
+    .fetch_all(&mut *connection)
+    .await?;
+    let mut keyed = std::collections::HashMap::new();
+    let mut unkeyed = std::collections::VecDeque::new();
+    for row in &rows {
+        let id: i64 = row.try_get("id")?;
+        match row.try_get::<Option<String>, _>("dedup_key")? {
+            Some(key) => {
+                keyed.insert(key, id);
+            }
+            None => unkeyed.push_back(id),
+        }
     }
+    let outcomes = events
+        .iter()
+        .map(|event| {
+            let id = match &event.dedup_key {
+                Some(key) => keyed.remove(key),
+                None => unkeyed.pop_front(),
+            };
+            match id {
+                Some(id) => InsertOutcome::Stored(id),
+                None => InsertOutcome::Duplicate,
+            }
+        })
+        .collect();
     Ok(outcomes)
 }
 

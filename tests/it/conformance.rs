@@ -58,6 +58,7 @@ macro_rules! conformance {
             a_key_repeated_within_one_batch_is_stored_once,
             events_without_a_key_are_never_deduplicated,
             stored_events_get_increasing_ids_in_batch_order,
+            each_event_of_a_mixed_batch_gets_its_own_id,
             a_stored_event_reads_back_as_it_was_given,
             // unprocessed_events
             unprocessed_events_come_oldest_first_up_to_the_limit,
@@ -466,6 +467,51 @@ async fn events_without_a_key_are_never_deduplicated(store: &dyn Store) {
     stored.extend(store_events(store, vec![same()]).await);
     assert_eq!(stored.iter().collect::<BTreeSet<_>>().len(), 3);
     assert_eq!(unprocessed_ids(store, now()).await, stored);
+}
+
+async fn each_event_of_a_mixed_batch_gets_its_own_id(store: &dyn Store) {
+    store
+        .insert_events(vec![event(Some("seen"), json!({ "n": -1 }))])
+        .await
+        .unwrap();
+    // Keyed and unkeyed events, a key seen before and a key twice in the batch.
+    let keys = [
+        None,
+        Some("a"),
+        Some("seen"),
+        None,
+        Some("b"),
+        Some("a"),
+        None,
+    ];
+    let batch = keys
+        .iter()
+        .enumerate()
+        .map(|(n, key)| event(*key, json!({ "n": n })))
+        .collect();
+    let outcomes = store.insert_events(batch).await.unwrap();
+    let stored: Vec<(usize, i64)> = outcomes
+        .iter()
+        .enumerate()
+        .filter_map(|(n, outcome)| match outcome {
+            InsertOutcome::Stored(id) => Some((n, *id)),
+            InsertOutcome::Duplicate => None,
+        })
+        .collect();
+    assert_eq!(
+        stored.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        [0, 1, 3, 4, 6],
+        "the key seen before and the second 'a' are duplicates: {outcomes:?}"
+    );
+    assert!(stored.windows(2).all(|pair| pair[0].1 < pair[1].1));
+    let inbox = store.unprocessed_events(100, 1 << 20, now()).await.unwrap();
+    for (n, id) in stored {
+        let found = inbox
+            .iter()
+            .find(|e| e.id == id)
+            .expect("a stored id is in the inbox");
+        assert_eq!(found.payload["n"], json!(n), "event {n} was given id {id}");
+    }
 }
 
 async fn stored_events_get_increasing_ids_in_batch_order(store: &dyn Store) {
