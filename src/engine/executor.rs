@@ -305,16 +305,15 @@ async fn run_execution(engine: &Engine, mut execution: Execution) -> Result<(), 
         let in_doubt = execution.step_started_at;
         // Creates leave a trace before they are sent: after a crash, the next attempt checks
         // whether the create went through. Other steps are simply run again (at least once).
-        if matches!(
-            step.kind,
-            StepKind::StartFlowRun { .. }
-                | StepKind::GenerateFlow { .. }
-                | StepKind::AnalyzeVacancy { .. }
-        ) {
-            engine
-                .store
-                .begin_step(&execution.id, now, engine.settings.lease)
-                .await?;
+        if step.kind.creates() {
+            // The claim left the marker of the first step when it is a create (one write less
+            // per execution); any other create writes its own.
+            if !std::mem::take(&mut execution.create_marked) {
+                engine
+                    .store
+                    .begin_step(&execution.id, now, engine.settings.lease)
+                    .await?;
+            }
             // The in-doubt marker lives in memory too, so the next save keeps it (it used to
             // erase it, and a lost answer led to a second create). The earliest attempt counts.
             if execution.step_started_at.is_none() {

@@ -142,6 +142,15 @@ pub fn steps_to_run<'a>(
     Ok((steps, format!("{path}/{status}/")))
 }
 
+/// Whether the first step an execution runs creates a resource: its claim then leaves the
+/// step's in-doubt marker in the same write (see [`crate::store::NewExecution`]).
+pub fn first_step_creates(rule: &Rule, handler: Option<(&str, &str)>) -> bool {
+    steps_to_run(rule, handler)
+        .ok()
+        .and_then(|(steps, _)| steps.first())
+        .is_some_and(|step| step.kind.creates())
+}
+
 /// The `on_status` handler of `step` for `status`, if it has one.
 pub fn handler_of<'a>(step: &'a Step, status: &str) -> Option<&'a [Step]> {
     step.on_status

@@ -209,6 +209,7 @@ fn executions_for(
             Planned::Sweep(context) => NewExecution {
                 id: format!("sweep-{event_id}-{}", rule.name),
                 sweep: true,
+                first_step_creates: false,
                 ..pending(rule, event_id, Value::Object(context))
             },
             Planned::Failed(context, reason) => {
@@ -365,6 +366,7 @@ fn pending(rule: &Rule, event_id: i64, context: Value) -> NewExecution {
         note: None,
         rule_version: Some(rule.version.clone()),
         sweep: false,
+        first_step_creates: plan::first_step_creates(rule, None),
     }
 }
 
@@ -736,6 +738,7 @@ fn handler_execution(
         note: None,
         rule_version: None,
         sweep: false,
+        first_step_creates: false,
     };
     let Some(rule) = set.get(&followed.rule) else {
         warn!(rule = %followed.rule, run = %followed.resource_id, "The rule that started this run is gone; orphaned");
@@ -769,9 +772,14 @@ fn handler_execution(
     // Handlers read the rule's vars as they are now, and run the rule version in force now
     // (DESIGN 3: `on_status` handlers are looked up when the status changes) to their end.
     context.insert("vars".into(), Value::Object((*rule.vars).clone()));
+    let first_step_creates = followed
+        .step_id
+        .as_deref()
+        .is_some_and(|key| plan::first_step_creates(rule, Some((key, status))));
     Some(NewExecution {
         context: Value::Object(context),
         rule_version: Some(rule.version.clone()),
+        first_step_creates,
         ..base
     })
 }

@@ -633,6 +633,18 @@ impl StepKind {
         "log",
     ];
 
+    /// Whether the step creates a Recrubo resource (a FlowRun, a generation, an analysis):
+    /// such a step leaves an in-doubt marker before it sends, so that the attempt after a lost
+    /// answer looks for what it created instead of creating it again.
+    pub fn creates(&self) -> bool {
+        matches!(
+            self,
+            StepKind::StartFlowRun { .. }
+                | StepKind::GenerateFlow { .. }
+                | StepKind::AnalyzeVacancy { .. }
+        )
+    }
+
     /// The key as written.
     pub fn name(&self) -> &'static str {
         match self {

@@ -157,6 +157,10 @@ pub struct NewExecution {
     pub rule_version: Option<String>,
     /// A `for_each: { list }` sweep: it pages through the list instead of running the steps.
     pub sweep: bool,
+    /// Its first step creates a resource ([`crate::rules::StepKind::creates`]): the claim that
+    /// starts it sets the in-doubt marker (`step_started_at`) itself, one write less per
+    /// execution than a separate `begin_step`.
+    pub first_step_creates: bool,
 }
 
 /// An execution as stored.
@@ -194,6 +198,11 @@ pub struct Execution {
     pub created_at: DateTime<Utc>,
     /// Updated.
     pub updated_at: DateTime<Utc>,
+    /// Set by `claim_executions` only: the claim left the in-doubt marker of the step it is
+    /// at (its first, a create) in the database, so the executor sends without `begin_step`.
+    /// `step_started_at` is then the value from before the claim (an earlier attempt's).
+    #[serde(skip)]
+    pub create_marked: bool,
 }
 
 /// A step attempt's record.
@@ -467,7 +476,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// event may appear twice in a row (an implied status, then its own).
     async fn complete_events(&self, batch: &[(i64, EventOutcome)])
     -> Result<Vec<bool>, StoreError>;
-    /// Claims due pending executions for `lease`.
+    /// Claims due pending executions for `lease`. One at its first step that creates
+    /// ([`NewExecution::first_step_creates`], `next_step` 0) gets that step's in-doubt marker in
+    /// the same write, kept if an earlier attempt set it, and comes back `create_marked` with
+    /// `step_started_at` as it was before the claim.
     async fn claim_executions(
         &self,
         now: DateTime<Utc>,

@@ -37,7 +37,7 @@ use super::{
 };
 
 /// The migrations, in order (embedded: the binary carries its schema).
-const MIGRATIONS: [(i64, &str, &str); 2] = [
+const MIGRATIONS: [(i64, &str, &str); 3] = [
     (
         1,
         "init",
@@ -47,6 +47,11 @@ const MIGRATIONS: [(i64, &str, &str); 2] = [
         2,
         "holders",
         include_str!("../../migrations/postgres/0002_holders.sql"),
+    ),
+    (
+        3,
+        "create_marks",
+        include_str!("../../migrations/postgres/0003_create_marks.sql"),
     ),
 ];
 
@@ -235,6 +240,7 @@ fn execution_from_row(row: &PgRow) -> Result<Execution, StoreError> {
         sweep: row.try_get("sweep")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+        create_marked: false,
     })
 }
 
@@ -400,7 +406,7 @@ async fn insert_new_executions(
         executions.iter().map(|e| get(e)).collect()
     };
     query(
-        "INSERT INTO executions (id, rule, event_id, handler_step, handler_status, status, context, next_step, attempt, next_attempt_at, last_error, rule_version, sweep, created_at, updated_at) SELECT id, rule, event_id, handler_step, handler_status, status, context, 0, 0, $11, last_error, rule_version, sweep, $11, $11 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::boolean[]) AS new (id, rule, event_id, handler_step, handler_status, status, context, last_error, rule_version, sweep) ON CONFLICT (id) DO NOTHING",
+        "INSERT INTO executions (id, rule, event_id, handler_step, handler_status, status, context, next_step, attempt, next_attempt_at, last_error, rule_version, sweep, first_step_creates, created_at, updated_at) SELECT id, rule, event_id, handler_step, handler_status, status, context, 0, 0, $11, last_error, rule_version, sweep, first_step_creates, $11, $11 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::boolean[], $12::boolean[]) AS new (id, rule, event_id, handler_step, handler_status, status, context, last_error, rule_version, sweep, first_step_creates) ON CONFLICT (id) DO NOTHING",
     )
     .bind(column(|e| Some(e.id.clone())))
     .bind(column(|e| Some(e.rule.clone())))
@@ -413,6 +419,12 @@ async fn insert_new_executions(
     .bind(column(|e| e.rule_version.clone()))
     .bind(executions.iter().map(|e| e.sweep).collect::<Vec<_>>())
     .bind(now)
+    .bind(
+        executions
+            .iter()
+            .map(|e| e.first_step_creates)
+            .collect::<Vec<_>>(),
+    )
     .execute(&mut *connection)
     .await?;
     Ok(())
@@ -828,8 +840,10 @@ impl Store for PgStore {
         limit: i64,
     ) -> Result<Vec<Execution>, StoreError> {
         // SKIP LOCKED: instances claiming at the same moment take different rows, none waits.
+        // One at its first step, a create, gets the step's in-doubt marker in this statement
+        // (kept if an earlier attempt left it); `before` is the marker as it was.
         let sql = format!(
-            "UPDATE executions SET lease_until = $1, lease_owner = $4 WHERE id IN (SELECT id FROM executions WHERE status = 'pending' AND next_attempt_at <= $2 AND (lease_until IS NULL OR lease_until < $2) ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING {EXECUTION_COLUMNS}"
+            "WITH picked AS (SELECT id AS picked_id, step_started_at AS before FROM executions WHERE status = 'pending' AND next_attempt_at <= $2 AND (lease_until IS NULL OR lease_until < $2) ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) UPDATE executions SET lease_until = $1, lease_owner = $4, step_started_at = CASE WHEN first_step_creates AND next_step = 0 THEN COALESCE(step_started_at, $2) ELSE step_started_at END FROM picked WHERE id = picked_id RETURNING {EXECUTION_COLUMNS}, before, first_step_creates AND next_step = 0 AS marked"
         );
         let rows = query(&sql)
             .bind(lease_end(now, lease))
@@ -838,7 +852,13 @@ impl Store for PgStore {
             .bind(&self.instance)
             .fetch_all(&self.pool)
             .await?;
-        let mut claimed = convert(rows, execution_from_row)?;
+        let mut claimed = convert(rows, |row| {
+            Ok(Execution {
+                step_started_at: row.try_get("before")?,
+                create_marked: row.try_get("marked")?,
+                ..execution_from_row(row)?
+            })
+        })?;
         // RETURNING keeps no order: hand them out due-first, as the SQLite store does.
         claimed.sort_by_key(|execution| execution.next_attempt_at);
         Ok(claimed)

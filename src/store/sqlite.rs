@@ -26,12 +26,13 @@ use super::{
 };
 
 /// The migrations, in order; `PRAGMA user_version` counts the ones applied.
-const MIGRATIONS: [&str; 5] = [
+const MIGRATIONS: [&str; 6] = [
     include_str!("../../migrations/sqlite/0001_init.sql"),
     include_str!("../../migrations/sqlite/0002_schedules.sql"),
     include_str!("../../migrations/sqlite/0003_hardening.sql"),
     include_str!("../../migrations/sqlite/0004_rule_versions.sql"),
     include_str!("../../migrations/sqlite/0005_sweeps.sql"),
+    include_str!("../../migrations/sqlite/0006_create_marks.sql"),
 ];
 
 /// How many threads answer reads.
@@ -291,6 +292,7 @@ fn execution_from_row(row: &Row<'_>) -> Result<Execution, StoreError> {
         sweep: row.get::<_, i64>("sweep")? != 0,
         created_at: parse_time(&row.get::<_, String>("created_at")?)?,
         updated_at: parse_time(&row.get::<_, String>("updated_at")?)?,
+        create_marked: false,
     })
 }
 
@@ -465,7 +467,7 @@ fn insert_execution(
 ) -> Result<(), StoreError> {
     transaction
         .prepare_cached(
-            "INSERT INTO executions (id, rule, event_id, handler_step, handler_status, status, context, next_step, attempt, next_attempt_at, last_error, rule_version, sweep, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, 0, ?8, ?9, ?10, ?11, ?8, ?8) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO executions (id, rule, event_id, handler_step, handler_status, status, context, next_step, attempt, next_attempt_at, last_error, rule_version, sweep, first_step_creates, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, 0, ?8, ?9, ?10, ?11, ?12, ?8, ?8) ON CONFLICT (id) DO NOTHING",
         )?
         .execute(params![
             execution.id,
@@ -479,6 +481,7 @@ fn insert_execution(
             execution.note,
             execution.rule_version,
             i64::from(execution.sweep),
+            i64::from(execution.first_step_creates),
         ])?;
     Ok(())
 }
@@ -811,15 +814,38 @@ fn claim(
 ) -> Result<Vec<Execution>, StoreError> {
     let now_text = time_text(now);
     let lease_until = time_text(now + chrono::Duration::from_std(lease).unwrap_or_default());
+    // The in-doubt markers as they were (RETURNING gives the new ones), read in the same
+    // transaction: nothing writes between the two statements.
+    let before: std::collections::HashMap<String, Option<String>> = transaction
+        .prepare_cached("SELECT id, step_started_at FROM executions WHERE status = 'pending' AND next_attempt_at <= ?1 AND (lease_until IS NULL OR lease_until < ?1) ORDER BY next_attempt_at LIMIT ?2")?
+        .query_map(params![now_text, limit], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    // One at its first step, a create, gets the step's in-doubt marker in this write (kept if
+    // an earlier attempt left it).
     let sql = format!(
-        "UPDATE executions SET lease_until = ?1 WHERE id IN (SELECT id FROM executions WHERE status = 'pending' AND next_attempt_at <= ?2 AND (lease_until IS NULL OR lease_until < ?2) ORDER BY next_attempt_at LIMIT ?3) RETURNING {EXECUTION_COLUMNS}"
+        "UPDATE executions SET lease_until = ?1, step_started_at = CASE WHEN first_step_creates = 1 AND next_step = 0 THEN COALESCE(step_started_at, ?2) ELSE step_started_at END WHERE id IN (SELECT id FROM executions WHERE status = 'pending' AND next_attempt_at <= ?2 AND (lease_until IS NULL OR lease_until < ?2) ORDER BY next_attempt_at LIMIT ?3) RETURNING {EXECUTION_COLUMNS}, first_step_creates = 1 AND next_step = 0"
     );
-    rows(
+    let claimed = rows(
         transaction,
         &sql,
         params![lease_until, now_text, limit],
-        execution_from_row,
-    )
+        |row| {
+            Ok(Execution {
+                create_marked: row.get::<_, bool>(16)?,
+                ..execution_from_row(row)?
+            })
+        },
+    )?;
+    claimed
+        .into_iter()
+        .map(|execution| {
+            let was = before.get(&execution.id).cloned().flatten();
+            Ok(Execution {
+                step_started_at: parse_optional_time(was)?,
+                ..execution
+            })
+        })
+        .collect()
 }
 
 /// The writer: one connection, many writes per transaction. When a batch fails, each of its

@@ -87,6 +87,7 @@ macro_rules! conformance {
             a_claim_takes_at_most_its_limit,
             concurrent_claims_never_hand_out_the_same_execution,
             a_renewed_lease_keeps_a_running_execution_from_being_claimed,
+            a_claim_marks_a_first_step_that_creates_in_doubt,
             renewing_does_not_lease_an_execution_whose_lease_was_given_up,
             // begin_step, save_execution, finish_step, record_step
             begin_step_keeps_the_earliest_start_of_a_step,
@@ -228,6 +229,7 @@ pub(crate) fn new_execution(id: &str, rule: &str, status: &str) -> NewExecution 
         note: None,
         rule_version: None,
         sweep: false,
+        first_step_creates: false,
     }
 }
 
@@ -999,6 +1001,7 @@ async fn a_new_execution_starts_pending_at_its_first_step_and_due_at_once(store:
         event_id: Some(stored[0]),
         rule_version: Some("v-7".to_owned()),
         sweep: true,
+        first_step_creates: false,
         ..new_execution("x", "sweep", "pending")
     };
     store
@@ -1129,6 +1132,97 @@ async fn concurrent_claims_never_hand_out_the_same_execution(store: &dyn Store) 
         assert!(seen.insert(id.clone()), "{id} claimed twice");
     }
     assert_eq!(seen.len(), 20, "every due one is claimed once");
+}
+
+async fn a_claim_marks_a_first_step_that_creates_in_doubt(store: &dyn Store) {
+    let creates = NewExecution {
+        first_step_creates: true,
+        ..new_execution("creates", "rule", "pending")
+    };
+    store
+        .insert_executions(&[creates, new_execution("plain", "rule", "pending")])
+        .await
+        .unwrap();
+    assert!(
+        !store.creates_in_doubt().await.unwrap(),
+        "queued is not in doubt"
+    );
+    let at = now() + secs(1);
+    let mut claimed = store.claim_executions(at, LEASE, 10).await.unwrap();
+    claimed.sort_by(|a, b| a.id.cmp(&b.id));
+    let [first, plain] = &claimed[..] else {
+        panic!("both are claimed: {claimed:?}");
+    };
+    assert!(first.create_marked && !plain.create_marked);
+    assert_eq!(
+        first.step_started_at, None,
+        "the marker as it was before the claim"
+    );
+    assert!(store.creates_in_doubt().await.unwrap());
+    let stored = store.execution("creates").await.unwrap().unwrap();
+    assert_eq!(
+        stored.step_started_at,
+        Some(at),
+        "the claim left the marker"
+    );
+    assert_eq!(
+        store
+            .execution("plain")
+            .await
+            .unwrap()
+            .unwrap()
+            .step_started_at,
+        None
+    );
+
+    // Taken over after the lease (the holder died, maybe after sending): the next claim sees
+    // the first claim's marker, and keeps it.
+    let later = at + chrono::Duration::from_std(LEASE).unwrap() + secs(1);
+    let again = store.claim_executions(later, LEASE, 10).await.unwrap();
+    let taken = again
+        .iter()
+        .find(|e| e.id == "creates")
+        .expect("claimed again");
+    assert!(taken.create_marked);
+    assert_eq!(
+        taken.step_started_at,
+        Some(at),
+        "in doubt since the first claim"
+    );
+    assert_eq!(
+        store
+            .execution("creates")
+            .await
+            .unwrap()
+            .unwrap()
+            .step_started_at,
+        Some(at)
+    );
+
+    // Past its first step, a claim marks nothing: that step's create writes its own marker.
+    let mut past = taken.clone();
+    past.next_step = 1;
+    past.step_started_at = None;
+    past.next_attempt_at = later;
+    store.save_execution(&past, true).await.unwrap();
+    let third = store
+        .claim_executions(later + secs(1), LEASE, 10)
+        .await
+        .unwrap();
+    let taken = third
+        .iter()
+        .find(|e| e.id == "creates")
+        .expect("claimed again");
+    assert!(!taken.create_marked);
+    assert_eq!(
+        store
+            .execution("creates")
+            .await
+            .unwrap()
+            .unwrap()
+            .step_started_at,
+        None
+    );
 }
 
 async fn a_renewed_lease_keeps_a_running_execution_from_being_claimed(store: &dyn Store) {

@@ -20,6 +20,7 @@ fn execution(id: &str, rule: &str, status: &str) -> NewExecution {
         note: None,
         rule_version: None,
         sweep: false,
+        first_step_creates: false,
     }
 }
 
