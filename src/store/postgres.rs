@@ -97,6 +97,11 @@ async fn store_events(
 struct Notifier {
     pending: std::sync::Arc<[std::sync::atomic::AtomicBool; 2]>,
     wake: tokio::sync::mpsc::Sender<()>,
+    /// No other instance had a fresh heartbeat at this one's last: nobody listens but this
+    /// instance, which wakes itself in memory, so signals are not sent. An instance that finds
+    /// others at its heartbeat says so on [`INSTANCES_CHANNEL`], and every instance hearing
+    /// that signals again. True until the first heartbeat.
+    alone: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Notifier {
@@ -104,11 +109,14 @@ impl Notifier {
         let (wake, mut woken) = tokio::sync::mpsc::channel::<()>(1);
         let pending: std::sync::Arc<[std::sync::atomic::AtomicBool; 2]> = std::sync::Arc::default();
         let flags = pending.clone();
+        let alone = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let by_itself = alone.clone();
         tokio::spawn(async move {
-            use std::sync::atomic::Ordering::AcqRel;
+            use std::sync::atomic::Ordering::{AcqRel, Acquire};
             while woken.recv().await.is_some() {
                 for (flag, channel) in flags.iter().zip([INBOX_CHANNEL, EXECUTIONS_CHANNEL]) {
                     if flag.swap(false, AcqRel)
+                        && !by_itself.load(Acquire)
                         && let Err(err) = query("SELECT pg_notify($1, '')")
                             .bind(channel)
                             .execute(&pool)
@@ -119,7 +127,11 @@ impl Notifier {
                 }
             }
         });
-        Notifier { pending, wake }
+        Notifier {
+            pending,
+            wake,
+            alone,
+        }
     }
 
     fn signal(&self, channel: &str) {
@@ -134,6 +146,8 @@ impl Notifier {
 const INBOX_CHANNEL: &str = "flowd_inbox";
 /// The channel notified when executions are stored.
 const EXECUTIONS_CHANNEL: &str = "flowd_executions";
+/// The channel an instance that found others notifies: whoever thought itself alone is not.
+const INSTANCES_CHANNEL: &str = "flowd_instances";
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -624,7 +638,7 @@ impl Store for PgStore {
         // Its own connection, not one of the pool's: a listener holds it for good.
         let mut listener = sqlx_postgres::PgListener::connect(&self.url).await?;
         listener
-            .listen_all([INBOX_CHANNEL, EXECUTIONS_CHANNEL])
+            .listen_all([INBOX_CHANNEL, EXECUTIONS_CHANNEL, INSTANCES_CHANNEL])
             .await?;
         loop {
             // `recv` reconnects by itself after a lost connection (and may then have missed
@@ -632,6 +646,10 @@ impl Store for PgStore {
             let notification = listener.recv().await?;
             match notification.channel() {
                 INBOX_CHANNEL => events.notify_one(),
+                INSTANCES_CHANNEL => self
+                    .notifier
+                    .alone
+                    .store(false, std::sync::atomic::Ordering::Release),
                 _ => executions.notify_one(),
             }
         }
@@ -641,13 +659,27 @@ impl Store for PgStore {
         &self,
         instance: &super::Instance,
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let row = query("INSERT INTO instances (id, address, rules_hash, started_at, heartbeat_at) VALUES ($1, $2, $3, $4, $4) ON CONFLICT (id) DO UPDATE SET address = excluded.address, rules_hash = excluded.rules_hash, heartbeat_at = excluded.heartbeat_at RETURNING clock_timestamp() AS clock")
+        let row = query("INSERT INTO instances (id, address, rules_hash, started_at, heartbeat_at) VALUES ($1, $2, $3, $4, $4) ON CONFLICT (id) DO UPDATE SET address = excluded.address, rules_hash = excluded.rules_hash, heartbeat_at = excluded.heartbeat_at RETURNING clock_timestamp() AS clock, EXISTS (SELECT 1 FROM instances WHERE id <> $1 AND heartbeat_at >= $5) AS others")
             .bind(&instance.id)
             .bind(&instance.address)
             .bind(&instance.rules_hash)
             .bind(instance.heartbeat_at)
+            .bind(instance.heartbeat_at - crate::http::INSTANCE_ALIVE)
             .fetch_one(&self.pool)
             .await?;
+        let others = row.try_get::<bool, _>("others")?;
+        self.notifier
+            .alone
+            .store(!others, std::sync::atomic::Ordering::Release);
+        // Said at every heartbeat, not only when this instance stops being alone: a hello
+        // lost (a listener reconnecting) or overtaken by another's heartbeat that did not see
+        // this one yet is said again within seconds.
+        if others {
+            query("SELECT pg_notify($1, '')")
+                .bind(INSTANCES_CHANNEL)
+                .execute(&self.pool)
+                .await?;
+        }
         Ok(Some(row.try_get("clock")?))
     }
 
