@@ -1230,7 +1230,9 @@ impl Store for PgStore {
     ) -> Result<(), StoreError> {
         let mut transaction = self.pool.begin().await?;
         for (rule, fingerprint, last_tick_at) in states {
-            query("INSERT INTO schedule_state (rule, fingerprint, last_tick_at) VALUES ($1, $2, $3) ON CONFLICT (rule) DO UPDATE SET fingerprint = excluded.fingerprint, last_tick_at = excluded.last_tick_at")
+            // The same schedule never moves back (instances whose clocks differ a little, one
+            // skipping a tick the other fired); a changed one starts where it is told.
+            query("INSERT INTO schedule_state (rule, fingerprint, last_tick_at) VALUES ($1, $2, $3) ON CONFLICT (rule) DO UPDATE SET last_tick_at = CASE WHEN schedule_state.fingerprint = excluded.fingerprint THEN GREATEST(schedule_state.last_tick_at, excluded.last_tick_at) ELSE excluded.last_tick_at END, fingerprint = excluded.fingerprint")
                 .bind(rule)
                 .bind(fingerprint)
                 .bind(last_tick_at)

@@ -680,7 +680,8 @@ fn apply(transaction: &Transaction<'_>, op: &WriteOp) -> Result<WriteResult, Sto
             Ok(WriteResult::Done)
         }
         WriteOp::SetScheduleStates(states) => {
-            let mut statement = transaction.prepare_cached("INSERT INTO schedule_state (rule, fingerprint, last_tick_at) VALUES (?, ?, ?) ON CONFLICT (rule) DO UPDATE SET fingerprint = excluded.fingerprint, last_tick_at = excluded.last_tick_at")?;
+            // The same schedule never moves back; a changed one starts where it is told.
+            let mut statement = transaction.prepare_cached("INSERT INTO schedule_state (rule, fingerprint, last_tick_at) VALUES (?, ?, ?) ON CONFLICT (rule) DO UPDATE SET last_tick_at = CASE WHEN schedule_state.fingerprint = excluded.fingerprint THEN MAX(schedule_state.last_tick_at, excluded.last_tick_at) ELSE excluded.last_tick_at END, fingerprint = excluded.fingerprint")?;
             for (rule, fingerprint, last_tick_at) in states {
                 statement.execute(params![rule, fingerprint, time_text(*last_tick_at)])?;
             }

@@ -1902,6 +1902,12 @@ async fn schedule_states_read_back_as_set(store: &dyn Store) {
         )])
         .await
         .unwrap();
+    // The same schedule set to an earlier time (another instance, its clock a little behind)
+    // keeps the later one.
+    store
+        .set_schedule_states(&[("often".to_owned(), "every 5m".to_owned(), t - minutes(9))])
+        .await
+        .unwrap();
     let expected: HashMap<String, (String, DateTime<Utc>)> = [
         (
             "nightly".to_owned(),
