@@ -476,6 +476,7 @@ async fn fail_step(
     } else {
         execution.status = "failed".to_owned();
         engine.store.save_execution(execution, true).await?;
+        count_finished(execution, "failed");
         Ok(Next::Stop)
     }
 }
@@ -540,8 +541,10 @@ async fn finish(
     engine.store.save_execution(&execution, true).await
 }
 
-/// Counts an execution that ended with `status`.
+/// Counts an execution that ended with `status`, and says so in one line (DESIGN 9: one line
+/// per execution outcome at info).
 fn count_finished(execution: &Execution, status: &str) {
+    info!(rule = %execution.rule, execution = %execution.id, status, "Execution finished");
     metrics::counter!("flowd_executions_total", "rule" => execution.rule.clone(), "status" => status.to_owned()).increment(1);
 }
 

@@ -93,6 +93,29 @@ impl NewEvent {
         crate::recrubo::FollowedKind::of(resource)?;
         self.payload["data"]["attributes"]["resource"]["id"].as_str()
     }
+
+    /// The dedup key as stored ([`stored_key`]).
+    pub fn stored_dedup_key(&self) -> Option<std::borrow::Cow<'_, str>> {
+        self.dedup_key.as_deref().map(stored_key)
+    }
+}
+
+/// The most bytes of a key stored as it is.
+const KEY_BYTES: usize = 200;
+
+/// A dedup key as stored. Keys come from senders (an `Idempotency-Key`, a body's `id`), and a
+/// unique index holds a few kilobytes at most, PostgreSQL's text no NUL: a key longer than 200
+/// bytes, or with a control character, is stored as `sha256:<hex>` of itself (still one stored
+/// key per key), so that no sender's key can fail the batch it is written with.
+pub fn stored_key(key: &str) -> std::borrow::Cow<'_, str> {
+    if key.len() <= KEY_BYTES && !key.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(key);
+    }
+    use sha2::Digest;
+    std::borrow::Cow::Owned(format!(
+        "sha256:{}",
+        hex::encode(sha2::Sha256::digest(key.as_bytes()))
+    ))
 }
 
 /// One flowd instance on a shared database, as `GET /api/v1/cluster` shows it.

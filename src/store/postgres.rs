@@ -72,9 +72,18 @@ async fn store_events(
     pool: &Pool<Postgres>,
     events: &[NewEvent],
 ) -> Result<Vec<InsertOutcome>, StoreError> {
+    // Events with neither key (most external events) are one statement and need no
+    // transaction around it: two round trips less per batch.
+    let alone = events
+        .iter()
+        .all(|event| event.dedup_key.is_none() && event.order_key().is_none());
     let mut tries = 0;
     loop {
         let attempt = async {
+            if alone {
+                let mut connection = pool.acquire().await?;
+                return insert_events(&mut connection, events).await;
+            }
             let mut transaction = pool.begin().await?;
             let outcomes = insert_events(&mut transaction, events).await?;
             transaction.commit().await?;
@@ -359,19 +368,24 @@ async fn insert_events(
     for key in keys {
         run_lock(connection, key).await?;
     }
-    // One statement for the whole batch. Ids are drawn in the batch's order (the rows are
-    // inserted as the ordered select yields them), so the stored events without a dedup key
-    // come back, sorted by id, in the batch's order; one with a key is found by its key (the
-    // first of a key in the batch is stored, a later one is a duplicate, as before).
+    // One statement for the whole batch. Rows are inserted (and ids drawn) as the ordered
+    // select yields them: first the keyed events that have no order among themselves, sorted
+    // by key, then the rest in the batch's order. Sorted keys: two instances storing the same
+    // deliveries (one webhook sent to both) in different orders would each wait on the other's
+    // rows of the unique index, a deadlock PostgreSQL breaks only after `deadlock_timeout`
+    // (events with an order key need no sorting: the run's lock above serializes them). So
+    // the stored events without a key come back, sorted by id, in the batch's order; one with
+    // a key is found by its key (the first of a key in the batch is stored, a later one is a
+    // duplicate).
     let column = |get: fn(&NewEvent) -> Option<String>| -> Vec<Option<String>> {
         events.iter().map(get).collect()
     };
     let rows = query(
-        "WITH new AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) WITH ORDINALITY AS new (source, event_type, dedup_key, payload, order_key, position)), stored AS (INSERT INTO events (source, event_type, dedup_key, payload, received_at, order_key) SELECT source, event_type, dedup_key, payload, $6, order_key FROM new ORDER BY position ON CONFLICT (dedup_key) DO NOTHING RETURNING id, dedup_key) SELECT id, dedup_key FROM stored ORDER BY id",
+        "WITH new AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) WITH ORDINALITY AS new (source, event_type, dedup_key, payload, order_key, position)), stored AS (INSERT INTO events (source, event_type, dedup_key, payload, received_at, order_key) SELECT source, event_type, dedup_key, payload, $6, order_key FROM new ORDER BY CASE WHEN order_key IS NULL THEN dedup_key END NULLS LAST, position ON CONFLICT (dedup_key) DO NOTHING RETURNING id, dedup_key) SELECT id, dedup_key FROM stored ORDER BY id",
     )
     .bind(column(|e| Some(e.source.as_str().to_owned())))
     .bind(column(|e| Some(e.event_type.clone())))
-    .bind(column(|e| e.dedup_key.clone()))
+    .bind(column(|e| e.stored_dedup_key().map(|key| key.into_owned())))
     .bind(column(|e| Some(e.payload.to_string())))
     .bind(column(|e| e.order_key().map(str::to_owned)))
     .bind(now)
@@ -391,8 +405,8 @@ async fn insert_events(
     let outcomes = events
         .iter()
         .map(|event| {
-            let id = match &event.dedup_key {
-                Some(key) => keyed.remove(key),
+            let id = match event.stored_dedup_key() {
+                Some(key) => keyed.remove(key.as_ref()),
                 None => unkeyed.pop_front(),
             };
             match id {
@@ -404,10 +418,9 @@ async fn insert_events(
     Ok(outcomes)
 }
 
-/// Stores a new execution, due at once; an id stored before is left alone (sweeps re-run).
-/// Stores new executions in one statement, whatever their number (arrays, unnested): the
+/// Stores new executions, due at once, in one statement, whatever their number (arrays, unnested): the
 /// inbox completes a page of events at a time, and a statement per execution was most of its
-/// round trips.
+/// round trips. An id stored before is left alone (sweeps re-run).
 async fn insert_new_executions(
     connection: &mut PgConnection,
     executions: &[&NewExecution],

@@ -733,7 +733,7 @@ fn insert_events(
         let changed = statement.execute(params![
             event.source.as_str(),
             event.event_type,
-            event.dedup_key,
+            event.stored_dedup_key(),
             event.payload.to_string(),
             now,
         ])?;

@@ -582,19 +582,37 @@ pub async fn external_event(
             }
         }
     };
-    let id = headers
+    let header = match headers
         .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| match &data["id"] {
-            Value::String(id) => Some(id.clone()),
-            Value::Number(id) => Some(id.to_string()),
-            _ => None,
-        });
+        .map(|v| std::str::from_utf8(v.as_bytes()))
+    {
+        None => None,
+        Some(Ok(key)) if !key.trim().is_empty() => Some(key.trim().to_owned()),
+        Some(Ok(_)) => {
+            forget_replay(&intake, replay_key);
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "the Idempotency-Key header is empty: send a key unique to this event, or no header",
+            );
+        }
+        Some(Err(_)) => {
+            forget_replay(&intake, replay_key);
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "the Idempotency-Key header is not UTF-8 text",
+            );
+        }
+    };
+    // The body's `id` when there is no header; an empty one identifies nothing.
+    let id = header.or_else(|| match &data["id"] {
+        Value::String(id) if !id.trim().is_empty() => Some(id.clone()),
+        Value::Number(id) => Some(id.to_string()),
+        _ => None,
+    });
     let event = NewEvent {
         source: crate::store::EventSource::Event,
         event_type: event_type.clone(),
-        dedup_key: id.as_ref().map(|id| format!("event:{event_type}:{id}")),
+        dedup_key: id.as_ref().map(|id| event_dedup_key(&event_type, id)),
         payload: json!({ "type": event_type, "id": id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string()), "data": data }),
     };
     match intake.store_sized(event, body.len()).await {
@@ -612,6 +630,15 @@ fn forget_replay(intake: &Intake, key: Option<[u8; 32]>) {
     if let (Some(key), Ok(mut cache)) = (key, intake.replays.lock()) {
         cache.forget(&key);
     }
+}
+
+/// The dedup key of an external event: its type and its key. `:` and `%` in the type are
+/// percent-encoded, so the first `:` after the type always ends it (types may contain `:`; the
+/// key `created:k1` of type `app` is not the key `k1` of type `app:created`). A type without
+/// either is written as it is, as before this encoding.
+fn event_dedup_key(event_type: &str, key: &str) -> String {
+    let event_type = event_type.replace('%', "%25").replace(':', "%3A");
+    format!("event:{event_type}:{key}")
 }
 
 #[cfg(test)]
@@ -707,6 +734,19 @@ mod tests {
         ] {
             assert!(!valid_event_type(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn event_dedup_keys_of_different_types_never_meet() {
+        assert_eq!(
+            event_dedup_key("application.created", "k1"),
+            "event:application.created:k1"
+        );
+        assert_ne!(
+            event_dedup_key("app:created", "k1"),
+            event_dedup_key("app", "created:k1")
+        );
+        assert_ne!(event_dedup_key("a%3Ab", "k"), event_dedup_key("a:b", "k"));
     }
 
     #[test]
