@@ -85,6 +85,7 @@ async fn store_events(
                 return insert_events(&mut connection, events).await;
             }
             let mut transaction = pool.begin().await?;
+            lock_dedup_keys(&mut transaction, events).await?;
             let outcomes = insert_events(&mut transaction, events).await?;
             transaction.commit().await?;
             Ok(outcomes)
@@ -95,6 +96,35 @@ async fn store_events(
             other => return other,
         }
     }
+}
+
+/// Most dedup keys of one intake batch locked before it is stored (each advisory lock takes a
+/// slot of the server's shared lock table, `max_locks_per_transaction` × connections).
+const DEDUP_LOCKS: usize = 64;
+
+/// Locks the batch's dedup keys, sorted, for the transaction. Two instances storing the same
+/// deliveries (one webhook sent to both) in different orders would each wait on the other's
+/// rows of the unique index: a deadlock PostgreSQL breaks only after `deadlock_timeout` (a
+/// second), then the batch goes again. Keys taken in one order by everyone never deadlock. A
+/// batch of more keys than [`DEDUP_LOCKS`] goes without (a deadlock is then broken and retried).
+async fn lock_dedup_keys(
+    connection: &mut PgConnection,
+    events: &[NewEvent],
+) -> Result<(), StoreError> {
+    let mut keys: Vec<String> = events
+        .iter()
+        .filter_map(|event| event.stored_dedup_key().map(|key| key.into_owned()))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    if keys.is_empty() || keys.len() > DEDUP_LOCKS {
+        return Ok(());
+    }
+    query("SELECT pg_advisory_xact_lock(h) FROM (SELECT DISTINCT hashtextextended(current_schema() || ' dedup ' || k, 0) AS h FROM unnest($1::text[]) AS k ORDER BY 1) AS locks")
+        .bind(&keys)
+        .execute(&mut *connection)
+        .await?;
+    Ok(())
 }
 
 /// Tells the other instances (and this one) that a channel has work, after the commit that
@@ -368,20 +398,15 @@ async fn insert_events(
     for key in keys {
         run_lock(connection, key).await?;
     }
-    // One statement for the whole batch. Rows are inserted (and ids drawn) as the ordered
-    // select yields them: first the keyed events that have no order among themselves, sorted
-    // by key, then the rest in the batch's order. Sorted keys: two instances storing the same
-    // deliveries (one webhook sent to both) in different orders would each wait on the other's
-    // rows of the unique index, a deadlock PostgreSQL breaks only after `deadlock_timeout`
-    // (events with an order key need no sorting: the run's lock above serializes them). So
-    // the stored events without a key come back, sorted by id, in the batch's order; one with
-    // a key is found by its key (the first of a key in the batch is stored, a later one is a
-    // duplicate).
+    // One statement for the whole batch. Ids are drawn in the batch's order (the rows are
+    // inserted as the ordered select yields them), so the stored events without a dedup key
+    // come back, sorted by id, in the batch's order; one with a key is found by its key (the
+    // first of a key in the batch is stored, a later one is a duplicate).
     let column = |get: fn(&NewEvent) -> Option<String>| -> Vec<Option<String>> {
         events.iter().map(get).collect()
     };
     let rows = query(
-        "WITH new AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) WITH ORDINALITY AS new (source, event_type, dedup_key, payload, order_key, position)), stored AS (INSERT INTO events (source, event_type, dedup_key, payload, received_at, order_key) SELECT source, event_type, dedup_key, payload, $6, order_key FROM new ORDER BY CASE WHEN order_key IS NULL THEN dedup_key END NULLS LAST, position ON CONFLICT (dedup_key) DO NOTHING RETURNING id, dedup_key) SELECT id, dedup_key FROM stored ORDER BY id",
+        "WITH new AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) WITH ORDINALITY AS new (source, event_type, dedup_key, payload, order_key, position)), stored AS (INSERT INTO events (source, event_type, dedup_key, payload, received_at, order_key) SELECT source, event_type, dedup_key, payload, $6, order_key FROM new ORDER BY position ON CONFLICT (dedup_key) DO NOTHING RETURNING id, dedup_key) SELECT id, dedup_key FROM stored ORDER BY id",
     )
     .bind(column(|e| Some(e.source.as_str().to_owned())))
     .bind(column(|e| Some(e.event_type.clone())))

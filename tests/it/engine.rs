@@ -305,6 +305,23 @@ async fn bad_input_is_refused_with_the_reason_and_disturbs_nothing() {
             .unwrap_or_default()
             .contains("WebhookPayload")
     );
+    // An id no database key can hold is refused at the door, not failed in the store.
+    let unfit_id = http
+        .post(&url)
+        .header("X-Recrubo-Webhook-Secret", WEBHOOK_SECRET)
+        .json(&json!({"data": {"type": "webhookPayload", "id": "log\u{0}1", "attributes": {
+            "event": "update", "resource": {"type": "flowRuns", "id": "r1", "attributes": {"status": "running"}}}}}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(unfit_id.status(), 422);
+    assert!(
+        unfit_id
+            .text()
+            .await
+            .unwrap_or_default()
+            .contains("control characters")
+    );
     let no_token = http
         .post(world.daemon.public_url("/events/application.created"))
         .json(&json!({}))
