@@ -103,12 +103,17 @@ impl NewEvent {
 /// The most bytes of a key stored as it is.
 const KEY_BYTES: usize = 200;
 
+/// Whether a key is stored as it is: at most 200 bytes, no control character.
+pub fn key_fits(key: &str) -> bool {
+    key.len() <= KEY_BYTES && !key.chars().any(char::is_control)
+}
+
 /// A dedup key as stored. Keys come from senders (an `Idempotency-Key`, a body's `id`), and a
 /// unique index holds a few kilobytes at most, PostgreSQL's text no NUL: a key longer than 200
 /// bytes, or with a control character, is stored as `sha256:<hex>` of itself (still one stored
 /// key per key), so that no sender's key can fail the batch it is written with.
 pub fn stored_key(key: &str) -> std::borrow::Cow<'_, str> {
-    if key.len() <= KEY_BYTES && !key.chars().any(char::is_control) {
+    if key_fits(key) {
         return std::borrow::Cow::Borrowed(key);
     }
     use sha2::Digest;

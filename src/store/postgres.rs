@@ -82,11 +82,10 @@ async fn store_events(
         let attempt = async {
             if alone {
                 let mut connection = pool.acquire().await?;
-                return insert_events(&mut connection, events).await;
+                return insert_events(&mut connection, events, false).await;
             }
             let mut transaction = pool.begin().await?;
-            lock_dedup_keys(&mut transaction, events).await?;
-            let outcomes = insert_events(&mut transaction, events).await?;
+            let outcomes = insert_events(&mut transaction, events, true).await?;
             transaction.commit().await?;
             Ok(outcomes)
         }
@@ -99,33 +98,9 @@ async fn store_events(
 }
 
 /// Most dedup keys of one intake batch locked before it is stored (each advisory lock takes a
-/// slot of the server's shared lock table, `max_locks_per_transaction` × connections).
+/// slot of the server's shared lock table, `max_locks_per_transaction` × connections; see
+/// [`insert_events`]).
 const DEDUP_LOCKS: usize = 64;
-
-/// Locks the batch's dedup keys, sorted, for the transaction. Two instances storing the same
-/// deliveries (one webhook sent to both) in different orders would each wait on the other's
-/// rows of the unique index: a deadlock PostgreSQL breaks only after `deadlock_timeout` (a
-/// second), then the batch goes again. Keys taken in one order by everyone never deadlock. A
-/// batch of more keys than [`DEDUP_LOCKS`] goes without (a deadlock is then broken and retried).
-async fn lock_dedup_keys(
-    connection: &mut PgConnection,
-    events: &[NewEvent],
-) -> Result<(), StoreError> {
-    let mut keys: Vec<String> = events
-        .iter()
-        .filter_map(|event| event.stored_dedup_key().map(|key| key.into_owned()))
-        .collect();
-    keys.sort_unstable();
-    keys.dedup();
-    if keys.is_empty() || keys.len() > DEDUP_LOCKS {
-        return Ok(());
-    }
-    query("SELECT pg_advisory_xact_lock(h) FROM (SELECT DISTINCT hashtextextended(current_schema() || ' dedup ' || k, 0) AS h FROM unnest($1::text[]) AS k ORDER BY 1) AS locks")
-        .bind(&keys)
-        .execute(&mut *connection)
-        .await?;
-    Ok(())
-}
 
 /// Tells the other instances (and this one) that a channel has work, after the commit that
 /// made it and outside it: `NOTIFY` in a transaction takes a database-wide lock at commit, and
@@ -384,35 +359,50 @@ fn retryable(err: &StoreError) -> bool {
 }
 
 /// Stores events; one carrying a dedup key stored before is absorbed as a duplicate.
+/// `lock_keys` (the intake's batches, whose keys come from senders) first locks the dedup keys.
 async fn insert_events(
     connection: &mut PgConnection,
     events: &[NewEvent],
+    lock_keys: bool,
 ) -> Result<Vec<InsertOutcome>, StoreError> {
     let now = Utc::now();
+    let keys: Vec<Option<std::borrow::Cow<'_, str>>> =
+        events.iter().map(NewEvent::stored_dedup_key).collect();
     // A run's status changes must get their ids in commit order (the inbox takes them in id
     // order, one at a time): a transaction storing one waits for any other storing one of the
     // same run to commit. Locks are taken sorted, so two batches never wait on each other.
-    let mut keys: Vec<&str> = events.iter().filter_map(NewEvent::order_key).collect();
-    keys.sort_unstable();
-    keys.dedup();
-    for key in keys {
+    let mut order_keys: Vec<&str> = events.iter().filter_map(NewEvent::order_key).collect();
+    order_keys.sort_unstable();
+    order_keys.dedup();
+    for key in order_keys {
         run_lock(connection, key).await?;
+    }
+    // Two instances storing the same deliveries (one webhook sent to both) in different orders
+    // would each wait on the other's rows of the unique index: a deadlock PostgreSQL breaks
+    // only after `deadlock_timeout` (a second), then the batch goes again. The keys' locks,
+    // taken sorted (after the runs' locks, as everywhere), never deadlock. A batch of more
+    // keys than [`DEDUP_LOCKS`] goes without (a deadlock is then broken and retried).
+    let mut locked: Vec<&str> = keys.iter().flatten().map(|key| key.as_ref()).collect();
+    locked.sort_unstable();
+    locked.dedup();
+    if lock_keys && !locked.is_empty() && locked.len() <= DEDUP_LOCKS {
+        query("SELECT pg_advisory_xact_lock(h) FROM (SELECT DISTINCT hashtextextended(current_schema() || ' dedup ' || k, 0) AS h FROM unnest($1::text[]) AS k ORDER BY 1) AS locks")
+            .bind(&locked)
+            .execute(&mut *connection)
+            .await?;
     }
     // One statement for the whole batch. Ids are drawn in the batch's order (the rows are
     // inserted as the ordered select yields them), so the stored events without a dedup key
     // come back, sorted by id, in the batch's order; one with a key is found by its key (the
     // first of a key in the batch is stored, a later one is a duplicate).
-    let column = |get: fn(&NewEvent) -> Option<String>| -> Vec<Option<String>> {
-        events.iter().map(get).collect()
-    };
     let rows = query(
         "WITH new AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) WITH ORDINALITY AS new (source, event_type, dedup_key, payload, order_key, position)), stored AS (INSERT INTO events (source, event_type, dedup_key, payload, received_at, order_key) SELECT source, event_type, dedup_key, payload, $6, order_key FROM new ORDER BY position ON CONFLICT (dedup_key) DO NOTHING RETURNING id, dedup_key) SELECT id, dedup_key FROM stored ORDER BY id",
     )
-    .bind(column(|e| Some(e.source.as_str().to_owned())))
-    .bind(column(|e| Some(e.event_type.clone())))
-    .bind(column(|e| e.stored_dedup_key().map(|key| key.into_owned())))
-    .bind(column(|e| Some(e.payload.to_string())))
-    .bind(column(|e| e.order_key().map(str::to_owned)))
+    .bind(texts(events, |e| Some(e.source.as_str().to_owned())))
+    .bind(texts(events, |e| Some(e.event_type.clone())))
+    .bind(texts(&keys, |key| key.as_deref().map(str::to_owned)))
+    .bind(texts(events, |e| Some(e.payload.to_string())))
+    .bind(texts(events, |e| e.order_key().map(str::to_owned)))
     .bind(now)
     .fetch_all(&mut *connection)
     .await?;
@@ -427,10 +417,10 @@ async fn insert_events(
             None => unkeyed.push_back(id),
         }
     }
-    let outcomes = events
+    let outcomes = keys
         .iter()
-        .map(|event| {
-            let id = match event.stored_dedup_key() {
+        .map(|key| {
+            let id = match key {
                 Some(key) => keyed.remove(key.as_ref()),
                 None => unkeyed.pop_front(),
             };
@@ -441,6 +431,11 @@ async fn insert_events(
         })
         .collect();
     Ok(outcomes)
+}
+
+/// One text column of a batch bound as an array (`unnest` turns it into rows).
+fn texts<T>(items: &[T], get: impl Fn(&T) -> Option<String>) -> Vec<Option<String>> {
+    items.iter().map(get).collect()
 }
 
 /// Stores new executions, due at once, in one statement, whatever their number (arrays, unnested): the
@@ -454,9 +449,7 @@ async fn insert_new_executions(
     if executions.is_empty() {
         return Ok(());
     }
-    let column = |get: fn(&NewExecution) -> Option<String>| -> Vec<Option<String>> {
-        executions.iter().map(|e| get(e)).collect()
-    };
+    let column = |get: fn(&NewExecution) -> Option<String>| texts(executions, |e| get(e));
     query(
         "INSERT INTO executions (id, rule, event_id, handler_step, handler_status, status, context, next_step, attempt, next_attempt_at, last_error, rule_version, sweep, first_step_creates, created_at, updated_at) SELECT id, rule, event_id, handler_step, handler_status, status, context, 0, 0, $11, last_error, rule_version, sweep, first_step_creates, $11, $11 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::boolean[], $12::boolean[]) AS new (id, rule, event_id, handler_step, handler_status, status, context, last_error, rule_version, sweep, first_step_creates) ON CONFLICT (id) DO NOTHING",
     )
@@ -526,6 +519,20 @@ fn lost_lease(execution: &str) -> StoreError {
 macro_rules! step_columns {
     () => {
         "INSERT INTO step_runs (execution_id, step_index, step_id, kind, status, attempts, input, output, error, note, started_at, finished_at, instance)"
+    };
+}
+
+/// `finish_step`'s statement up to its optional parts: the execution's progress (`$13`..`$22`,
+/// only by the lease holder) as `progress`, and the step's record (`$1`..`$12`) as `step`, only
+/// if the progress was written.
+macro_rules! finished_step {
+    () => {
+        concat!(
+            "WITH progress AS (UPDATE executions SET status = $13, context = $14, next_step = $15, attempt = $16, next_attempt_at = $17, step_started_at = $18, last_error = $19, updated_at = $20, lease_until = CASE WHEN $13 = 'pending' THEN lease_until END, lease_owner = CASE WHEN $13 = 'pending' THEN lease_owner END WHERE id = $21 AND (lease_owner IS NULL OR lease_owner = $22) RETURNING id), step AS (",
+            step_columns!(),
+            " SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $22 FROM progress",
+            step_conflict!(),
+        )
     };
 }
 
@@ -621,9 +628,10 @@ impl Store for PgStore {
     ) -> Result<Vec<StoredEvent>, StoreError> {
         // The oldest free events (SKIP LOCKED: instances claiming together take different
         // ones; a deferred one is free once its run is followed, even when the deferral
-        // committed too late for `finish_step` to release it), but of a run's status changes only the first unprocessed one, and only while no
-        // earlier one of it is out with another instance: they are judged one at a time, in
-        // order (fire once, older deliveries, implied statuses), whoever takes them.
+        // committed too late for `finish_step` to release it), but of a run's status changes
+        // only the first unprocessed one, and only while no earlier one of it is out with
+        // another instance: they are judged one at a time, in order (fire once, older
+        // deliveries, implied statuses), whoever takes them.
         let rows = query(
             "WITH candidates AS (SELECT id, order_key FROM events WHERE processed_at IS NULL AND (deferred_until IS NULL OR deferred_until <= $1 OR EXISTS (SELECT 1 FROM followed f WHERE f.resource_id = events.defer_key)) AND (claimed_until IS NULL OR claimed_until < $1) AND (order_key IS NULL OR NOT EXISTS (SELECT 1 FROM events d WHERE d.order_key = events.order_key AND d.id < events.id AND d.processed_at IS NULL AND ((d.deferred_until > $1 AND NOT EXISTS (SELECT 1 FROM followed f WHERE f.resource_id = d.defer_key)) OR d.claimed_until >= $1))) ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED), free AS (SELECT c.id FROM candidates c WHERE c.order_key IS NULL OR NOT EXISTS (SELECT 1 FROM events e WHERE e.order_key = c.order_key AND e.id < c.id AND e.processed_at IS NULL AND e.id NOT IN (SELECT id FROM candidates))) UPDATE events SET claimed_until = $3, claimed_by = $4 WHERE id IN (SELECT id FROM free) RETURNING id, source, event_type, payload, received_at, octet_length(payload)::bigint AS size",
         )
@@ -977,20 +985,11 @@ impl Store for PgStore {
         // followed (`claim_events`).
         let sql = if followed.is_some() {
             concat!(
-                "WITH progress AS (UPDATE executions SET status = $13, context = $14, next_step = $15, attempt = $16, next_attempt_at = $17, step_started_at = $18, last_error = $19, updated_at = $20, lease_until = CASE WHEN $13 = 'pending' THEN lease_until END, lease_owner = CASE WHEN $13 = 'pending' THEN lease_owner END WHERE id = $21 AND (lease_owner IS NULL OR lease_owner = $22) RETURNING id), step AS (",
-                step_columns!(),
-                " SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $22 FROM progress",
-                step_conflict!(),
+                finished_step!(),
                 "), run AS (INSERT INTO followed (resource_id, resource_type, rule, step_id, execution_id, context, status, remote_updated_at, changed_at, terminal) SELECT $23, $24, $25, $26, $27, $28, $29, $30, $31, $32 FROM progress ON CONFLICT (resource_id) DO NOTHING), released AS (UPDATE events SET deferred_until = NULL WHERE defer_key = $23 AND processed_at IS NULL AND EXISTS (SELECT 1 FROM progress)) SELECT id FROM progress"
             )
         } else {
-            concat!(
-                "WITH progress AS (UPDATE executions SET status = $13, context = $14, next_step = $15, attempt = $16, next_attempt_at = $17, step_started_at = $18, last_error = $19, updated_at = $20, lease_until = CASE WHEN $13 = 'pending' THEN lease_until END, lease_owner = CASE WHEN $13 = 'pending' THEN lease_owner END WHERE id = $21 AND (lease_owner IS NULL OR lease_owner = $22) RETURNING id), step AS (",
-                step_columns!(),
-                " SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $22 FROM progress",
-                step_conflict!(),
-                ") SELECT id FROM progress"
-            )
+            concat!(finished_step!(), ") SELECT id FROM progress")
         };
         let mut statement = bind_step(query(sql), record)
             .bind(&execution.status)
@@ -1022,7 +1021,7 @@ impl Store for PgStore {
                 let mut transaction = self.pool.begin().await?;
                 let written = statement.fetch_optional(&mut *transaction).await?;
                 if written.is_some() {
-                    insert_events(&mut transaction, std::slice::from_ref(event)).await?;
+                    insert_events(&mut transaction, std::slice::from_ref(event), false).await?;
                     transaction.commit().await?;
                 }
                 written
@@ -1314,7 +1313,7 @@ impl Store for PgStore {
                     .await?;
             }
         }
-        insert_events(&mut transaction, &events).await?;
+        insert_events(&mut transaction, &events, false).await?;
         transaction.commit().await?;
         if !events.is_empty() {
             self.notifier.signal(INBOX_CHANNEL);

@@ -272,6 +272,10 @@ fn read_loop(connection: &Connection, reads: &Mutex<std::sync::mpsc::Receiver<Re
     }
 }
 
+/// An execution due to be claimed at `?1`: pending, its time come, no live lease.
+const DUE: &str =
+    "status = 'pending' AND next_attempt_at <= ?1 AND (lease_until IS NULL OR lease_until < ?1)";
+
 const EXECUTION_COLUMNS: &str = "id, rule, event_id, handler_step, handler_status, status, context, next_step, attempt, next_attempt_at, step_started_at, last_error, rule_version, sweep, created_at, updated_at";
 
 fn execution_from_row(row: &Row<'_>) -> Result<Execution, StoreError> {
@@ -815,21 +819,27 @@ fn claim(
 ) -> Result<Vec<Execution>, StoreError> {
     let now_text = time_text(now);
     let lease_until = time_text(now + chrono::Duration::from_std(lease).unwrap_or_default());
-    // The in-doubt markers as they were (RETURNING gives the new ones), read in the same
-    // transaction: nothing writes between the two statements.
+    // The executions claimed, with their in-doubt markers as they were (RETURNING gives the
+    // new ones); the update below takes exactly these, in the same transaction.
     let before: std::collections::HashMap<String, Option<String>> = transaction
-        .prepare_cached("SELECT id, step_started_at FROM executions WHERE status = 'pending' AND next_attempt_at <= ?1 AND (lease_until IS NULL OR lease_until < ?1) ORDER BY next_attempt_at LIMIT ?2")?
+        .prepare_cached(&format!(
+            "SELECT id, step_started_at FROM executions WHERE {DUE} ORDER BY next_attempt_at LIMIT ?2"
+        ))?
         .query_map(params![now_text, limit], |row| Ok((row.get(0)?, row.get(1)?)))?
         .collect::<Result<_, _>>()?;
+    if before.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids = Value::from(before.keys().cloned().collect::<Vec<String>>()).to_string();
     // One at its first step, a create, gets the step's in-doubt marker in this write (kept if
     // an earlier attempt left it).
     let sql = format!(
-        "UPDATE executions SET lease_until = ?1, step_started_at = CASE WHEN first_step_creates = 1 AND next_step = 0 THEN COALESCE(step_started_at, ?2) ELSE step_started_at END WHERE id IN (SELECT id FROM executions WHERE status = 'pending' AND next_attempt_at <= ?2 AND (lease_until IS NULL OR lease_until < ?2) ORDER BY next_attempt_at LIMIT ?3) RETURNING {EXECUTION_COLUMNS}, first_step_creates = 1 AND next_step = 0"
+        "UPDATE executions SET lease_until = ?1, step_started_at = CASE WHEN first_step_creates = 1 AND next_step = 0 THEN COALESCE(step_started_at, ?2) ELSE step_started_at END WHERE id IN (SELECT value FROM json_each(?3)) RETURNING {EXECUTION_COLUMNS}, first_step_creates = 1 AND next_step = 0"
     );
     let claimed = rows(
         transaction,
         &sql,
-        params![lease_until, now_text, limit],
+        params![lease_until, now_text, ids],
         |row| {
             Ok(Execution {
                 create_marked: row.get::<_, bool>(16)?,
@@ -837,7 +847,7 @@ fn claim(
             })
         },
     )?;
-    claimed
+    let mut claimed = claimed
         .into_iter()
         .map(|execution| {
             let was = before.get(&execution.id).cloned().flatten();
@@ -846,7 +856,10 @@ fn claim(
                 ..execution
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    // Due-first, as they were picked.
+    claimed.sort_by_key(|execution| execution.next_attempt_at);
+    Ok(claimed)
 }
 
 /// The writer: one connection, many writes per transaction. When a batch fails, each of its
@@ -1075,7 +1088,7 @@ impl Store for SqliteStore {
         let due = self
             .read(move |connection| {
                 Ok(connection
-                    .prepare_cached("SELECT 1 FROM executions WHERE status = 'pending' AND next_attempt_at <= ?1 AND (lease_until IS NULL OR lease_until < ?1) LIMIT 1")?
+                    .prepare_cached(&format!("SELECT 1 FROM executions WHERE {DUE} LIMIT 1"))?
                     .exists([now_text])?)
             })
             .await?;

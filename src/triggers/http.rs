@@ -407,8 +407,8 @@ pub async fn recrubo_webhook(
     }
     // Recrubo's ids are UUIDs; one that no database key can hold (a NUL is refused by
     // PostgreSQL's text) would fail every write of the event after it was accepted.
-    let unfit = |id: &str| id.len() > 200 || id.chars().any(char::is_control);
-    if unfit(&payload.data.id) || unfit(&payload.data.attributes.resource.id) {
+    use crate::store::key_fits;
+    if !key_fits(&payload.data.id) || !key_fits(&payload.data.attributes.resource.id) {
         return problem(
             StatusCode::UNPROCESSABLE_ENTITY,
             "`data.id` and `data.attributes.resource.id` must be ids: at most 200 bytes, no control characters",

@@ -1159,6 +1159,16 @@ async fn concurrent_claims_never_hand_out_the_same_execution(store: &dyn Store) 
     assert_eq!(seen.len(), 20, "every due one is claimed once");
 }
 
+/// An execution's in-doubt marker as stored.
+async fn marker(store: &dyn Store, id: &str) -> Option<DateTime<Utc>> {
+    store
+        .execution(id)
+        .await
+        .unwrap()
+        .expect("stored")
+        .step_started_at
+}
+
 async fn a_claim_marks_a_first_step_that_creates_in_doubt(store: &dyn Store) {
     let creates = NewExecution {
         first_step_creates: true,
@@ -1184,21 +1194,12 @@ async fn a_claim_marks_a_first_step_that_creates_in_doubt(store: &dyn Store) {
         "the marker as it was before the claim"
     );
     assert!(store.creates_in_doubt().await.unwrap());
-    let stored = store.execution("creates").await.unwrap().unwrap();
     assert_eq!(
-        stored.step_started_at,
+        marker(store, "creates").await,
         Some(at),
         "the claim left the marker"
     );
-    assert_eq!(
-        store
-            .execution("plain")
-            .await
-            .unwrap()
-            .unwrap()
-            .step_started_at,
-        None
-    );
+    assert_eq!(marker(store, "plain").await, None);
 
     // Taken over after the lease (the holder died, maybe after sending): the next claim sees
     // the first claim's marker, and keeps it.
@@ -1214,15 +1215,7 @@ async fn a_claim_marks_a_first_step_that_creates_in_doubt(store: &dyn Store) {
         Some(at),
         "in doubt since the first claim"
     );
-    assert_eq!(
-        store
-            .execution("creates")
-            .await
-            .unwrap()
-            .unwrap()
-            .step_started_at,
-        Some(at)
-    );
+    assert_eq!(marker(store, "creates").await, Some(at));
 
     // Past its first step, a claim marks nothing: that step's create writes its own marker.
     let mut past = taken.clone();
@@ -1239,15 +1232,7 @@ async fn a_claim_marks_a_first_step_that_creates_in_doubt(store: &dyn Store) {
         .find(|e| e.id == "creates")
         .expect("claimed again");
     assert!(!taken.create_marked);
-    assert_eq!(
-        store
-            .execution("creates")
-            .await
-            .unwrap()
-            .unwrap()
-            .step_started_at,
-        None
-    );
+    assert_eq!(marker(store, "creates").await, None);
 }
 
 async fn a_renewed_lease_keeps_a_running_execution_from_being_claimed(store: &dyn Store) {
