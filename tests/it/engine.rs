@@ -1177,28 +1177,35 @@ async fn a_sweep_killed_halfway_resumes_without_doubles_or_gaps() {
     let state = world.kill_daemon();
     crate::recrubo_client::set_faults(&world.sim, json!({})).await;
     world.start_again(state);
-    let executions = eventually(
+    // Offset pages are no snapshot: a page read while the resumed sweep still stores its last
+    // batch shifts the later pages. So wait until everything has succeeded, the sweep's own
+    // execution (no item) included, which stores nothing more after it ends; then read again.
+    let list = || async {
+        let mut all = Vec::new();
+        for page in 1..=3 {
+            let body: Value = reqwest::get(world.daemon.admin_url(&format!(
+                "/api/v1/executions?rule=sweep&limit=1000&page={page}"
+            )))
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+            all.extend(body["executions"].as_array()?.iter().cloned());
+        }
+        Some(all)
+    };
+    eventually(
         Duration::from_secs(60),
         "one execution per item",
         || async {
-            let mut all = Vec::new();
-            for page in 1..=3 {
-                let body: Value = reqwest::get(world.daemon.admin_url(&format!(
-                    "/api/v1/executions?rule=sweep&limit=1000&page={page}"
-                )))
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-                all.extend(body["executions"].as_array()?.iter().cloned());
-            }
-            // One execution per item, and the sweep's own execution (no item) done too.
+            let all = list().await?;
             let done = all.len() >= 2001 && all.iter().all(|e| e["status"] == "succeeded");
-            done.then_some(all)
+            done.then_some(())
         },
     )
     .await;
+    let executions = list().await.expect("the executions once the sweep ended");
     let mut items: Vec<String> = executions
         .iter()
         .filter_map(|e| e["context"]["item"]["id"].as_str().map(str::to_owned))
