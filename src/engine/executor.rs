@@ -8,7 +8,6 @@
 //! without an answer (timeout, crash mid-request) and that creates a FlowRun is first checked
 //! with a list query, and the run found is adopted instead of creating a second one.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,7 +34,6 @@ use crate::store::{Execution, FollowedRun, NewEvent, StepRecord, StoreError};
 /// Runs until `shutdown`, then waits up to `drain` for executions in flight.
 pub async fn run(engine: Engine, shutdown: CancellationToken, drain: Duration) {
     let permits = Arc::new(Semaphore::new(engine.settings.max_steps_in_flight.max(1)));
-    let in_flight = Arc::new(Mutex::new(HashMap::<String, u32>::new()));
     // Executions running in this process: one claimed again (its lease ran out while a long
     // step ran) is not started a second time.
     let running = Arc::new(Mutex::new(std::collections::HashSet::<String>::new()));
@@ -68,8 +66,7 @@ pub async fn run(engine: Engine, shutdown: CancellationToken, drain: Duration) {
             {
                 Ok(claimed) => {
                     backlog = claimed.len() == free;
-                    let set = engine.reloader.current();
-                    for mut execution in claimed {
+                    for execution in claimed {
                         if !running
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
@@ -77,29 +74,13 @@ pub async fn run(engine: Engine, shutdown: CancellationToken, drain: Duration) {
                         {
                             continue;
                         }
-                        // Per-rule `concurrency`: over the limit, the execution waits its turn.
-                        let limit = set.get(&execution.rule).and_then(|rule| rule.concurrency);
-                        if !try_enter(&in_flight, &execution.rule, limit) {
-                            execution.next_attempt_at =
-                                Utc::now() + chrono::Duration::milliseconds(100);
-                            if let Err(err) = engine.store.save_execution(&execution, true).await {
-                                error!(execution = %execution.id, error = %err, "Cannot postpone an execution");
-                            }
-                            running
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .remove(&execution.id);
-                            continue;
-                        }
                         let Ok(permit) = permits.clone().acquire_owned().await else {
                             break;
                         };
                         let engine = engine.clone();
-                        let in_flight = in_flight.clone();
                         let running = running.clone();
                         tokio::spawn(async move {
                             let id = execution.id.clone();
-                            let rule = execution.rule.clone();
                             let claimed = execution.clone();
                             // The lease is renewed while the execution runs (an analysis may
                             // take minutes): no other worker claims it meanwhile.
@@ -119,7 +100,6 @@ pub async fn run(engine: Engine, shutdown: CancellationToken, drain: Duration) {
                                 }
                                 Err(panic) => fail_panicked(&engine, claimed, panic).await,
                             }
-                            leave(&in_flight, &rule);
                             running
                                 .lock()
                                 .unwrap_or_else(|p| p.into_inner())
@@ -187,26 +167,6 @@ async fn renew_lease(engine: Engine, execution_id: String) {
     }
 }
 
-fn try_enter(in_flight: &Mutex<HashMap<String, u32>>, rule: &str, limit: Option<u32>) -> bool {
-    let mut counts = in_flight.lock().unwrap_or_else(|p| p.into_inner());
-    let count = counts.entry(rule.to_owned()).or_insert(0);
-    if limit.is_some_and(|limit| *count >= limit) {
-        return false;
-    }
-    *count += 1;
-    true
-}
-
-fn leave(in_flight: &Mutex<HashMap<String, u32>>, rule: &str) {
-    let mut counts = in_flight.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(count) = counts.get_mut(rule) {
-        *count = count.saturating_sub(1);
-        if *count == 0 {
-            counts.remove(rule);
-        }
-    }
-}
-
 /// The delay before attempt `attempt + 1`.
 pub fn backoff(policy: &RetryPolicy, attempt: u32, retry_after: Option<Duration>) -> Duration {
     let exponent = attempt.saturating_sub(1).min(30);
@@ -248,16 +208,186 @@ async fn run_execution(engine: &Engine, mut execution: Execution) -> Result<(), 
     if execution.sweep {
         return run_sweep(engine, &rule, execution).await;
     }
-    let handler = execution
-        .handler_step
-        .as_deref()
-        .zip(execution.handler_status.as_deref());
+    // A waiting execution is `pending` in the store; it runs only once the gate lets it.
+    if execution.waiting.is_some() {
+        execution.status = "pending".to_owned();
+    }
+    let main = execution.handler_status.is_none();
+    if main {
+        match flow_gate(engine, &rule, &mut execution).await? {
+            Gated::Go => {}
+            Gated::Stop => return Ok(()),
+        }
+    }
+    let outcome = run_steps(engine, &rule, execution.clone()).await;
+    // An execution that ended may free a slot of its group: the oldest one queued behind it
+    // looks again now, not at its next poll.
+    if main
+        && rule.flow.concurrency.is_some()
+        && let Some(key) = &execution.flow_key
+        && let Err(err) = engine.store.wake_group(&rule.name, key, Utc::now()).await
+    {
+        warn!(rule = %rule.name, error = %err, "Cannot wake the executions queued behind one that ended; they look again at their next poll");
+    }
+    outcome
+}
+
+/// What the flow-control gate said.
+enum Gated {
+    Go,
+    Stop,
+}
+
+/// How long a queued execution waits at most before it looks again (it is woken sooner when
+/// its group frees a slot).
+const QUEUE_POLL: Duration = Duration::from_secs(2);
+
+/// Flow control before an execution's next step (DESIGN 2.5): it expires, stops for a
+/// cancellation asked while it was away, or passes the store's gate (or waits, or ends there).
+async fn flow_gate(
+    engine: &Engine,
+    rule: &Rule,
+    execution: &mut Execution,
+) -> Result<Gated, StoreError> {
+    let now = Utc::now();
+    if execution.expires_at.is_some_and(|at| at <= now) {
+        expire(engine, rule, execution).await?;
+        return Ok(Gated::Stop);
+    }
+    if let Some(reason) = execution.cancel_requested.clone() {
+        cancel_self(engine, rule, execution, &reason).await?;
+        return Ok(Gated::Stop);
+    }
+    if !rule.flow.gated() || execution.flow_key.is_none() || execution.admitted_at.is_some() {
+        return Ok(Gated::Go);
+    }
+    let mut quiet_until = None;
+    if let Some(quiet) = &rule.flow.quiet_hours {
+        let evaluation = evaluation_context(engine, &execution.context, now);
+        let (until, warning) = plan::quiet_until(quiet, &evaluation, now);
+        if let Some(warning) = warning {
+            warn!(rule = %rule.name, execution = %execution.id, "{warning}");
+        }
+        quiet_until = until;
+    }
+    let gate = crate::store::Gate {
+        concurrency: rule.flow.concurrency,
+        throttle: rule.flow.throttle,
+        quiet_until,
+        on_cancel: !rule.flow.on_cancel.is_empty(),
+        poll: QUEUE_POLL,
+    };
+    let was = execution.waiting.take().map(|waiting| waiting.kind);
+    match engine.store.admit(&execution.id, &gate, now).await? {
+        crate::store::Admission::Admitted(cancelled) => {
+            for id in &cancelled {
+                info!(rule = %rule.name, execution = %id, by = %execution.id, "Execution cancelled (concurrency: cancel_previous)");
+                count_flow(rule, "cancelled");
+            }
+            if !cancelled.is_empty() {
+                engine.executions_waiting.notify_one();
+            }
+            execution.admitted_at = Some(now);
+            Ok(Gated::Go)
+        }
+        crate::store::Admission::Waiting(waiting) => {
+            if was.as_deref() != Some(waiting.kind.as_str()) {
+                info!(rule = %rule.name, execution = %execution.id, kind = %waiting.kind, until = ?waiting.until, behind = ?waiting.behind, "Execution waiting");
+                count_flow(rule, &format!("waited_{}", waiting.kind));
+            }
+            Ok(Gated::Stop)
+        }
+        crate::store::Admission::Ended(status, reason) => {
+            info!(rule = %rule.name, execution = %execution.id, status, reason = %reason, "Execution not started");
+            count_flow(rule, status);
+            Ok(Gated::Stop)
+        }
+        crate::store::Admission::Gone => Ok(Gated::Stop),
+    }
+}
+
+/// Counts a flow-control outcome of a rule (`flowd_flow_control_total{rule, outcome}`; the
+/// outcomes are a fixed set: waited_queue, waited_throttle, waited_quiet_hours, skipped,
+/// dropped, cancelled, expired).
+fn count_flow(rule: &Rule, outcome: &str) {
+    metrics::counter!("flowd_flow_control_total", "rule" => rule.name.clone(), "outcome" => outcome.to_owned()).increment(1);
+}
+
+/// An execution past its `expires_after`: `expired`, a dead letter with the reason.
+async fn expire(engine: &Engine, rule: &Rule, execution: &mut Execution) -> Result<(), StoreError> {
+    let after = rule
+        .flow
+        .expires_after
+        .map(|after| humantime::format_duration(after).to_string())
+        .unwrap_or_else(|| "its expires_after".to_owned());
+    let reason = format!(
+        "expired: not finished within {after} of its creation ({}); its remaining steps are skipped",
+        execution.created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    warn!(rule = %rule.name, execution = %execution.id, "{reason}");
+    dead_letter(engine, execution, "expires_after", &reason).await?;
+    count_flow(rule, "expired");
+    execution.status = "expired".to_owned();
+    execution.last_error = Some(reason);
+    execution.step_started_at = None;
+    execution.waiting = None;
+    engine.store.save_execution(execution, true).await?;
+    count_finished(execution, "expired");
+    Ok(())
+}
+
+/// Stops an execution whose cancellation was asked while it ran (see `Store::cancel`).
+async fn cancel_self(
+    engine: &Engine,
+    rule: &Rule,
+    execution: &Execution,
+    reason: &str,
+) -> Result<(), StoreError> {
+    let on_cancel = !rule.flow.on_cancel.is_empty();
+    if engine
+        .store
+        .cancel_now(&execution.id, reason, on_cancel, Utc::now())
+        .await?
+    {
+        info!(rule = %rule.name, execution = %execution.id, reason = %reason, "Execution cancelled");
+        count_flow(rule, "cancelled");
+        engine.executions_waiting.notify_one();
+    }
+    Ok(())
+}
+
+/// Runs the steps of an execution (or of the handler it is) from where it is.
+async fn run_steps(
+    engine: &Engine,
+    rule: &Rule,
+    mut execution: Execution,
+) -> Result<(), StoreError> {
+    let handler = match (
+        execution.handler_step.as_deref(),
+        execution.handler_status.as_deref(),
+    ) {
+        (None, Some(plan::CANCEL_HANDLER)) => Some(("", plan::CANCEL_HANDLER)),
+        (step, status) => step.zip(status),
+    };
+    let cancel_handler = handler.is_some_and(|(step, _)| step.is_empty());
+    // A running execution of a rule that can be cancelled looks for a cancellation between
+    // its steps (asked by `cancel_on` or `cancel_previous` while it ran).
+    let watch_cancel = execution.handler_status.is_none() && rule.flow.cancellable();
     let (steps, prefix) = match plan::steps_to_run(&rule, handler) {
         Ok(found) => found,
         Err(reason) => return finish(engine, execution, "orphaned", Some(reason)).await,
     };
+    let mut first = true;
     loop {
         let index = execution.next_step as usize;
+        if watch_cancel && !std::mem::take(&mut first) {
+            if let Some(reason) = engine.store.cancel_requested(&execution.id).await? {
+                return cancel_self(engine, &rule, &execution, &reason).await;
+            }
+            if execution.expires_at.is_some_and(|at| at <= Utc::now()) && index < steps.len() {
+                return expire(engine, &rule, &mut execution).await;
+            }
+        }
         let Some(step) = steps.get(index) else {
             return finish(engine, execution, "succeeded", None).await;
         };
@@ -287,6 +417,18 @@ async fn run_execution(engine: &Engine, mut execution: Execution) -> Result<(), 
                 }
                 record.status = "skipped".to_owned();
                 record.error = Some(reason);
+                record.finished_at = Some(Utc::now());
+                engine.store.record_step(&record).await?;
+                execution.next_step += 1;
+                execution.attempt = 0;
+                continue;
+            }
+            StepStart::Unrenderable(reason) if cancel_handler => {
+                // The cancelled execution may not have reached the step this one names.
+                record.status = "skipped".to_owned();
+                record.error = Some(format!(
+                    "{reason} (on_cancel: the cancelled execution may not have reached the step it names)"
+                ));
                 record.finished_at = Some(Utc::now());
                 engine.store.record_step(&record).await?;
                 execution.next_step += 1;
@@ -388,6 +530,13 @@ async fn run_execution(engine: &Engine, mut execution: Execution) -> Result<(), 
                     info!(rule = %execution.rule, resource = %followed.resource_id, kind = %followed.resource_type, "Following");
                 }
                 if last {
+                    // A cancellation asked while the last step ran: the run it started (if
+                    // any) is cancelled with it.
+                    if watch_cancel
+                        && let Some(reason) = engine.store.cancel_requested(&execution.id).await?
+                    {
+                        return cancel_self(engine, &rule, &execution, &reason).await;
+                    }
                     return Ok(());
                 }
             }
@@ -786,6 +935,7 @@ fn followed_run(
         terminal: false,
         poll_failures: 0,
         gone_at: None,
+        cancelled_at: None,
     })
 }
 

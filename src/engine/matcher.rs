@@ -21,6 +21,8 @@ pub struct MatchIndex {
     by_resource: HashMap<String, Vec<usize>>,
     flow_run_by_status: HashMap<String, Vec<usize>>,
     generation_by_status: HashMap<String, Vec<usize>>,
+    /// `cancel_on` entries by event type: (rule, entry).
+    cancels_by_event_type: HashMap<String, Vec<(usize, usize)>>,
 }
 
 /// Who started a run, when flowd did.
@@ -196,6 +198,13 @@ impl MatchIndex {
             ..MatchIndex::default()
         };
         for (position, rule) in set.rules().iter().enumerate() {
+            for (entry, cancel) in rule.flow.cancel_on.iter().enumerate() {
+                index
+                    .cancels_by_event_type
+                    .entry(cancel.event.clone())
+                    .or_default()
+                    .push((position, entry));
+            }
             match &rule.trigger {
                 Trigger::Event { event_type } => index
                     .by_event_type
@@ -239,6 +248,16 @@ impl MatchIndex {
             .into_iter()
             .flatten()
             .filter_map(move |position| set.rules().get(*position))
+    }
+
+    /// The `cancel_on` entries an event of this type matches: (rule, entry index).
+    pub fn cancels<'a>(&self, set: &'a RuleSet, event_type: &str) -> Vec<(&'a Arc<Rule>, usize)> {
+        self.cancels_by_event_type
+            .get(event_type)
+            .into_iter()
+            .flatten()
+            .filter_map(|(rule, entry)| set.rules().get(*rule).map(|rule| (rule, *entry)))
+            .collect()
     }
 
     /// Rules with `event: TYPE`.

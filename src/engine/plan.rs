@@ -130,6 +130,9 @@ pub fn steps_to_run<'a>(
     let Some((key, status)) = handler else {
         return Ok((&rule.steps, String::new()));
     };
+    if key.is_empty() && status == CANCEL_HANDLER {
+        return Ok((&rule.flow.on_cancel, "on_cancel/".to_owned()));
+    }
     let step = rule
         .step_by_key(key)
         .ok_or_else(|| format!("step `{key}` is no longer in rule `{}`", rule.name))?;
@@ -140,6 +143,139 @@ pub fn steps_to_run<'a>(
         .ok_or_else(|| format!("step `{key}` has no `{status}` handler any more"))?;
     let path = rule.path_of(key).unwrap_or_default();
     Ok((steps, format!("{path}/{status}/")))
+}
+
+/// The handler status of an execution that runs a rule's `on_cancel` steps (its handler step
+/// is empty: it belongs to the rule, not to a step).
+pub const CANCEL_HANDLER: &str = "cancel";
+
+/// The flow-control group key of an execution (DESIGN 2.5): its `key` rendered (a key too long
+/// for an index is stored as its hash, as dedup keys are), or `""` for a rule without `key`
+/// (the rule is one group). A key that does not render, or renders empty, is an error naming
+/// the template: every execution without a candidate id would otherwise share one group.
+pub fn flow_key(rule: &Rule, evaluation: &Value) -> Result<String, String> {
+    let Some(template) = &rule.flow.key else {
+        return Ok(String::new());
+    };
+    key_text(template, evaluation, "key")
+}
+
+fn key_text(
+    template: &crate::rules::template::Template,
+    evaluation: &Value,
+    what: &str,
+) -> Result<String, String> {
+    let value = template
+        .render(evaluation)
+        .map_err(|err| format!("{what} `{}` does not render: {err}", template.source()))?;
+    let text = match value {
+        Value::String(text) => text,
+        Value::Number(number) => number.to_string(),
+        Value::Bool(flag) => flag.to_string(),
+        other => {
+            return Err(format!(
+                "{what} `{}` rendered {other}, not a text or a number",
+                template.source()
+            ));
+        }
+    };
+    if text.trim().is_empty() {
+        return Err(format!(
+            "{what} `{}` rendered empty; executions without a key would all share one group",
+            template.source()
+        ));
+    }
+    Ok(crate::store::stored_key(&text).into_owned())
+}
+
+/// The group a `cancel_on` entry cancels for an event (`evaluation` has `event`), or `None`
+/// when its condition is not true.
+pub fn cancel_key(
+    cancel_on: &crate::rules::ruleset::CancelOn,
+    evaluation: &Value,
+) -> Result<Option<String>, String> {
+    match verdict(cancel_on.condition.as_ref(), evaluation) {
+        Verdict::Go => key_text(&cancel_on.key, evaluation, "cancel_on key").map(Some),
+        Verdict::False(_) => Ok(None),
+        Verdict::Failed(reason) => Err(reason),
+    }
+}
+
+/// When the quiet hours that hold an execution due at `now` end, if `now` is inside them, and
+/// a warning when the zone the rule renders is not one (the fallback zone is used then).
+pub fn quiet_until(
+    quiet: &crate::rules::ruleset::QuietHours,
+    evaluation: &Value,
+    now: DateTime<Utc>,
+) -> (Option<DateTime<Utc>>, Option<String>) {
+    use crate::rules::ruleset::Zone;
+    let (zone, warning) = match &quiet.timezone {
+        Zone::Fixed(zone) => (*zone, None),
+        Zone::Template(template) => match template.render(evaluation) {
+            Ok(Value::String(name)) => match name.trim().parse::<chrono_tz::Tz>() {
+                Ok(zone) => (zone, None),
+                Err(_) => (
+                    quiet.fallback,
+                    Some(format!(
+                        "quiet_hours.timezone `{}` rendered `{name}`, not an IANA time zone; {} is used",
+                        template.source(),
+                        quiet.fallback
+                    )),
+                ),
+            },
+            Ok(other) => (
+                quiet.fallback,
+                Some(format!(
+                    "quiet_hours.timezone `{}` rendered {other}, not a time zone name; {} is used",
+                    template.source(),
+                    quiet.fallback
+                )),
+            ),
+            Err(err) => (
+                quiet.fallback,
+                Some(format!(
+                    "quiet_hours.timezone `{}` does not render ({err}); {} is used",
+                    template.source(),
+                    quiet.fallback
+                )),
+            ),
+        },
+    };
+    (quiet_end(quiet.from, quiet.to, zone, now), warning)
+}
+
+/// The end of the daily window `[from, to)` in `zone` that `now` is inside, if it is. A window
+/// with `to <= from` spans midnight. An end that falls in a DST gap moves to the first local
+/// time after it; one that falls in a repeated hour is its first occurrence (as cron does).
+pub fn quiet_end(
+    from: chrono::NaiveTime,
+    to: chrono::NaiveTime,
+    zone: chrono_tz::Tz,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    use chrono::TimeZone as _;
+    let local = now.with_timezone(&zone);
+    let time = local.time();
+    let date = local.date_naive();
+    let end_date = if from < to {
+        (from <= time && time < to).then_some(date)?
+    } else if time >= from {
+        date.succ_opt()?
+    } else if time < to {
+        date
+    } else {
+        return None;
+    };
+    let mut end = end_date.and_time(to);
+    // At most a few hours of gap anywhere: step a minute at a time past it.
+    for _ in 0..=24 * 60 {
+        match zone.from_local_datetime(&end) {
+            chrono::LocalResult::Single(at) => return Some(at.with_timezone(&Utc)),
+            chrono::LocalResult::Ambiguous(first, _) => return Some(first.with_timezone(&Utc)),
+            chrono::LocalResult::None => end += chrono::TimeDelta::minutes(1),
+        }
+    }
+    None
 }
 
 /// Whether the first step an execution runs creates a resource: its claim then leaves the

@@ -68,6 +68,21 @@ pub async fn run(engine: Engine, shutdown: CancellationToken) {
                 let mut batch: Vec<(i64, EventOutcome)> = Vec::new();
                 let mut deferrals: Vec<Deferral> = Vec::new();
                 for event in events {
+                    // `cancel_on`: what this event cancels is cancelled before its own outcome
+                    // is stored, after every earlier event's (their executions may be among the
+                    // cancelled). Cancelling again after a crash cancels nothing twice.
+                    let cancels = cancels_for(&engine, &set, &index, &event);
+                    if !cancels.is_empty() {
+                        if !flush(&engine, &mut batch).await {
+                            failed = true;
+                            break;
+                        }
+                        if !cancel(&engine, &cancels).await {
+                            failed = true;
+                            break;
+                        }
+                        created = true;
+                    }
                     match outcome_of(&engine, &set, &index, &event).await {
                         Ok(Outcome::Done(outcome)) => {
                             created |= !outcome.executions.is_empty();
@@ -153,6 +168,75 @@ pub async fn run(engine: Engine, shutdown: CancellationToken) {
     }
 }
 
+/// The cancellations an external or emitted event asks for (`cancel_on` entries of its type
+/// whose condition holds), each with its rendered key.
+fn cancels_for(
+    engine: &Engine,
+    set: &RuleSet,
+    index: &MatchIndex,
+    event: &StoredEvent,
+) -> Vec<crate::store::CancelRequest> {
+    if !matches!(event.source, EventSource::Event | EventSource::Emit) {
+        return Vec::new();
+    }
+    let matching = index.cancels(set, &event.event_type);
+    if matching.is_empty() {
+        return Vec::new();
+    }
+    let now = Utc::now();
+    let context = json!({
+        "event": {
+            "type": event.payload["type"],
+            "id": event.payload["id"],
+            "data": event.payload["data"],
+        }
+    });
+    let mut requests = Vec::new();
+    for (rule, entry) in matching {
+        let Some(cancel_on) = rule.flow.cancel_on.get(entry) else {
+            continue;
+        };
+        let mut scoped = context.clone();
+        if let Some(map) = scoped.as_object_mut() {
+            map.insert("vars".into(), Value::Object((*rule.vars).clone()));
+        }
+        let evaluation = evaluation_context(engine, &scoped, now);
+        match plan::cancel_key(cancel_on, &evaluation) {
+            Ok(Some(key)) => requests.push(crate::store::CancelRequest {
+                rule: rule.name.clone(),
+                key,
+                only: None,
+                reason: format!("cancelled by event {} ({}, cancel_on)", event.id, event.event_type),
+                on_cancel: !rule.flow.on_cancel.is_empty(),
+            }),
+            Ok(None) => {}
+            Err(reason) => {
+                warn!(rule = %rule.name, event = event.id, reason = %reason, "A cancel_on entry cannot be judged; nothing cancelled by it");
+            }
+        }
+    }
+    requests
+}
+
+/// Applies cancellations; false when the store failed (the event is processed again).
+async fn cancel(engine: &Engine, requests: &[crate::store::CancelRequest]) -> bool {
+    for request in requests {
+        match engine.store.cancel(request, Utc::now()).await {
+            Ok(cancelled) => {
+                for id in &cancelled {
+                    info!(rule = %request.rule, execution = %id, reason = %request.reason, "Execution cancelled");
+                    metrics::counter!("flowd_flow_cancelled_total", "rule" => request.rule.clone()).increment(1);
+                }
+            }
+            Err(err) => {
+                error!(rule = %request.rule, error = %err, "Cannot cancel; the event will be processed again");
+                return false;
+            }
+        }
+    }
+    true
+}
+
 /// Stores a batch of outcomes; false when the store failed (the events stay unprocessed).
 async fn flush(engine: &Engine, batch: &mut Vec<(i64, EventOutcome)>) -> bool {
     if batch.is_empty() {
@@ -203,9 +287,12 @@ fn executions_for(
     plan::executions(rule, context, now, engine.secrets_json())
         .into_iter()
         .map(|planned| match planned {
-            Planned::Execution(context, verdict) => {
-                new_execution(rule, event_id, Value::Object(context), verdict)
-            }
+            Planned::Execution(context, verdict) => with_flow(
+                engine,
+                rule,
+                new_execution(rule, event_id, Value::Object(context), verdict),
+                now,
+            ),
             Planned::Sweep(context) => NewExecution {
                 id: format!("sweep-{event_id}-{}", rule.name),
                 sweep: true,
@@ -334,7 +421,12 @@ pub async fn sweep(
         else {
             continue;
         };
-        let mut execution = new_execution(rule, event_id, Value::Object(item_context), verdict);
+        let mut execution = with_flow(
+            engine,
+            rule,
+            new_execution(rule, event_id, Value::Object(item_context), verdict),
+            now,
+        );
         execution.id = format!("sweep-{event_id}-{}-{item_id}", rule.name);
         batch.push(execution);
         count += 1;
@@ -367,7 +459,38 @@ fn pending(rule: &Rule, event_id: i64, context: Value) -> NewExecution {
         rule_version: Some(rule.version.clone()),
         sweep: false,
         first_step_creates: plan::first_step_creates(rule, None),
+        flow_key: None,
+        expires_at: None,
     }
+}
+
+/// An execution of a rule with flow control gets its group key (rendered now, DESIGN 2.5) and
+/// its expiry; a key that does not render fails the execution with the reason.
+fn with_flow(
+    engine: &Engine,
+    rule: &Rule,
+    mut execution: NewExecution,
+    now: DateTime<Utc>,
+) -> NewExecution {
+    if execution.status != "pending" || execution.sweep {
+        return execution;
+    }
+    if let Some(after) = rule.flow.expires_after {
+        execution.expires_at = super::checked_after(now, after);
+    }
+    if !rule.flow.keyed() {
+        return execution;
+    }
+    let evaluation = evaluation_context(engine, &execution.context, now);
+    match plan::flow_key(rule, &evaluation) {
+        Ok(key) => execution.flow_key = Some(key),
+        Err(reason) => {
+            warn!(rule = %rule.name, reason = %reason, "Execution not started");
+            execution.status = "failed".into();
+            execution.note = Some(reason);
+        }
+    }
+    execution
 }
 
 fn skipped(rule: &Rule, event_id: i64, context: Value, note: String) -> NewExecution {
@@ -597,6 +720,10 @@ async fn status_change(
     if followed.is_none() && engine.store.followed(&resource.id).await?.is_some() {
         return Ok(StatusOutcome::Reread);
     }
+    if let Some(cancelled) = followed.as_ref().and_then(|f| f.cancelled_at) {
+        debug!(resource = %resource.id, status = %status, %cancelled, "A run flowd cancelled changed; no handler fires");
+        return Ok(StatusOutcome::Ignore);
+    }
     if let (Some(followed), Some(updated_at)) = (&followed, updated_at)
         && let Some(known) = followed.remote_updated_at
         && updated_at < known
@@ -706,6 +833,7 @@ fn fire_for(
         status: status.to_owned(),
         remote_updated_at: updated_at,
         terminal,
+        frees_slot: set.get(&f.rule).is_some_and(|rule| rule.flow.gated()),
     });
     // Judged, not yet stored: the store's fire-once key may still drop it (a duplicate).
     debug!(resource = %resource.id, status = %status, executions = executions.len(), "Status change");
@@ -739,6 +867,8 @@ fn handler_execution(
         rule_version: None,
         sweep: false,
         first_step_creates: false,
+        flow_key: None,
+        expires_at: None,
     };
     let Some(rule) = set.get(&followed.rule) else {
         warn!(rule = %followed.rule, run = %followed.resource_id, "The rule that started this run is gone; orphaned");

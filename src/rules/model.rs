@@ -37,15 +37,158 @@ pub struct RuleModel {
     /// A CEL condition; the rule runs only when it is true.
     #[serde(default, rename = "if")]
     pub condition: Option<Located<String>>,
-    /// At most this many executions of the rule in flight (default: unlimited).
+    /// The flow-control key of an execution (a template, e.g. `{{event.data.candidate_id}}`):
+    /// executions of the rule with equal keys form a group that `concurrency`, `throttle` and
+    /// `cancel_on` act on.
     #[serde(default)]
-    pub concurrency: Option<Located<u32>>,
+    pub key: Option<Located<String>>,
+    /// At most `limit` executions of a key group (or of the rule, without `key`) active at once:
+    /// `concurrency: 3`, or `{ limit: 1, mode: queue | skip | cancel_previous }`.
+    #[serde(default)]
+    pub concurrency: Option<Located<LimitOrFull<ConcurrencyModel>>>,
+    /// At most `limit` executions of a key group start per sliding `period`.
+    #[serde(default)]
+    pub throttle: Option<Located<ThrottleModel>>,
+    /// Executions due inside this daily window are held until it ends.
+    #[serde(default)]
+    pub quiet_hours: Option<Located<QuietHoursModel>>,
+    /// An execution not finished this long after it was created stops, `expired` (e.g. `48h`).
+    #[serde(default)]
+    pub expires_after: Option<Located<String>>,
+    /// Events that cancel the pending executions of a key group (and the runs they follow).
+    #[serde(default)]
+    pub cancel_on: Option<Located<Vec<Located<CancelOnModel>>>>,
+    /// Steps run once per cancelled execution, with its context (`steps.*`).
+    #[serde(default)]
+    pub on_cancel: Option<Located<Vec<Located<StepModel>>>>,
     /// The steps, run in order.
     #[serde(rename = "do")]
     pub steps: Located<Vec<Located<StepModel>>>,
     /// Unit tests run by `flowd test`.
     #[serde(default)]
     pub tests: Vec<Located<RuleTestModel>>,
+}
+
+/// `concurrency:` in full.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConcurrencyModel {
+    /// Executions of a group active at once (default 1).
+    #[serde(default)]
+    pub limit: Option<Located<u32>>,
+    /// What a later execution does while the group is full (default `queue`).
+    #[serde(default)]
+    pub mode: Option<Located<ConcurrencyMode>>,
+}
+
+/// What an execution does while its group is at its `concurrency` limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConcurrencyMode {
+    /// Waits its turn, in order.
+    Queue,
+    /// Is recorded as `skipped`, with the execution it yielded to.
+    Skip,
+    /// Cancels the active one(s) and starts.
+    CancelPrevious,
+}
+
+/// `throttle:`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ThrottleModel {
+    /// Starts per period.
+    pub limit: Located<u32>,
+    /// The sliding period, e.g. `24h`.
+    pub period: Located<String>,
+    /// `delay` (default: start when a slot frees) or `drop` (recorded as `dropped`).
+    #[serde(default)]
+    pub on_excess: Option<Located<OnExcess>>,
+}
+
+/// What an execution over its `throttle` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnExcess {
+    /// Starts when a slot frees.
+    Delay,
+    /// Is recorded as `dropped`.
+    Drop,
+}
+
+/// `quiet_hours:` — a daily window, e.g. `{ from: "21:00", to: "08:00" }`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuietHoursModel {
+    /// When the window starts, `HH:MM` local time.
+    pub from: Located<String>,
+    /// When it ends, `HH:MM` local time (before `from`: the window spans midnight).
+    pub to: Located<String>,
+    /// An IANA zone or a template that renders one (e.g. `{{event.data.timezone}}`); default
+    /// the rule's schedule zone, or UTC.
+    #[serde(default)]
+    pub timezone: Option<Located<String>>,
+}
+
+/// One `cancel_on:` entry.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelOnModel {
+    /// The event type that cancels, as an `event` trigger matches it.
+    pub event: Located<String>,
+    /// The key group it cancels (a template over the cancelling event).
+    pub key: Located<String>,
+    /// A CEL condition over the cancelling event.
+    #[serde(default, rename = "if")]
+    pub condition: Option<Located<String>>,
+}
+
+/// A number, or the mapping it abbreviates (`concurrency: 3` is `{ limit: 3 }`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum LimitOrFull<F> {
+    /// The number form.
+    Short(u32),
+    /// The mapping form.
+    Full(F),
+}
+
+impl<'de, F: Deserialize<'de>> Deserialize<'de> for LimitOrFull<F> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de;
+        struct LimitVisitor<F>(std::marker::PhantomData<F>);
+        impl<'de, F: Deserialize<'de>> de::Visitor<'de> for LimitVisitor<F> {
+            type Value = LimitOrFull<F>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a whole number or a mapping")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                u32::try_from(v)
+                    .map(LimitOrFull::Short)
+                    .map_err(|_| E::custom("the number is too large"))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                u32::try_from(v)
+                    .map(LimitOrFull::Short)
+                    .map_err(|_| E::custom("expected a whole number of at least 1"))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                F::deserialize(de::value::MapAccessDeserializer::new(map)).map(LimitOrFull::Full)
+            }
+        }
+        deserializer.deserialize_any(LimitVisitor(std::marker::PhantomData))
+    }
+}
+
+impl<F: JsonSchema> JsonSchema for LimitOrFull<F> {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        format!("LimitOr{}", F::schema_name()).into()
+    }
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let full = generator.subschema_for::<F>();
+        schemars::json_schema!({
+            "anyOf": [{ "type": "integer", "minimum": 1 }, full]
+        })
+    }
 }
 
 /// The `on:` mapping: exactly one trigger key, plus an optional `for_each`.

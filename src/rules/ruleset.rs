@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::expr::Condition;
 use super::located::Pos;
-pub use super::model::{CatchUp, NotifyPreset};
+pub use super::model::{CatchUp, ConcurrencyMode, NotifyPreset, OnExcess};
 use super::template::{Template, TemplateValue};
 use crate::recrubo::{FlowGenerationStatus, FlowRunStatus};
 
@@ -89,8 +89,8 @@ pub struct Rule {
     pub for_each: Option<ForEach>,
     /// Rule-level condition.
     pub condition: Option<Condition>,
-    /// Executions in flight at most.
-    pub concurrency: Option<u32>,
+    /// Flow control per key (DESIGN 2.5).
+    pub flow: FlowControl,
     /// The steps.
     pub steps: Vec<Step>,
     /// The file's `vars`.
@@ -104,6 +104,103 @@ pub struct Rule {
     /// tests and description, "vars": the file's vars}`. A rule rebuilt from it
     /// ([`crate::rules::validate::rebuild`]) runs exactly as this one.
     pub definition: Arc<str>,
+}
+
+/// Flow control per key (DESIGN 2.5): what a rule's executions wait for, yield to, or are
+/// cancelled by. Enforced by the store at admission (`Store::admit`), so it holds across
+/// restarts and instances.
+#[derive(Debug, Clone, Default)]
+pub struct FlowControl {
+    /// Renders the key of an execution's group; `None`: the whole rule is one group.
+    pub key: Option<Template>,
+    /// Active executions per group.
+    pub concurrency: Option<Concurrency>,
+    /// Starts per group and sliding period.
+    pub throttle: Option<Throttle>,
+    /// A daily window in which nothing starts.
+    pub quiet_hours: Option<QuietHours>,
+    /// How long after its creation an unfinished execution expires.
+    pub expires_after: Option<Duration>,
+    /// Events that cancel a group.
+    pub cancel_on: Vec<CancelOn>,
+    /// Steps run once per cancelled execution.
+    pub on_cancel: Vec<Step>,
+}
+
+impl FlowControl {
+    /// Whether an execution passes the store's gate before its first step (a limit, a
+    /// throttle, quiet hours).
+    pub fn gated(&self) -> bool {
+        self.concurrency.is_some() || self.throttle.is_some() || self.quiet_hours.is_some()
+    }
+
+    /// Whether the rule's executions carry a group key (`key`, or the whole rule for a
+    /// `concurrency` without one).
+    pub fn keyed(&self) -> bool {
+        self.key.is_some() || self.gated()
+    }
+
+    /// Whether a running execution of the rule may be cancelled under it (it then checks
+    /// between steps).
+    pub fn cancellable(&self) -> bool {
+        !self.cancel_on.is_empty()
+            || self
+                .concurrency
+                .is_some_and(|c| c.mode == ConcurrencyMode::CancelPrevious)
+    }
+}
+
+/// `concurrency`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Concurrency {
+    /// Active at once.
+    pub limit: u32,
+    /// What a later one does.
+    pub mode: ConcurrencyMode,
+}
+
+/// `throttle`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Throttle {
+    /// Starts per period.
+    pub limit: u32,
+    /// The sliding period.
+    pub period: Duration,
+    /// What an excess one does.
+    pub on_excess: OnExcess,
+}
+
+/// `quiet_hours`: `[from, to)` local time, spanning midnight when `to <= from`.
+#[derive(Debug, Clone)]
+pub struct QuietHours {
+    /// Start of the window.
+    pub from: chrono::NaiveTime,
+    /// End of the window.
+    pub to: chrono::NaiveTime,
+    /// Its time zone.
+    pub timezone: Zone,
+    /// The zone used when a rendered one is not a zone (the rule's schedule zone, or UTC).
+    pub fallback: chrono_tz::Tz,
+}
+
+/// A time zone: fixed, or rendered per execution.
+#[derive(Debug, Clone)]
+pub enum Zone {
+    /// An IANA zone.
+    Fixed(chrono_tz::Tz),
+    /// A template rendering an IANA zone name.
+    Template(Template),
+}
+
+/// One `cancel_on` entry.
+#[derive(Debug, Clone)]
+pub struct CancelOn {
+    /// The event type.
+    pub event: String,
+    /// Renders the key of the group cancelled.
+    pub key: Template,
+    /// Over the cancelling event.
+    pub condition: Option<Condition>,
 }
 
 /// JSON text with the characters YAML does not allow printed escaped. They can only be inside

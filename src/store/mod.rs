@@ -189,6 +189,68 @@ pub struct NewExecution {
     /// starts it sets the in-doubt marker (`step_started_at`) itself, one write less per
     /// execution than a separate `begin_step`.
     pub first_step_creates: bool,
+    /// Its flow-control group (DESIGN 2.5): the rendered `key`, or `""` for a rule whose
+    /// `concurrency` has no key (the rule is one group); `None` outside flow control.
+    pub flow_key: Option<String>,
+    /// When it expires unfinished (`expires_after`).
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Why a waiting execution waits (DESIGN 2.5), as the admin API shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Waiting {
+    /// `queue`, `throttle` or `quiet_hours`.
+    pub kind: String,
+    /// Until when, where that is known (throttle, quiet hours).
+    pub until: Option<DateTime<Utc>>,
+    /// The execution it waits behind (queue).
+    pub behind: Option<String>,
+}
+
+/// What [`Store::admit`] applies to an execution before its first step.
+#[derive(Debug, Clone, Default)]
+pub struct Gate {
+    /// Active executions per group, and what a later one does.
+    pub concurrency: Option<crate::rules::ruleset::Concurrency>,
+    /// Starts per group and sliding period.
+    pub throttle: Option<crate::rules::ruleset::Throttle>,
+    /// Quiet hours now: held until then.
+    pub quiet_until: Option<DateTime<Utc>>,
+    /// Whether the rule has `on_cancel` steps (an execution cancelled by `cancel_previous`
+    /// gets a cancel execution).
+    pub on_cancel: bool,
+    /// How long a queued execution waits at most before it looks again (it is also woken when
+    /// its group frees a slot).
+    pub poll: Duration,
+}
+
+/// What [`Store::admit`] decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Admission {
+    /// It runs now; it cancelled these (`cancel_previous`).
+    Admitted(Vec<String>),
+    /// It waits (stored as such, lease given up).
+    Waiting(Waiting),
+    /// It ended without running: `skipped` or `dropped`, with the reason (stored).
+    Ended(&'static str, String),
+    /// It is no longer pending (cancelled or ended meanwhile): nothing to run.
+    Gone,
+}
+
+/// A cancellation of a key group (DESIGN 2.5 `cancel_on`, `concurrency: cancel_previous`).
+#[derive(Debug, Clone)]
+pub struct CancelRequest {
+    /// The rule.
+    pub rule: String,
+    /// The group.
+    pub key: String,
+    /// Only these executions of it (`cancel_previous`); every one when `None`.
+    pub only: Option<Vec<String>>,
+    /// Why, as the history shows it.
+    pub reason: String,
+    /// Whether the rule has `on_cancel` steps: each cancelled execution then gets a cancel
+    /// execution (id `cancel-<id>`, handler status `cancel`) with its context.
+    pub on_cancel: bool,
 }
 
 /// An execution as stored.
@@ -226,6 +288,18 @@ pub struct Execution {
     pub created_at: DateTime<Utc>,
     /// Updated.
     pub updated_at: DateTime<Utc>,
+    /// Its flow-control group ([`NewExecution::flow_key`]).
+    pub flow_key: Option<String>,
+    /// When the gate let it start (flow control); `None` before, or outside flow control.
+    pub admitted_at: Option<DateTime<Utc>>,
+    /// Why it waits; its `status` is then `waiting`.
+    pub waiting: Option<Waiting>,
+    /// When it expires unfinished.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// A cancellation asked for while it ran (another instance, or between two of its steps):
+    /// it stops at its next step boundary.
+    #[serde(skip)]
+    pub cancel_requested: Option<String>,
     /// Set by `claim_executions` only: the claim left the in-doubt marker of the step it is
     /// at (its first, a create) in the database, so the executor sends without `begin_step`.
     /// `step_started_at` is then the value from before the claim (an earlier attempt's).
@@ -327,6 +401,8 @@ pub struct FollowedRun {
     pub poll_failures: i64,
     /// When Recrubo answered 404 for it: gone, no longer polled.
     pub gone_at: Option<DateTime<Utc>>,
+    /// When flowd cancelled it with its execution (DESIGN 2.5): no handler fires for it.
+    pub cancelled_at: Option<DateTime<Utc>>,
 }
 
 /// A status change to apply to a followed run.
@@ -340,6 +416,9 @@ pub struct StatusChange {
     pub remote_updated_at: Option<DateTime<Utc>>,
     /// Whether the status is terminal.
     pub terminal: bool,
+    /// The run's execution is in a flow-control group (its rule gates): a terminal status
+    /// frees a slot, and the group's queue is woken.
+    pub frees_slot: bool,
 }
 
 /// A dead letter.
@@ -615,4 +694,44 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn insert_executions(&self, executions: &[NewExecution]) -> Result<(), StoreError>;
     /// Whether the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
+    /// The flow-control gate (DESIGN 2.5), one transaction holding the execution's group: lets
+    /// a pending execution with a `flow_key` start, or makes it wait (`queue`, `throttle`,
+    /// `quiet_hours`: status `waiting`, due again when its wait ends), or ends it (`skipped`,
+    /// `dropped`), or cancels the group's active ones first (`cancel_previous`). Active = let
+    /// start and not ended, or following a run that is not terminal. Within a group the older
+    /// execution goes first. An execution admitted before is admitted again (a retry).
+    async fn admit(
+        &self,
+        execution_id: &str,
+        gate: &Gate,
+        now: DateTime<Utc>,
+    ) -> Result<Admission, StoreError>;
+    /// Cancels a key group: each pending (or waiting) execution of it is `cancelled`, and so is
+    /// each that follows a run not terminal (the run too: no more handlers fire for it); one
+    /// running now under a live lease is asked to stop instead (`cancel_requested`), and stops
+    /// at its next step boundary through [`Store::cancel_now`]. Returns the ids cancelled now.
+    /// Idempotent: a second request cancels nothing twice.
+    async fn cancel(
+        &self,
+        request: &CancelRequest,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>, StoreError>;
+    /// Cancels one execution now (its runner found `cancel_requested`), as [`Store::cancel`]
+    /// would, whatever its lease.
+    async fn cancel_now(
+        &self,
+        execution_id: &str,
+        reason: &str,
+        on_cancel: bool,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+    /// A cancellation asked for an execution ([`Store::cancel`]), if any.
+    async fn cancel_requested(&self, execution_id: &str) -> Result<Option<String>, StoreError>;
+    /// Wakes the queued executions of a group (one of it ended): due now.
+    async fn wake_group(
+        &self,
+        rule: &str,
+        key: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
 }

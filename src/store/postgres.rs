@@ -37,7 +37,7 @@ use super::{
 };
 
 /// The migrations, in order (embedded: the binary carries its schema).
-const MIGRATIONS: [(i64, &str, &str); 3] = [
+const MIGRATIONS: [(i64, &str, &str); 4] = [
     (
         1,
         "init",
@@ -53,7 +53,14 @@ const MIGRATIONS: [(i64, &str, &str); 3] = [
         "create_marks",
         include_str!("../../migrations/postgres/0003_create_marks.sql"),
     ),
+    (
+        4,
+        "flow_control",
+        include_str!("../../migrations/postgres/0004_flow_control.sql"),
+    ),
 ];
+
+mod flow;
 
 /// The PostgreSQL store: a connection pool, and the id of the instance it serves (leases name
 /// their holder).
@@ -248,16 +255,35 @@ impl PgStore {
     }
 }
 
-const EXECUTION_COLUMNS: &str = "id, rule, event_id, handler_step, handler_status, status, context, next_step, attempt, next_attempt_at, step_started_at, last_error, rule_version, sweep, created_at, updated_at";
+const EXECUTION_COLUMNS: &str = "id, rule, event_id, handler_step, handler_status, status, context, next_step, attempt, next_attempt_at, step_started_at, last_error, rule_version, sweep, created_at, updated_at, flow_key, admitted_at, wait_kind, wait_until, wait_behind, expires_at, cancel_requested";
 
 fn execution_from_row(row: &PgRow) -> Result<Execution, StoreError> {
+    let status: String = row.try_get("status")?;
+    let wait_kind: Option<String> = row.try_get("wait_kind")?;
+    let waiting = match wait_kind {
+        Some(kind) if status == "pending" => Some(super::Waiting {
+            kind,
+            until: row.try_get("wait_until")?,
+            behind: row.try_get("wait_behind")?,
+        }),
+        _ => None,
+    };
     Ok(Execution {
+        status: if waiting.is_some() {
+            "waiting".to_owned()
+        } else {
+            status
+        },
+        waiting,
+        flow_key: row.try_get("flow_key")?,
+        admitted_at: row.try_get("admitted_at")?,
+        expires_at: row.try_get("expires_at")?,
+        cancel_requested: row.try_get("cancel_requested")?,
         id: row.try_get("id")?,
         rule: row.try_get("rule")?,
         event_id: row.try_get("event_id")?,
         handler_step: row.try_get("handler_step")?,
         handler_status: row.try_get("handler_status")?,
-        status: row.try_get("status")?,
         context: json_of(row.try_get::<&str, _>("context")?)?,
         next_step: row.try_get("next_step")?,
         attempt: row.try_get("attempt")?,
@@ -289,6 +315,7 @@ fn followed_from_row(row: &PgRow) -> Result<FollowedRun, StoreError> {
         terminal: row.try_get("terminal")?,
         poll_failures: row.try_get("poll_failures")?,
         gone_at: row.try_get("gone_at")?,
+        cancelled_at: row.try_get("cancelled_at")?,
     })
 }
 
@@ -451,7 +478,7 @@ async fn insert_new_executions(
     }
     let column = |get: fn(&NewExecution) -> Option<String>| texts(executions, |e| get(e));
     query(
-        "INSERT INTO executions (id, rule, event_id, handler_step, handler_status, status, context, next_step, attempt, next_attempt_at, last_error, rule_version, sweep, first_step_creates, created_at, updated_at) SELECT id, rule, event_id, handler_step, handler_status, status, context, 0, 0, $11, last_error, rule_version, sweep, first_step_creates, $11, $11 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::boolean[], $12::boolean[]) AS new (id, rule, event_id, handler_step, handler_status, status, context, last_error, rule_version, sweep, first_step_creates) ON CONFLICT (id) DO NOTHING",
+        "INSERT INTO executions (id, rule, event_id, handler_step, handler_status, status, context, next_step, attempt, next_attempt_at, last_error, rule_version, sweep, first_step_creates, created_at, updated_at, flow_key, expires_at) SELECT id, rule, event_id, handler_step, handler_status, status, context, 0, 0, $11, last_error, rule_version, sweep, first_step_creates, $11, $11, flow_key, expires_at FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::boolean[], $12::boolean[], $13::text[], $14::timestamptz[]) AS new (id, rule, event_id, handler_step, handler_status, status, context, last_error, rule_version, sweep, first_step_creates, flow_key, expires_at) ON CONFLICT (id) DO NOTHING",
     )
     .bind(column(|e| Some(e.id.clone())))
     .bind(column(|e| Some(e.rule.clone())))
@@ -470,6 +497,8 @@ async fn insert_new_executions(
             .map(|e| e.first_step_creates)
             .collect::<Vec<_>>(),
     )
+    .bind(column(|e| e.flow_key.clone()))
+    .bind(executions.iter().map(|e| e.expires_at).collect::<Vec<_>>())
     .execute(&mut *connection)
     .await?;
     Ok(())
@@ -856,7 +885,9 @@ impl Store for PgStore {
             .collect::<Result<_, _>>()?;
         let mut fired_now = Vec::with_capacity(batch.len());
         let mut executions: Vec<&NewExecution> = Vec::new();
-        let change = "UPDATE followed SET status = $1, remote_updated_at = COALESCE($2, remote_updated_at), changed_at = $3, terminal = $4 WHERE resource_id = $5";
+        let mut woke = false;
+        // A run flowd cancelled stays as it was left (its handlers never fire again).
+        let change = "UPDATE followed SET status = $1, remote_updated_at = COALESCE($2, remote_updated_at), changed_at = $3, terminal = $4 WHERE resource_id = $5 AND cancelled_at IS NULL";
         for (event_id, outcome) in batch {
             if !taken.contains(event_id) {
                 fired_now.push(false);
@@ -896,6 +927,16 @@ impl Store for PgStore {
                     .bind(&change_to.resource_id)
                     .execute(&mut *transaction)
                     .await?;
+                if change_to.terminal && change_to.frees_slot {
+                    // A run that ended frees a slot of its execution's group.
+                    woke |= query("UPDATE executions SET next_attempt_at = $1 WHERE status = 'pending' AND wait_kind = 'queue' AND (rule, flow_key) = (SELECT e.rule, e.flow_key FROM followed f JOIN executions e ON e.id = f.execution_id WHERE f.resource_id = $2 AND e.flow_key IS NOT NULL)")
+                        .bind(now)
+                        .bind(&change_to.resource_id)
+                        .execute(&mut *transaction)
+                        .await?
+                        .rows_affected()
+                        > 0;
+                }
             }
             executions.extend(&outcome.executions);
             fired_now.push(true);
@@ -905,7 +946,7 @@ impl Store for PgStore {
         transaction.commit().await?;
         // Done events may let the next status change of their run go; new executions are work.
         self.notifier.signal(INBOX_CHANNEL);
-        if created {
+        if created || woke {
             self.notifier.signal(EXECUTIONS_CHANNEL);
         }
         Ok(fired_now)
@@ -1170,7 +1211,7 @@ impl Store for PgStore {
 
     async fn executions(&self, filter: &ExecutionFilter) -> Result<Vec<Execution>, StoreError> {
         let sql = format!(
-            "SELECT {EXECUTION_COLUMNS} FROM executions WHERE ($1::text IS NULL OR rule = $1) AND ($2::text IS NULL OR status = $2) AND ($3::timestamptz IS NULL OR created_at >= $3) AND ($4::timestamptz IS NULL OR created_at < $4) ORDER BY created_at DESC, id LIMIT $5 OFFSET $6"
+            "SELECT {EXECUTION_COLUMNS} FROM executions WHERE ($1::text IS NULL OR rule = $1) AND ($2::text IS NULL OR (status = $2 AND ($2 != 'pending' OR wait_kind IS NULL)) OR ($2 = 'waiting' AND status = 'pending' AND wait_kind IS NOT NULL)) AND ($3::timestamptz IS NULL OR created_at >= $3) AND ($4::timestamptz IS NULL OR created_at < $4) ORDER BY created_at DESC, id LIMIT $5 OFFSET $6"
         );
         let rows = query(&sql)
             .bind(&filter.rule)
@@ -1333,6 +1374,74 @@ impl Store for PgStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         (&self.pool).execute("SELECT 1").await?;
+        Ok(())
+    }
+
+    async fn admit(
+        &self,
+        execution_id: &str,
+        gate: &super::Gate,
+        now: DateTime<Utc>,
+    ) -> Result<super::Admission, StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        let admission = flow::admit(&mut transaction, execution_id, gate, now).await?;
+        transaction.commit().await?;
+        if matches!(&admission, super::Admission::Admitted(cancelled) if !cancelled.is_empty()) {
+            // Their cancel executions, and the queue of their group.
+            self.notifier.signal(EXECUTIONS_CHANNEL);
+        }
+        Ok(admission)
+    }
+
+    async fn cancel(
+        &self,
+        request: &super::CancelRequest,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        let cancelled = flow::cancel(&mut transaction, request, now).await?;
+        transaction.commit().await?;
+        self.notifier.signal(EXECUTIONS_CHANNEL);
+        Ok(cancelled)
+    }
+
+    async fn cancel_now(
+        &self,
+        execution_id: &str,
+        reason: &str,
+        on_cancel: bool,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        let cancelled = flow::cancel_now(&mut transaction, execution_id, reason, on_cancel, now).await?;
+        transaction.commit().await?;
+        if cancelled {
+            self.notifier.signal(EXECUTIONS_CHANNEL);
+        }
+        Ok(cancelled)
+    }
+
+    async fn cancel_requested(&self, execution_id: &str) -> Result<Option<String>, StoreError> {
+        let row = query("SELECT cancel_requested FROM executions WHERE id = $1")
+            .bind(execution_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row
+            .map(|row| row.try_get::<Option<String>, _>("cancel_requested"))
+            .transpose()?
+            .flatten())
+    }
+
+    async fn wake_group(
+        &self,
+        rule: &str,
+        key: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut connection = self.pool.acquire().await?;
+        if flow::wake_group(&mut connection, rule, key, now).await? > 0 {
+            self.notifier.signal(EXECUTIONS_CHANNEL);
+        }
         Ok(())
     }
 }

@@ -26,14 +26,17 @@ use super::{
 };
 
 /// The migrations, in order; `PRAGMA user_version` counts the ones applied.
-const MIGRATIONS: [&str; 6] = [
+const MIGRATIONS: [&str; 7] = [
     include_str!("../../migrations/sqlite/0001_init.sql"),
     include_str!("../../migrations/sqlite/0002_schedules.sql"),
     include_str!("../../migrations/sqlite/0003_hardening.sql"),
     include_str!("../../migrations/sqlite/0004_rule_versions.sql"),
     include_str!("../../migrations/sqlite/0005_sweeps.sql"),
     include_str!("../../migrations/sqlite/0006_create_marks.sql"),
+    include_str!("../../migrations/sqlite/0007_flow_control.sql"),
 ];
+
+mod flow;
 
 /// How many threads answer reads.
 const READERS: usize = 2;
@@ -276,16 +279,35 @@ fn read_loop(connection: &Connection, reads: &Mutex<std::sync::mpsc::Receiver<Re
 const DUE: &str =
     "status = 'pending' AND next_attempt_at <= ?1 AND (lease_until IS NULL OR lease_until < ?1)";
 
-const EXECUTION_COLUMNS: &str = "id, rule, event_id, handler_step, handler_status, status, context, next_step, attempt, next_attempt_at, step_started_at, last_error, rule_version, sweep, created_at, updated_at";
+const EXECUTION_COLUMNS: &str = "id, rule, event_id, handler_step, handler_status, status, context, next_step, attempt, next_attempt_at, step_started_at, last_error, rule_version, sweep, created_at, updated_at, flow_key, admitted_at, wait_kind, wait_until, wait_behind, expires_at, cancel_requested";
 
 fn execution_from_row(row: &Row<'_>) -> Result<Execution, StoreError> {
+    let wait_kind: Option<String> = row.get("wait_kind")?;
+    let status: String = row.get("status")?;
+    let waiting = match wait_kind {
+        Some(kind) if status == "pending" => Some(super::Waiting {
+            kind,
+            until: parse_optional_time(row.get("wait_until")?)?,
+            behind: row.get("wait_behind")?,
+        }),
+        _ => None,
+    };
     Ok(Execution {
+        status: if waiting.is_some() {
+            "waiting".to_owned()
+        } else {
+            status
+        },
+        waiting,
+        flow_key: row.get("flow_key")?,
+        admitted_at: parse_optional_time(row.get("admitted_at")?)?,
+        expires_at: parse_optional_time(row.get("expires_at")?)?,
+        cancel_requested: row.get("cancel_requested")?,
         id: row.get("id")?,
         rule: row.get("rule")?,
         event_id: row.get("event_id")?,
         handler_step: row.get("handler_step")?,
         handler_status: row.get("handler_status")?,
-        status: row.get("status")?,
         context: parse_json(&row.get::<_, String>("context")?)?,
         next_step: row.get("next_step")?,
         attempt: row.get("attempt")?,
@@ -319,6 +341,7 @@ fn followed_from_row(row: &Row<'_>) -> Result<FollowedRun, StoreError> {
         terminal: row.get::<_, i64>("terminal")? != 0,
         poll_failures: row.get("poll_failures")?,
         gone_at: parse_optional_time(row.get("gone_at")?)?,
+        cancelled_at: parse_optional_time(row.get("cancelled_at")?)?,
     })
 }
 
@@ -471,7 +494,7 @@ fn insert_execution(
 ) -> Result<(), StoreError> {
     transaction
         .prepare_cached(
-            "INSERT INTO executions (id, rule, event_id, handler_step, handler_status, status, context, next_step, attempt, next_attempt_at, last_error, rule_version, sweep, first_step_creates, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, 0, ?8, ?9, ?10, ?11, ?12, ?8, ?8) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO executions (id, rule, event_id, handler_step, handler_status, status, context, next_step, attempt, next_attempt_at, last_error, rule_version, sweep, first_step_creates, created_at, updated_at, flow_key, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, 0, ?8, ?9, ?10, ?11, ?12, ?8, ?8, ?13, ?14) ON CONFLICT (id) DO NOTHING",
         )?
         .execute(params![
             execution.id,
@@ -486,6 +509,8 @@ fn insert_execution(
             execution.rule_version,
             i64::from(execution.sweep),
             i64::from(execution.first_step_creates),
+            execution.flow_key,
+            execution.expires_at.map(time_text),
         ])?;
     Ok(())
 }
@@ -561,6 +586,15 @@ enum WriteOp {
         before: DateTime<Utc>,
         keep: i64,
     },
+    Admit(String, Box<super::Gate>, DateTime<Utc>),
+    Cancel(Box<super::CancelRequest>, DateTime<Utc>),
+    CancelNow {
+        id: String,
+        reason: String,
+        on_cancel: bool,
+        now: DateTime<Utc>,
+    },
+    WakeGroup(String, String, DateTime<Utc>),
 }
 
 /// What a write returns.
@@ -572,6 +606,9 @@ enum WriteResult {
     Ticks(Vec<Vec<bool>>),
     Retry(RetryOutcome),
     Pruned(u64),
+    Admission(super::Admission),
+    Cancelled(Vec<String>),
+    Flag(bool),
 }
 
 struct WriteJob {
@@ -692,6 +729,22 @@ fn apply(transaction: &Transaction<'_>, op: &WriteOp) -> Result<WriteResult, Sto
             Ok(WriteResult::Done)
         }
         WriteOp::RecordTicks(batches) => record_ticks(transaction, batches).map(WriteResult::Ticks),
+        WriteOp::Admit(id, gate, now) => {
+            flow::admit(transaction, id, gate, *now).map(WriteResult::Admission)
+        }
+        WriteOp::Cancel(request, now) => {
+            flow::cancel(transaction, request, *now).map(WriteResult::Cancelled)
+        }
+        WriteOp::CancelNow {
+            id,
+            reason,
+            on_cancel,
+            now,
+        } => flow::cancel_one(transaction, id, reason, *on_cancel, *now, false)
+            .map(WriteResult::Flag),
+        WriteOp::WakeGroup(rule, key, now) => {
+            flow::wake_group(transaction, rule, key, *now).map(|_| WriteResult::Done)
+        }
         WriteOp::Prune { before, keep } => {
             prune(transaction, *before, *keep).map(WriteResult::Pruned)
         }
@@ -834,7 +887,7 @@ fn claim(
     // One at its first step, a create, gets the step's in-doubt marker in this write (kept if
     // an earlier attempt left it).
     let sql = format!(
-        "UPDATE executions SET lease_until = ?1, step_started_at = CASE WHEN first_step_creates = 1 AND next_step = 0 THEN COALESCE(step_started_at, ?2) ELSE step_started_at END WHERE id IN (SELECT value FROM json_each(?3)) RETURNING {EXECUTION_COLUMNS}, first_step_creates = 1 AND next_step = 0"
+        "UPDATE executions SET lease_until = ?1, step_started_at = CASE WHEN first_step_creates = 1 AND next_step = 0 THEN COALESCE(step_started_at, ?2) ELSE step_started_at END WHERE id IN (SELECT value FROM json_each(?3)) RETURNING {EXECUTION_COLUMNS}, first_step_creates = 1 AND next_step = 0 AS marked"
     );
     let claimed = rows(
         transaction,
@@ -842,7 +895,7 @@ fn claim(
         params![lease_until, now_text, ids],
         |row| {
             Ok(Execution {
-                create_marked: row.get::<_, bool>(16)?,
+                create_marked: row.get::<_, bool>("marked")?,
                 ..execution_from_row(row)?
             })
         },
@@ -914,8 +967,13 @@ fn complete_events(
     let mut fire = transaction.prepare_cached(
         "INSERT INTO fired (resource_id, status, fired_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
     )?;
+    // A run flowd cancelled stays as it was left (its handlers never fire again).
     let mut change = transaction.prepare_cached(
-        "UPDATE followed SET status = ?, remote_updated_at = COALESCE(?, remote_updated_at), changed_at = ?, terminal = ? WHERE resource_id = ?",
+        "UPDATE followed SET status = ?, remote_updated_at = COALESCE(?, remote_updated_at), changed_at = ?, terminal = ? WHERE resource_id = ? AND cancelled_at IS NULL",
+    )?;
+    // A run that ended frees a slot of its execution's group: the queue behind it goes on.
+    let mut wake = transaction.prepare_cached(
+        "UPDATE executions SET next_attempt_at = ?1 WHERE status = 'pending' AND wait_kind = 'queue' AND (rule, flow_key) = (SELECT e.rule, e.flow_key FROM followed f JOIN executions e ON e.id = f.execution_id WHERE f.resource_id = ?2 AND e.flow_key IS NOT NULL)",
     )?;
     let mut fired_now = Vec::with_capacity(batch.len());
     for (event_id, outcome) in batch {
@@ -945,6 +1003,9 @@ fn complete_events(
                 i64::from(status_change.terminal),
                 status_change.resource_id,
             ])?;
+            if status_change.terminal && status_change.frees_slot {
+                wake.execute(params![now, status_change.resource_id])?;
+            }
         }
         for execution in &outcome.executions {
             insert_execution(transaction, execution, &now)?;
@@ -1233,7 +1294,7 @@ impl Store for SqliteStore {
         let filter = filter.clone();
         self.read(move |connection| {
             let sql = format!(
-                "SELECT {EXECUTION_COLUMNS} FROM executions WHERE (?1 IS NULL OR rule = ?1) AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR created_at >= ?3) AND (?4 IS NULL OR created_at < ?4) ORDER BY created_at DESC, id LIMIT ?5 OFFSET ?6"
+                "SELECT {EXECUTION_COLUMNS} FROM executions WHERE (?1 IS NULL OR rule = ?1) AND (?2 IS NULL OR (status = ?2 AND (?2 != 'pending' OR wait_kind IS NULL)) OR (?2 = 'waiting' AND status = 'pending' AND wait_kind IS NOT NULL)) AND (?3 IS NULL OR created_at >= ?3) AND (?4 IS NULL OR created_at < ?4) ORDER BY created_at DESC, id LIMIT ?5 OFFSET ?6"
             );
             rows(
                 connection,
@@ -1339,6 +1400,94 @@ impl Store for SqliteStore {
 
     async fn insert_executions(&self, executions: &[NewExecution]) -> Result<(), StoreError> {
         self.write(WriteOp::InsertExecutions(executions.to_vec()))
+            .await
+            .map(|_| ())
+    }
+
+    async fn admit(
+        &self,
+        execution_id: &str,
+        gate: &super::Gate,
+        now: DateTime<Utc>,
+    ) -> Result<super::Admission, StoreError> {
+        self.expect(
+            WriteOp::Admit(execution_id.to_owned(), Box::new(gate.clone()), now),
+            |result| match result {
+                WriteResult::Admission(admission) => Some(admission),
+                _ => None,
+            },
+        )
+        .await
+    }
+
+    async fn cancel(
+        &self,
+        request: &super::CancelRequest,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>, StoreError> {
+        self.expect(
+            WriteOp::Cancel(Box::new(request.clone()), now),
+            |result| match result {
+                WriteResult::Cancelled(ids) => Some(ids),
+                _ => None,
+            },
+        )
+        .await
+    }
+
+    async fn cancel_now(
+        &self,
+        execution_id: &str,
+        reason: &str,
+        on_cancel: bool,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.expect(
+            WriteOp::CancelNow {
+                id: execution_id.to_owned(),
+                reason: reason.to_owned(),
+                on_cancel,
+                now,
+            },
+            |result| match result {
+                WriteResult::Flag(flag) => Some(flag),
+                _ => None,
+            },
+        )
+        .await
+    }
+
+    async fn cancel_requested(&self, execution_id: &str) -> Result<Option<String>, StoreError> {
+        let id = execution_id.to_owned();
+        self.read(move |connection| {
+            Ok(connection
+                .prepare_cached("SELECT cancel_requested FROM executions WHERE id = ?")?
+                .query_row([id], |row| row.get::<_, Option<String>>(0))
+                .optional()?
+                .flatten())
+        })
+        .await
+    }
+
+    async fn wake_group(
+        &self,
+        rule: &str,
+        key: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        // Most ends have nobody queued behind them: ask a reader first, write only then.
+        let (rule_read, key_read) = (rule.to_owned(), key.to_owned());
+        let queued = self
+            .read(move |connection| {
+                Ok(connection
+                    .prepare_cached("SELECT 1 FROM executions WHERE rule = ?1 AND flow_key = ?2 AND status = 'pending' AND wait_kind = 'queue' LIMIT 1")?
+                    .exists(params![rule_read, key_read])?)
+            })
+            .await?;
+        if !queued {
+            return Ok(());
+        }
+        self.write(WriteOp::WakeGroup(rule.to_owned(), key.to_owned(), now))
             .await
             .map(|_| ())
     }

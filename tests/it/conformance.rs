@@ -231,6 +231,8 @@ pub(crate) fn new_execution(id: &str, rule: &str, status: &str) -> NewExecution 
         rule_version: None,
         sweep: false,
         first_step_creates: false,
+        flow_key: None,
+        expires_at: None,
     }
 }
 
@@ -321,6 +323,7 @@ fn run(resource_id: &str, execution_id: &str, changed_at: DateTime<Utc>) -> Foll
         terminal: false,
         poll_failures: 0,
         gone_at: None,
+        cancelled_at: None,
     }
 }
 
@@ -358,6 +361,7 @@ fn change(resource_id: &str, status: &str, terminal: bool) -> StatusChange {
         status: status.to_owned(),
         remote_updated_at: Some(now() - secs(3)),
         terminal,
+        frees_slot: false,
     }
 }
 

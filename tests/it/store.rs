@@ -21,6 +21,8 @@ fn execution(id: &str, rule: &str, status: &str) -> NewExecution {
         rule_version: None,
         sweep: false,
         first_step_creates: false,
+        flow_key: None,
+        expires_at: None,
     }
 }
 

@@ -472,22 +472,6 @@ impl Validator {
             .condition
             .as_ref()
             .and_then(|condition| self.condition(ctx, &scope, "if", condition));
-        let concurrency = model.concurrency.as_ref().and_then(|concurrency| {
-            if concurrency.value == 0 {
-                self.error(
-                    ctx,
-                    concurrency.at,
-                    "concurrency",
-                    "range",
-                    "`concurrency` must be at least 1",
-                )
-                .hint = Some("leave it out for no limit".to_owned());
-                None
-            } else {
-                Some(concurrency.value)
-            }
-        });
-
         let mut all_steps = HashSet::new();
         self.collect_step_ids(
             ctx,
@@ -501,6 +485,11 @@ impl Validator {
             self.error(ctx, model.steps.at, "do", "empty", "the rule has no steps")
                 .hint = Some("add at least one step under `do:`".to_owned());
         }
+        let schedule_zone = match &trigger {
+            Some(Trigger::Schedule(schedule)) => Some(schedule.timezone),
+            _ => None,
+        };
+        let flow = self.flow_control(ctx, model, &scope, schedule_zone, &mut meta);
         let steps = self.steps(ctx, &model.steps.value, "do", &mut scope, &mut meta);
         let tests = self.tests(ctx, &model.tests, &trigger);
 
@@ -518,7 +507,7 @@ impl Validator {
             trigger,
             for_each,
             condition,
-            concurrency,
+            flow,
             steps,
             vars: vars.clone(),
             tests,
@@ -530,6 +519,7 @@ impl Validator {
     }
 }
 
+mod flow_control;
 mod rule_tests;
 mod set;
 mod steps;

@@ -336,6 +336,15 @@ impl Validator {
     }
 
     pub(super) fn timezone(&mut self, ctx: Ctx, zone: &Located<String>) -> Option<chrono_tz::Tz> {
+        self.timezone_of(ctx, zone, "on.schedule.timezone")
+    }
+
+    pub(super) fn timezone_of(
+        &mut self,
+        ctx: Ctx,
+        zone: &Located<String>,
+        field: &str,
+    ) -> Option<chrono_tz::Tz> {
         match zone.value.parse::<chrono_tz::Tz>() {
             Ok(tz) => Some(tz),
             Err(_) => {
@@ -350,7 +359,7 @@ impl Validator {
                 self.error(
                     ctx,
                     zone.at,
-                    "on.schedule.timezone",
+                    field,
                     "timezone",
                     format!("unknown time zone `{}`", zone.value),
                 )
