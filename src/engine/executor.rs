@@ -322,7 +322,9 @@ async fn expire(engine: &Engine, rule: &Rule, execution: &mut Execution) -> Resu
         .unwrap_or_else(|| "its expires_after".to_owned());
     let reason = format!(
         "expired: not finished within {after} of its creation ({}); its remaining steps are skipped",
-        execution.created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        execution
+            .created_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     );
     warn!(rule = %rule.name, execution = %execution.id, "{reason}");
     dead_letter(engine, execution, "expires_after", &reason).await?;

@@ -206,7 +206,10 @@ fn cancels_for(
                 rule: rule.name.clone(),
                 key,
                 only: None,
-                reason: format!("cancelled by event {} ({}, cancel_on)", event.id, event.event_type),
+                reason: format!(
+                    "cancelled by event {} ({}, cancel_on)",
+                    event.id, event.event_type
+                ),
                 on_cancel: !rule.flow.on_cancel.is_empty(),
             }),
             Ok(None) => {}
@@ -225,7 +228,8 @@ async fn cancel(engine: &Engine, requests: &[crate::store::CancelRequest]) -> bo
             Ok(cancelled) => {
                 for id in &cancelled {
                     info!(rule = %request.rule, execution = %id, reason = %request.reason, "Execution cancelled");
-                    metrics::counter!("flowd_flow_cancelled_total", "rule" => request.rule.clone()).increment(1);
+                    metrics::counter!("flowd_flow_cancelled_total", "rule" => request.rule.clone())
+                        .increment(1);
                 }
             }
             Err(err) => {

@@ -728,10 +728,6 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// A cancellation asked for an execution ([`Store::cancel`]), if any.
     async fn cancel_requested(&self, execution_id: &str) -> Result<Option<String>, StoreError>;
     /// Wakes the queued executions of a group (one of it ended): due now.
-    async fn wake_group(
-        &self,
-        rule: &str,
-        key: &str,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError>;
+    async fn wake_group(&self, rule: &str, key: &str, now: DateTime<Utc>)
+    -> Result<(), StoreError>;
 }

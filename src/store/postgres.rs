@@ -1413,7 +1413,8 @@ impl Store for PgStore {
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         let mut transaction = self.pool.begin().await?;
-        let cancelled = flow::cancel_now(&mut transaction, execution_id, reason, on_cancel, now).await?;
+        let cancelled =
+            flow::cancel_now(&mut transaction, execution_id, reason, on_cancel, now).await?;
         transaction.commit().await?;
         if cancelled {
             self.notifier.signal(EXECUTIONS_CHANNEL);

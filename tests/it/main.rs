@@ -10,6 +10,7 @@ mod corpus;
 mod daemon;
 mod engine;
 mod faults;
+mod flow_control;
 mod proxy;
 mod receiver;
 mod recrubo_client;

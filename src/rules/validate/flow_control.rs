@@ -231,7 +231,13 @@ impl Validator {
     fn period(&mut self, ctx: Ctx, text: &Located<String>, field: &str) -> Option<Duration> {
         match parse_duration(&text.value) {
             Ok(period) if period.is_zero() => {
-                self.error(ctx, text.at, field, "range", format!("`{field}` must be longer than 0"));
+                self.error(
+                    ctx,
+                    text.at,
+                    field,
+                    "range",
+                    format!("`{field}` must be longer than 0"),
+                );
                 None
             }
             Ok(period) if period > MAX_PERIOD => {

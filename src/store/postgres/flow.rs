@@ -16,7 +16,11 @@ use crate::store::{Admission, CancelRequest, Gate, StoreError, Waiting};
 const ACTIVE: &str = "SELECT id FROM executions e WHERE rule = $1 AND flow_key = $2 AND id != $3 AND admitted_at IS NOT NULL AND (status = 'pending' OR EXISTS (SELECT 1 FROM followed f WHERE f.execution_id = e.id AND NOT f.terminal)) ORDER BY admitted_at, id";
 
 /// Takes a group's lock until the transaction ends (per schema, like the runs' locks).
-async fn group_lock(connection: &mut PgConnection, rule: &str, key: &str) -> Result<(), StoreError> {
+async fn group_lock(
+    connection: &mut PgConnection,
+    rule: &str,
+    key: &str,
+) -> Result<(), StoreError> {
     query("SELECT pg_advisory_xact_lock(hashtextextended(current_schema() || ' group ' || $1 || ' ' || $2, 0))")
         .bind(rule)
         .bind(key)
@@ -48,10 +52,11 @@ pub(super) async fn admit(
         return Ok(Admission::Admitted(Vec::new()));
     };
     group_lock(connection, &rule, &key).await?;
-    let row = query("SELECT status, admitted_at, created_at FROM executions WHERE id = $1 FOR UPDATE")
-        .bind(id)
-        .fetch_optional(&mut *connection)
-        .await?;
+    let row =
+        query("SELECT status, admitted_at, created_at FROM executions WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *connection)
+            .await?;
     let Some(row) = row else {
         return Ok(Admission::Gone);
     };
@@ -83,7 +88,16 @@ pub(super) async fn admit(
         if let Some(ahead) = ahead {
             let due: DateTime<Utc> = ahead.try_get("next_attempt_at")?;
             let behind: String = ahead.try_get("id")?;
-            return wait(connection, id, "queue", None, Some(behind), due.max(poll), now).await;
+            return wait(
+                connection,
+                id,
+                "queue",
+                None,
+                Some(behind),
+                due.max(poll),
+                now,
+            )
+            .await;
         }
     }
     let mut cancelled = Vec::new();
@@ -127,7 +141,9 @@ pub(super) async fn admit(
     }
     if let Some(throttle) = gate.throttle {
         let period = chrono::Duration::from_std(throttle.period).unwrap_or(chrono::Duration::MAX);
-        let since = now.checked_sub_signed(period).unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let since = now
+            .checked_sub_signed(period)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
         let starts: Vec<DateTime<Utc>> = query("SELECT admitted_at FROM executions WHERE rule = $1 AND flow_key = $2 AND admitted_at > $3 ORDER BY admitted_at")
             .bind(&rule)
             .bind(&key)
@@ -222,10 +238,23 @@ pub(super) async fn cancel(
         .collect::<Result<_, _>>()?;
     let mut cancelled = Vec::new();
     for id in targets {
-        if request.only.as_ref().is_some_and(|only| !only.contains(&id)) {
+        if request
+            .only
+            .as_ref()
+            .is_some_and(|only| !only.contains(&id))
+        {
             continue;
         }
-        if cancel_locked(connection, &id, &request.reason, request.on_cancel, now, true).await? {
+        if cancel_locked(
+            connection,
+            &id,
+            &request.reason,
+            request.on_cancel,
+            now,
+            true,
+        )
+        .await?
+        {
             cancelled.push(id);
         }
     }

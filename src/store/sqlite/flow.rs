@@ -47,7 +47,15 @@ pub(super) fn admit(
         return Ok(Admission::Admitted(Vec::new()));
     }
     if let Some(until) = gate.quiet_until {
-        return wait(transaction, id, "quiet_hours", Some(until), None, until, now);
+        return wait(
+            transaction,
+            id,
+            "quiet_hours",
+            Some(until),
+            None,
+            until,
+            now,
+        );
     }
     let poll = now + chrono::Duration::from_std(gate.poll).unwrap_or_default();
     let can_wait = gate
@@ -114,7 +122,9 @@ pub(super) fn admit(
     }
     if let Some(throttle) = gate.throttle {
         let period = chrono::Duration::from_std(throttle.period).unwrap_or(chrono::Duration::MAX);
-        let since = now.checked_sub_signed(period).unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let since = now
+            .checked_sub_signed(period)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
         let starts: Vec<String> = transaction
             .prepare_cached("SELECT admitted_at FROM executions WHERE rule = ?1 AND flow_key = ?2 AND admitted_at > ?3 ORDER BY admitted_at")?
             .query_map(params![rule, key, time_text(since)], |row| row.get(0))?
@@ -197,7 +207,11 @@ pub(super) fn cancel(
         .collect::<Result<_, _>>()?;
     let mut cancelled = Vec::new();
     for id in targets {
-        if request.only.as_ref().is_some_and(|only| !only.contains(&id)) {
+        if request
+            .only
+            .as_ref()
+            .is_some_and(|only| !only.contains(&id))
+        {
             continue;
         }
         if cancel_one(
