@@ -338,3 +338,69 @@ pub fn keep_output(context: &mut Value, step: &Step, output: Value) {
         steps.insert(id.clone(), output);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::{NaiveTime, TimeZone, Utc};
+
+    use super::quiet_end;
+
+    fn at(text: &str) -> chrono::DateTime<Utc> {
+        chrono::DateTime::parse_from_rfc3339(text)
+            .expect("time")
+            .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn quiet_hours_end_in_local_time_across_midnight_and_dst() {
+        let (from, to) = (
+            NaiveTime::from_hms_opt(21, 0, 0).expect("from"),
+            NaiveTime::from_hms_opt(8, 0, 0).expect("to"),
+        );
+        let amsterdam = chrono_tz::Europe::Amsterdam;
+        // Winter (UTC+1): 22:30 local is quiet until 08:00 local, 07:00 UTC.
+        assert_eq!(
+            quiet_end(from, to, amsterdam, at("2026-01-15T21:30:00Z")),
+            Some(at("2026-01-16T07:00:00Z"))
+        );
+        // Daytime is not quiet; 21:00 sharp is, 08:00 sharp is not.
+        assert_eq!(
+            quiet_end(from, to, amsterdam, at("2026-01-15T12:00:00Z")),
+            None
+        );
+        assert!(quiet_end(from, to, amsterdam, at("2026-01-15T20:00:00Z")).is_some());
+        assert_eq!(
+            quiet_end(from, to, amsterdam, at("2026-01-16T07:00:00Z")),
+            None
+        );
+        // The night clocks go forward (29 March 2026, 02:00 → 03:00): 23:00 CET is quiet until
+        // 08:00 CEST, 06:00 UTC — nine hours, not ten.
+        assert_eq!(
+            quiet_end(from, to, amsterdam, at("2026-03-28T22:00:00Z")),
+            Some(at("2026-03-29T06:00:00Z"))
+        );
+        // The night they go back (25 October 2026): 23:00 CEST until 08:00 CET, 07:00 UTC.
+        assert_eq!(
+            quiet_end(from, to, amsterdam, at("2026-10-24T21:00:00Z")),
+            Some(at("2026-10-25T07:00:00Z"))
+        );
+        // A window ending inside the gap ends at the first local time after it.
+        let gap_end = NaiveTime::from_hms_opt(2, 30, 0).expect("to");
+        assert_eq!(
+            quiet_end(from, gap_end, amsterdam, at("2026-03-28T22:00:00Z")),
+            Some(
+                amsterdam
+                    .with_ymd_and_hms(2026, 3, 29, 3, 0, 0)
+                    .unwrap()
+                    .with_timezone(&Utc)
+            )
+        );
+        // A zone from far away: 10:00 UTC is 19:00 in Tokyo, not quiet; 13:00 UTC is 22:00.
+        let tokyo = chrono_tz::Asia::Tokyo;
+        assert_eq!(quiet_end(from, to, tokyo, at("2026-06-01T10:00:00Z")), None);
+        assert_eq!(
+            quiet_end(from, to, tokyo, at("2026-06-01T13:00:00Z")),
+            Some(at("2026-06-01T23:00:00Z"))
+        );
+    }
+}

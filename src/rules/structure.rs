@@ -206,23 +206,30 @@ impl Walker<'_> {
     /// A value of the wrong kind: names the field, what it must be, and what it is.
     fn wrong_type(&mut self, node: &Located<ValueModel>, schema: &'static Value, field: &str) {
         let mut kinds: Vec<&str> = Vec::new();
-        let mut add = |schema: &Value| match schema.get("type") {
-            Some(Value::String(kind)) if kind != "null" => kinds.push(kind_name(kind)),
-            Some(Value::Array(list)) => kinds.extend(
-                list.iter()
-                    .filter_map(Value::as_str)
-                    .filter(|kind| *kind != "null")
-                    .map(kind_name),
-            ),
-            _ => {}
-        };
-        match schema
-            .get("anyOf")
-            .or_else(|| schema.get("oneOf"))
-            .and_then(Value::as_array)
-        {
-            Some(options) => options.iter().for_each(|option| add(self.resolve(option))),
-            None => add(schema),
+        // Alternatives nest (an optional `concurrency: 3 | {limit, mode}` is `anyOf [anyOf
+        // [integer, $ref], null]`): every kind at any depth counts.
+        let mut pending = vec![(schema, 0)];
+        while let Some((schema, depth)) = pending.pop() {
+            let schema = self.resolve(schema);
+            match schema
+                .get("anyOf")
+                .or_else(|| schema.get("oneOf"))
+                .and_then(Value::as_array)
+            {
+                Some(options) if depth < 4 => {
+                    pending.extend(options.iter().rev().map(|option| (option, depth + 1)));
+                }
+                _ => match schema.get("type") {
+                    Some(Value::String(kind)) if kind != "null" => kinds.push(kind_name(kind)),
+                    Some(Value::Array(list)) => kinds.extend(
+                        list.iter()
+                            .filter_map(Value::as_str)
+                            .filter(|kind| *kind != "null")
+                            .map(kind_name),
+                    ),
+                    _ => {}
+                },
+            }
         }
         kinds.dedup();
         if kinds.is_empty() || field.is_empty() {

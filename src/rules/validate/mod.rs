@@ -578,6 +578,72 @@ rules:
     }
 
     #[test]
+    fn flow_control_keys_are_checked_with_their_field() {
+        let head = "rules:\n  - name: a\n    on: { event: x }\n";
+        let tail =
+            "    do:\n      - id: s\n        start_flow_run: { flow: f, message_thread: t }\n";
+        // A mode that acts on a group needs a key; so do throttle and cancel_on.
+        check(
+            &format!("{head}    concurrency: {{ limit: 1, mode: skip }}\n{tail}"),
+            &[("needs_key", 4, "concurrency.mode")],
+        );
+        check(
+            &format!("{head}    throttle: {{ limit: 3, period: 24h }}\n{tail}"),
+            &[("needs_key", 4, "throttle")],
+        );
+        check(
+            &format!("{head}    cancel_on:\n      - {{ event: y, key: k }}\n{tail}"),
+            &[("needs_key", 5, "cancel_on")],
+        );
+        // An empty quiet window, a time that is no time, a zone that is none.
+        check(
+            &format!("{head}    quiet_hours: {{ from: \"21:00\", to: \"21:00\" }}\n{tail}"),
+            &[("empty", 4, "quiet_hours.to")],
+        );
+        check(
+            &format!(
+                "{head}    quiet_hours: {{ from: \"9pm\", to: \"08:00\", timezone: Mars/Olympus }}\n{tail}"
+            ),
+            &[
+                ("time", 4, "quiet_hours.from"),
+                ("timezone", 4, "quiet_hours.timezone"),
+            ],
+        );
+        // on_cancel naming a step the rule does not have; on_cancel nothing can trigger.
+        check(
+            &format!(
+                "{head}    key: \"{{{{event.data.c}}}}\"\n    cancel_on: [ {{ event: y, key: \"{{{{event.data.c}}}}\" }} ]\n    on_cancel:\n      - update_flow_run: {{ id: \"{{{{steps.nope.id}}}}\", status: cancelled }}\n{tail}"
+            ),
+            &[("reference", 7, "on_cancel[0].update_flow_run.id")],
+        );
+        check(
+            &format!("{head}    on_cancel: [ {{ log: x }} ]\n{tail}"),
+            &[("unused", 4, "on_cancel")],
+        );
+        // Zero limits and periods.
+        check(
+            &format!(
+                "{head}    key: k\n    concurrency: 0\n    throttle: {{ limit: 0, period: 0s }}\n    expires_after: soon\n{tail}"
+            ),
+            &[
+                ("range", 5, "concurrency"),
+                ("range", 6, "throttle.limit"),
+                ("range", 6, "throttle.period"),
+                ("duration", 7, "expires_after"),
+            ],
+        );
+        // The whole set, valid.
+        let rules = load(&format!(
+            "{head}    key: \"{{{{event.data.c}}}}\"\n    concurrency: {{ limit: 1, mode: cancel_previous }}\n    throttle: {{ limit: 3, period: 24h, on_excess: drop }}\n    quiet_hours: {{ from: \"21:00\", to: \"08:00\", timezone: \"{{{{event.data.tz}}}}\" }}\n    expires_after: 48h\n    cancel_on:\n      - {{ event: y, key: \"{{{{event.data.c}}}}\", if: 'event.data.reason != \"duplicate\"' }}\n    on_cancel:\n      - update_flow_run: {{ id: \"{{{{steps.s.id}}}}\", status: cancelled }}\n{tail}"
+        ));
+        let flow = &rules.get("a").expect("rule").flow;
+        assert!(flow.gated() && flow.cancellable());
+        assert_eq!(flow.throttle.map(|t| t.limit), Some(3));
+        assert_eq!(flow.on_cancel.len(), 1);
+        assert_eq!(flow.cancel_on[0].event, "y");
+    }
+
+    #[test]
     fn every_problem_of_a_file_is_reported_at_its_line() {
         check(
             "rules:\n  - name: a\n    on: { evnt: x }\n    do:\n      - log: hi\n        retyr: { attempts: 2 }\n",
