@@ -929,7 +929,7 @@ impl Store for PgStore {
                     .await?;
                 if change_to.terminal && change_to.frees_slot {
                     // A run that ended frees a slot of its execution's group.
-                    woke |= query("UPDATE executions SET next_attempt_at = $1 WHERE status = 'pending' AND wait_kind = 'queue' AND (rule, flow_key) = (SELECT e.rule, e.flow_key FROM followed f JOIN executions e ON e.id = f.execution_id WHERE f.resource_id = $2 AND e.flow_key IS NOT NULL)")
+                    woke |= query("UPDATE executions SET next_attempt_at = $1 WHERE id = (SELECT q.id FROM followed f JOIN executions e ON e.id = f.execution_id JOIN executions q ON q.rule = e.rule AND q.flow_key = e.flow_key WHERE f.resource_id = $2 AND q.status = 'pending' AND q.wait_kind = 'queue' ORDER BY q.created_at, q.id LIMIT 1)")
                         .bind(now)
                         .bind(&change_to.resource_id)
                         .execute(&mut *transaction)

@@ -973,7 +973,7 @@ fn complete_events(
     )?;
     // A run that ended frees a slot of its execution's group: the queue behind it goes on.
     let mut wake = transaction.prepare_cached(
-        "UPDATE executions SET next_attempt_at = ?1 WHERE status = 'pending' AND wait_kind = 'queue' AND (rule, flow_key) = (SELECT e.rule, e.flow_key FROM followed f JOIN executions e ON e.id = f.execution_id WHERE f.resource_id = ?2 AND e.flow_key IS NOT NULL)",
+        "UPDATE executions SET next_attempt_at = ?1 WHERE id = (SELECT q.id FROM followed f JOIN executions e ON e.id = f.execution_id JOIN executions q ON q.rule = e.rule AND q.flow_key = e.flow_key WHERE f.resource_id = ?2 AND q.status = 'pending' AND q.wait_kind = 'queue' ORDER BY q.created_at, q.id LIMIT 1)",
     )?;
     let mut fired_now = Vec::with_capacity(batch.len());
     for (event_id, outcome) in batch {

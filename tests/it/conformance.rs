@@ -128,6 +128,13 @@ macro_rules! conformance {
             // executions, execution, step_records
             executions_are_listed_newest_first_filtered_and_paged,
             an_unknown_execution_is_none,
+            // admit, cancel, cancel_now, cancel_requested, wake_group
+            the_gate_queues_behind_an_active_member_and_admits_in_order,
+            skip_ends_a_later_one_and_cancel_previous_cancels_the_active_one,
+            a_throttle_waits_for_the_oldest_start_to_leave_its_period_or_drops,
+            quiet_hours_hold_an_execution_until_they_end,
+            cancelling_a_group_cancels_what_waits_and_what_follows_and_asks_a_running_one,
+            a_run_that_ends_wakes_the_queue_of_its_group,
         );
     };
     (@tests $backend:ident, $factory:ident, $($(#[$meta:meta])* $test:ident),+ $(,)?) => {
@@ -2175,4 +2182,370 @@ async fn an_unknown_execution_is_none(store: &dyn Store) {
     pending(store, "x").await;
     assert!(store.execution("y").await.unwrap().is_none());
     assert!(store.step_records("y").await.unwrap().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Flow control: admit, cancel, cancel_now, cancel_requested, wake_group
+
+/// A pending execution of rule `g` in group `key`.
+async fn member(store: &dyn Store, id: &str, key: &str) -> Execution {
+    let mut new = new_execution(id, "g", "pending");
+    new.flow_key = Some(key.to_owned());
+    store.insert_executions(&[new]).await.unwrap();
+    // Distinct creation times: the older goes first.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    store.execution(id).await.unwrap().expect("just stored")
+}
+
+fn queue(limit: u32) -> flowd::store::Gate {
+    flowd::store::Gate {
+        concurrency: Some(flowd::rules::ruleset::Concurrency {
+            limit,
+            mode: flowd::rules::ruleset::ConcurrencyMode::Queue,
+        }),
+        poll: Duration::from_secs(2),
+        ..flowd::store::Gate::default()
+    }
+}
+
+async fn status_of(store: &dyn Store, id: &str) -> String {
+    store.execution(id).await.unwrap().expect("stored").status
+}
+
+async fn the_gate_queues_behind_an_active_member_and_admits_in_order(store: &dyn Store) {
+    use flowd::store::Admission;
+    for id in ["a", "b", "c"] {
+        member(store, id, "k").await;
+    }
+    member(store, "other", "k2").await;
+    let gate = queue(1);
+    assert_eq!(
+        store.admit("a", &gate, now()).await.unwrap(),
+        Admission::Admitted(vec![])
+    );
+    // Admitted again (a retry): still admitted, nothing else changes.
+    assert_eq!(
+        store.admit("a", &gate, now()).await.unwrap(),
+        Admission::Admitted(vec![])
+    );
+    let Admission::Waiting(waiting) = store.admit("b", &gate, now()).await.unwrap() else {
+        panic!("b must wait behind a");
+    };
+    assert_eq!(
+        (waiting.kind.as_str(), waiting.behind.as_deref()),
+        ("queue", Some("a"))
+    );
+    // c waits behind b, the older one, even before a is done.
+    let Admission::Waiting(waiting) = store.admit("c", &gate, now()).await.unwrap() else {
+        panic!("c must wait behind b");
+    };
+    assert_eq!(waiting.behind.as_deref(), Some("b"));
+    let b = store.execution("b").await.unwrap().unwrap();
+    assert_eq!(b.status, "waiting", "a waiting one shows as such");
+    assert_eq!(b.waiting.as_ref().map(|w| w.kind.as_str()), Some("queue"));
+    let filter = ExecutionFilter {
+        status: Some("waiting".into()),
+        limit: 10,
+        ..ExecutionFilter::default()
+    };
+    let listed: Vec<String> = store
+        .executions(&filter)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    // Another group is not held.
+    assert_eq!(
+        store.admit("other", &gate, now()).await.unwrap(),
+        Admission::Admitted(vec![])
+    );
+    // a ends: b goes, c still waits (behind b, now active).
+    let a = store.execution("a").await.unwrap().unwrap();
+    save_changed(store, &a, |e| e.status = "succeeded".into()).await;
+    store.wake_group("g", "k", now()).await.unwrap();
+    assert_eq!(
+        claim(store, now(), LEASE, 10).await,
+        vec!["b".to_owned()],
+        "the oldest queued one is woken"
+    );
+    assert_eq!(
+        store.admit("b", &gate, now()).await.unwrap(),
+        Admission::Admitted(vec![])
+    );
+    assert!(matches!(
+        store.admit("c", &gate, now()).await.unwrap(),
+        Admission::Waiting(_)
+    ));
+    // A limit of 2 lets c go beside b.
+    assert_eq!(
+        store.admit("c", &queue(2), now()).await.unwrap(),
+        Admission::Admitted(vec![])
+    );
+}
+
+async fn skip_ends_a_later_one_and_cancel_previous_cancels_the_active_one(store: &dyn Store) {
+    use flowd::rules::ruleset::{Concurrency, ConcurrencyMode};
+    use flowd::store::{Admission, Gate};
+    let mode = |mode| Gate {
+        concurrency: Some(Concurrency { limit: 1, mode }),
+        on_cancel: true,
+        ..Gate::default()
+    };
+    member(store, "a", "k").await;
+    member(store, "b", "k").await;
+    member(store, "c", "k").await;
+    assert_eq!(
+        store
+            .admit("a", &mode(ConcurrencyMode::Skip), now())
+            .await
+            .unwrap(),
+        Admission::Admitted(vec![])
+    );
+    let Admission::Ended(status, reason) = store
+        .admit("b", &mode(ConcurrencyMode::Skip), now())
+        .await
+        .unwrap()
+    else {
+        panic!("b is skipped");
+    };
+    assert_eq!(status, "skipped");
+    assert!(reason.contains('a') && reason.contains("skip"), "{reason}");
+    assert_eq!(status_of(store, "b").await, "skipped");
+    // c cancels a (not running: no lease) and starts; a's cancel execution is pending.
+    let admitted = store
+        .admit("c", &mode(ConcurrencyMode::CancelPrevious), now())
+        .await
+        .unwrap();
+    assert_eq!(admitted, Admission::Admitted(vec!["a".to_owned()]));
+    assert_eq!(status_of(store, "a").await, "cancelled");
+    let handler = store
+        .execution("cancel-a")
+        .await
+        .unwrap()
+        .expect("a cancel execution");
+    assert_eq!(
+        (handler.status.as_str(), handler.handler_status.as_deref()),
+        ("pending", Some("cancel"))
+    );
+    assert_eq!(handler.context["cancelled"]["execution"], "a");
+}
+
+async fn a_throttle_waits_for_the_oldest_start_to_leave_its_period_or_drops(store: &dyn Store) {
+    use flowd::rules::ruleset::{OnExcess, Throttle};
+    use flowd::store::{Admission, Gate};
+    let throttle = |on_excess| Gate {
+        throttle: Some(Throttle {
+            limit: 2,
+            period: Duration::from_secs(3600),
+            on_excess,
+        }),
+        ..Gate::default()
+    };
+    for id in ["a", "b", "c", "d"] {
+        member(store, id, "k").await;
+    }
+    let start = now();
+    assert_eq!(
+        store
+            .admit("a", &throttle(OnExcess::Delay), start)
+            .await
+            .unwrap(),
+        Admission::Admitted(vec![])
+    );
+    assert_eq!(
+        store
+            .admit("b", &throttle(OnExcess::Delay), start + secs(10))
+            .await
+            .unwrap(),
+        Admission::Admitted(vec![])
+    );
+    let Admission::Waiting(waiting) = store
+        .admit("c", &throttle(OnExcess::Delay), start + secs(20))
+        .await
+        .unwrap()
+    else {
+        panic!("c is throttled");
+    };
+    assert_eq!(waiting.kind, "throttle");
+    assert_eq!(
+        waiting.until,
+        Some(start + secs(3600)),
+        "the slot a holds frees an hour after a started"
+    );
+    assert!(
+        !claim(store, start + secs(30), LEASE, 10)
+            .await
+            .contains(&"c".to_owned()),
+        "a throttled one is not due"
+    );
+    // d, dropped rather than delayed, is recorded as such.
+    store
+        .admit("c", &throttle(OnExcess::Delay), start + secs(3601))
+        .await
+        .unwrap();
+    let Admission::Ended(status, _) = store
+        .admit("d", &throttle(OnExcess::Drop), start + secs(3602))
+        .await
+        .unwrap()
+    else {
+        panic!("d is dropped");
+    };
+    assert_eq!(status, "dropped");
+    assert_eq!(status_of(store, "c").await, "pending");
+}
+
+async fn quiet_hours_hold_an_execution_until_they_end(store: &dyn Store) {
+    use flowd::store::{Admission, Gate};
+    member(store, "a", "k").await;
+    let until = now() + minutes(90);
+    let gate = Gate {
+        quiet_until: Some(until),
+        ..Gate::default()
+    };
+    let Admission::Waiting(waiting) = store.admit("a", &gate, now()).await.unwrap() else {
+        panic!("held");
+    };
+    assert_eq!(
+        (waiting.kind.as_str(), waiting.until),
+        ("quiet_hours", Some(until))
+    );
+    assert!(
+        claim(store, now() + minutes(89), LEASE, 10)
+            .await
+            .is_empty()
+    );
+    assert_eq!(claim(store, until, LEASE, 10).await, vec!["a".to_owned()]);
+    assert_eq!(
+        store.admit("a", &Gate::default(), until).await.unwrap(),
+        Admission::Admitted(vec![])
+    );
+}
+
+async fn cancelling_a_group_cancels_what_waits_and_what_follows_and_asks_a_running_one(
+    store: &dyn Store,
+) {
+    use flowd::store::{CancelRequest, Gate};
+    let following = member(store, "following", "k").await;
+    store
+        .admit("following", &Gate::default(), now())
+        .await
+        .unwrap();
+    let done = save_changed(store, &following, |e| e.status = "succeeded".into()).await;
+    follow(store, &done, &run("run-1", "following", now())).await;
+    member(store, "waiting", "k").await;
+    member(store, "running", "k").await;
+    member(store, "elsewhere", "k2").await;
+    let request = CancelRequest {
+        rule: "g".into(),
+        key: "k".into(),
+        only: None,
+        reason: "withdrawn".into(),
+        on_cancel: true,
+    };
+    // "running" is claimed (a live lease): it is asked to stop, not cancelled under its runner;
+    // "waiting" is not due (as in a retry's backoff or a wait), so it is not claimed.
+    let waiting = store.execution("waiting").await.unwrap().unwrap();
+    save_changed(store, &waiting, |e| e.next_attempt_at = now() + minutes(60)).await;
+    let running_claimed = claim(store, now() + secs(1), LEASE, 10).await;
+    assert!(
+        running_claimed.contains(&"running".to_owned()),
+        "{running_claimed:?}"
+    );
+    let mut cancelled = store.cancel(&request, now()).await.unwrap();
+    cancelled.sort();
+    assert!(
+        cancelled.contains(&"following".to_owned()) && cancelled.contains(&"waiting".to_owned()),
+        "{cancelled:?}"
+    );
+    assert!(!cancelled.contains(&"running".to_owned()));
+    assert_eq!(
+        status_of(store, "elsewhere").await,
+        "pending",
+        "another group is untouched"
+    );
+    let run = store.followed("run-1").await.unwrap().expect("followed");
+    assert!(
+        run.terminal && run.cancelled_at.is_some(),
+        "the run is cancelled with its execution"
+    );
+    assert_eq!(
+        store.cancel_requested("running").await.unwrap().as_deref(),
+        Some("withdrawn")
+    );
+    assert!(
+        store
+            .cancel_now("running", "withdrawn", true, now())
+            .await
+            .unwrap()
+    );
+    assert_eq!(status_of(store, "running").await, "cancelled");
+    for id in ["following", "waiting", "running"] {
+        assert!(
+            store
+                .execution(&format!("cancel-{id}"))
+                .await
+                .unwrap()
+                .is_some(),
+            "on_cancel of {id}"
+        );
+    }
+    // Again: nothing is cancelled twice.
+    assert!(store.cancel(&request, now()).await.unwrap().is_empty());
+    assert!(
+        !store
+            .cancel_now("running", "withdrawn", true, now())
+            .await
+            .unwrap()
+    );
+    // A later status of the cancelled run changes nothing.
+    let change = EventOutcome {
+        status_change: Some(change("run-1", "running", false)),
+        ..EventOutcome::default()
+    };
+    let id = some_events(store, 1).await[0];
+    store.complete_events(&[(id, change)]).await.unwrap();
+    let run = store.followed("run-1").await.unwrap().expect("followed");
+    assert!(run.terminal && run.status == "queued", "{run:?}");
+}
+
+async fn a_run_that_ends_wakes_the_queue_of_its_group(store: &dyn Store) {
+    use flowd::store::Admission;
+    let gate = queue(1);
+    let a = member(store, "a", "k").await;
+    member(store, "b", "k").await;
+    store.admit("a", &gate, now()).await.unwrap();
+    let done = save_changed(store, &a, |e| e.status = "succeeded".into()).await;
+    follow(store, &done, &run("run-a", "a", now())).await;
+    assert!(
+        matches!(
+            store.admit("b", &gate, now()).await.unwrap(),
+            Admission::Waiting(_)
+        ),
+        "a's run keeps a active"
+    );
+    assert!(claim(store, now(), LEASE, 10).await.is_empty());
+    let mut ended = change("run-a", "finished", true);
+    ended.frees_slot = true;
+    let id = some_events(store, 1).await[0];
+    store
+        .complete_events(&[(
+            id,
+            EventOutcome {
+                status_change: Some(ended),
+                ..EventOutcome::default()
+            },
+        )])
+        .await
+        .unwrap();
+    assert_eq!(
+        claim(store, now() + secs(1), LEASE, 10).await,
+        vec!["b".to_owned()],
+        "woken by the run's end"
+    );
+    assert_eq!(
+        store.admit("b", &gate, now()).await.unwrap(),
+        Admission::Admitted(vec![])
+    );
 }

@@ -177,6 +177,10 @@ pub(super) async fn admit(
         .bind(id)
         .execute(&mut *connection)
         .await?;
+    // Room for more than one: the next in line looks now too.
+    if gate.concurrency.is_some_and(|c| c.limit > 1) {
+        wake_group(connection, &rule, &key, now).await?;
+    }
     Ok(Admission::Admitted(cancelled))
 }
 
@@ -360,7 +364,7 @@ pub(super) async fn wake_group(
     key: &str,
     now: DateTime<Utc>,
 ) -> Result<u64, StoreError> {
-    Ok(query("UPDATE executions SET next_attempt_at = $3 WHERE rule = $1 AND flow_key = $2 AND status = 'pending' AND wait_kind = 'queue' AND next_attempt_at > $3")
+    Ok(query("UPDATE executions SET next_attempt_at = $3 WHERE id = (SELECT id FROM executions WHERE rule = $1 AND flow_key = $2 AND status = 'pending' AND wait_kind = 'queue' ORDER BY created_at, id LIMIT 1) AND next_attempt_at > $3")
         .bind(rule)
         .bind(key)
         .bind(now)

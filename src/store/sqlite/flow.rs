@@ -152,6 +152,10 @@ pub(super) fn admit(
     transaction
         .prepare_cached("UPDATE executions SET admitted_at = ?1, wait_kind = NULL, wait_until = NULL, wait_behind = NULL, updated_at = ?1 WHERE id = ?2")?
         .execute(params![time_text(now), id])?;
+    // Room for more than one: the next in line looks now too.
+    if gate.concurrency.is_some_and(|c| c.limit > 1) {
+        wake_group(transaction, &rule, &key, now)?;
+    }
     Ok(Admission::Admitted(cancelled))
 }
 
@@ -314,7 +318,7 @@ pub(super) fn wake_group(
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     transaction
-        .prepare_cached("UPDATE executions SET next_attempt_at = ?3 WHERE rule = ?1 AND flow_key = ?2 AND status = 'pending' AND wait_kind = 'queue' AND next_attempt_at > ?3")?
+        .prepare_cached("UPDATE executions SET next_attempt_at = ?3 WHERE id = (SELECT id FROM executions WHERE rule = ?1 AND flow_key = ?2 AND status = 'pending' AND wait_kind = 'queue' ORDER BY created_at, id LIMIT 1) AND next_attempt_at > ?3")?
         .execute(params![rule, key, time_text(now)])?;
     Ok(())
 }
