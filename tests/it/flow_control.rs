@@ -374,3 +374,202 @@ rules:
         2
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quiet_hours_hold_in_the_candidate_s_zone_only() {
+    // A window from an hour ago to an hour from now, in each candidate's own zone: in UTC the
+    // candidate is inside it; twelve hours east, outside.
+    let now = chrono::Utc::now();
+    let from = (now - chrono::TimeDelta::hours(1)).format("%H:%M");
+    let to = (now + chrono::TimeDelta::hours(1)).format("%H:%M");
+    let rules = format!(
+        r#"
+rules:
+  - name: invite
+    on: {{ event: invite }}
+    key: "{{{{event.data.candidate}}}}"
+    quiet_hours: {{ from: "{from}", to: "{to}", timezone: "{{{{event.data.tz}}}}" }}
+    do:
+      - notify: {{ url: SINK_URL, body: {{ invite: "{{{{event.data.candidate}}}}" }} }}
+"#
+    );
+    let world = world(&rules, &[]).await;
+    post_event(
+        &world.daemon,
+        "invite",
+        json!({"candidate": "near", "tz": "UTC"}),
+    )
+    .await;
+    post_event(
+        &world.daemon,
+        "invite",
+        json!({"candidate": "far", "tz": "Etc/GMT-12"}),
+    )
+    .await;
+    eventually(WAIT, "the far candidate is invited", || async {
+        bodies(&world).into_iter().find(|b| b["invite"] == "far")
+    })
+    .await;
+    let held = eventually(WAIT, "the near one is held", || async {
+        let all = executions(&world, "invite").await;
+        with_status(&all, "waiting").first().map(|e| (*e).clone())
+    })
+    .await;
+    assert_eq!(held["waiting"]["kind"], "quiet_hours");
+    assert_eq!(held["context"]["event"]["data"]["candidate"], "near");
+    let until =
+        chrono::DateTime::parse_from_rfc3339(held["waiting"]["until"].as_str().expect("until"))
+            .expect("a time");
+    let expected = now + chrono::TimeDelta::hours(1);
+    assert!(
+        (until.timestamp() - expected.timestamp()).abs() <= 61,
+        "{until} vs {expected}"
+    );
+    assert!(!bodies(&world).iter().any(|b| b["invite"] == "near"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expires_after_stops_a_retrying_execution_once_and_cancel_on_stops_a_backoff() {
+    let rules = r#"
+rules:
+  - name: stale
+    on: { event: invite }
+    key: "{{event.data.candidate}}"
+    expires_after: 2s
+    cancel_on:
+      - { event: withdrawn, key: "{{event.data.candidate}}" }
+    do:
+      - notify: { url: SINK_URL, body: { invite: "{{event.data.candidate}}" } }
+        retry: { attempts: 100, backoff: 300ms, max_backoff: 300ms }
+"#;
+    let world = world(rules, &[]).await;
+    world.sink.fail_next(1_000_000);
+    post_event(&world.daemon, "invite", json!({"candidate": "old"})).await;
+    post_event(&world.daemon, "invite", json!({"candidate": "gone"})).await;
+    // Both fail and back off; "gone" withdraws during a backoff.
+    eventually(WAIT, "both retried", || async {
+        let all = executions(&world, "stale").await;
+        (all.len() == 2 && all.iter().all(|e| e["attempt"].as_i64() >= Some(1))).then_some(())
+    })
+    .await;
+    post_event(&world.daemon, "withdrawn", json!({"candidate": "gone"})).await;
+    let ended = eventually(WAIT, "one expired, one cancelled", || async {
+        let all = executions(&world, "stale").await;
+        let statuses: Vec<(String, String)> = all
+            .iter()
+            .map(|e| {
+                (
+                    e["context"]["event"]["data"]["candidate"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    e["status"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        (statuses.contains(&("old".into(), "expired".into()))
+            && statuses.contains(&("gone".into(), "cancelled".into())))
+        .then_some(all)
+    })
+    .await;
+    let expired = ended
+        .iter()
+        .find(|e| e["status"] == "expired")
+        .expect("expired");
+    assert!(
+        expired["last_error"]
+            .as_str()
+            .is_some_and(|r| r.contains("expired")),
+        "{expired}"
+    );
+    let letters: Value = reqwest::get(world.daemon.admin_url("/api/v1/dead-letters"))
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    let letters = letters["dead_letters"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        letters
+            .iter()
+            .filter(|l| l["kind"] == "expires_after")
+            .count(),
+        1,
+        "one dead letter for the expiry: {letters:?}"
+    );
+    // Nothing more is tried for either.
+    let tried = world.sink.received().len();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        world.sink.received().len(),
+        tried,
+        "attempts went on after the end"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queue_killed_with_kill_9_goes_on_in_order_without_doubles() {
+    let mut world = world(&screening("{ limit: 1, mode: queue }", ""), &[]).await;
+    for n in 0..6 {
+        post_event(
+            &world.daemon,
+            "application.created",
+            json!({"candidate": "c-1", "n": n}),
+        )
+        .await;
+    }
+    let first = eventually(WAIT, "the first chat", || async {
+        runs(&world).await.into_iter().next().map(|(id, ..)| id)
+    })
+    .await;
+    drive(&world.sim, &first, "finished", Value::Null).await;
+    eventually(WAIT, "the second chat", || async {
+        (runs(&world).await.len() == 2).then_some(())
+    })
+    .await;
+    let state = world.kill_daemon();
+    world.start_again(state);
+    // The restarted daemon listens elsewhere: the simulator's webhooks follow it.
+    let organization = world
+        .client
+        .list("organizations", &flowd::recrubo::ListQuery::new())
+        .await
+        .expect("orgs")
+        .items[0]
+        .id
+        .clone();
+    world
+        .client
+        .set_organization_webhook(
+            &organization,
+            &world.daemon.public_url("/webhooks/recrubo"),
+            &flowd::settings::Secret::new(crate::engine::WEBHOOK_SECRET.into()),
+        )
+        .await
+        .expect("point the webhooks at the restarted daemon");
+    let mut finished = 1;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while finished < 6 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stalled after {finished}"
+        );
+        let all = runs(&world).await;
+        let active: Vec<_> = all
+            .iter()
+            .filter(|(_, status, _)| status == "queued")
+            .collect();
+        assert!(active.len() <= 1, "{active:?}");
+        assert!(all.len() <= 6, "a chat was started twice: {all:?}");
+        if let Some((id, _, state)) = active.first() {
+            assert_eq!(state["n"], json!(finished));
+            drive(&world.sim, id, "finished", Value::Null).await;
+            finished += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(runs(&world).await.len(), 6);
+}
