@@ -5,6 +5,10 @@
 # Needs wrk (apt-get install wrk). Loopback only; stops by itself.
 #
 #   bench/e2e_load.sh [SECONDS]
+#
+# FLOW_CONTROL=1 gives the rule a key (one per event: many distinct keys) and
+# `concurrency: { limit: 1, mode: queue }`, so that the cost of flow control on the common
+# path is measured against the same rule without it (DESIGN 2.5; run both in one sitting).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-10}"
@@ -17,13 +21,21 @@ sim=$!
 for _ in $(seq 100); do grep -q 'base_url to' "$work/sim.out" 2>/dev/null && break; sleep 0.1; done
 base=$(sed -n 's/.*base_url to //p' "$work/sim.out")
 mkdir -p "$work/rules"
-cat > "$work/rules/start.yaml" <<'YAML'
+if [ "${FLOW_CONTROL:-0}" = 1 ]; then
+  flow_control='    key: "{{event.data.thread}}"
+    concurrency: { limit: 1, mode: queue }'
+else
+  flow_control=''
+fi
+cat > "$work/rules/start.yaml" <<YAML
 rules:
   - name: start-screening
     on: { event: application.created }
+$flow_control
     do:
       - start_flow_run: { flow: screening, message_thread: "{{event.data.thread}}" }
 YAML
+echo "flow control: ${FLOW_CONTROL:-0}"
 FLOWD_RECRUBO_BASE_URL="$base" RECRUBO_API_TOKEN=bench FLOWD_RECRUBO_RATE_LIMIT=0 \
   ./target/release/flowd run --rules "$work/rules" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
   --database "sqlite://$work/flowd.db" --log-format json --log-level warn,flowd::daemon=info 2> "$work/log" &

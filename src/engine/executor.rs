@@ -240,7 +240,7 @@ enum Gated {
 
 /// How long a queued execution waits at most before it looks again (it is woken sooner when
 /// its group frees a slot).
-const QUEUE_POLL: Duration = Duration::from_secs(2);
+const QUEUE_POLL: Duration = Duration::from_secs(10);
 
 /// Flow control before an execution's next step (DESIGN 2.5): it expires, stops for a
 /// cancellation asked while it was away, or passes the store's gate (or waits, or ends there).
@@ -261,22 +261,8 @@ async fn flow_gate(
     if !rule.flow.gated() || execution.flow_key.is_none() || execution.admitted_at.is_some() {
         return Ok(Gated::Go);
     }
-    let mut quiet_until = None;
-    if let Some(quiet) = &rule.flow.quiet_hours {
-        let evaluation = evaluation_context(engine, &execution.context, now);
-        let (until, warning) = plan::quiet_until(quiet, &evaluation, now);
-        if let Some(warning) = warning {
-            warn!(rule = %rule.name, execution = %execution.id, "{warning}");
-        }
-        quiet_until = until;
-    }
-    let gate = crate::store::Gate {
-        concurrency: rule.flow.concurrency,
-        throttle: rule.flow.throttle,
-        quiet_until,
-        on_cancel: !rule.flow.on_cancel.is_empty(),
-        poll: QUEUE_POLL,
-    };
+    let evaluation = evaluation_context(engine, &execution.context, now);
+    let gate = gate_for(rule, &evaluation, now);
     let was = execution.waiting.take().map(|waiting| waiting.kind);
     match engine.store.admit(&execution.id, &gate, now).await? {
         crate::store::Admission::Admitted(cancelled) => {
@@ -303,6 +289,25 @@ async fn flow_gate(
             Ok(Gated::Stop)
         }
         crate::store::Admission::Gone => Ok(Gated::Stop),
+    }
+}
+
+/// The gate of an execution of `rule` due at `now` (quiet hours judged in its context).
+pub(super) fn gate_for(rule: &Rule, evaluation: &Value, now: DateTime<Utc>) -> crate::store::Gate {
+    let mut quiet_until = None;
+    if let Some(quiet) = &rule.flow.quiet_hours {
+        let (until, warning) = plan::quiet_until(quiet, evaluation, now);
+        if let Some(warning) = warning {
+            warn!(rule = %rule.name, "{warning}");
+        }
+        quiet_until = until;
+    }
+    crate::store::Gate {
+        concurrency: rule.flow.concurrency,
+        throttle: rule.flow.throttle,
+        quiet_until,
+        on_cancel: !rule.flow.on_cancel.is_empty(),
+        poll: QUEUE_POLL,
     }
 }
 
@@ -379,16 +384,20 @@ async fn run_steps(
         Ok(found) => found,
         Err(reason) => return finish(engine, execution, "orphaned", Some(reason)).await,
     };
-    let mut first = true;
     loop {
         let index = execution.next_step as usize;
-        if watch_cancel && !std::mem::take(&mut first) {
-            if let Some(reason) = engine.store.cancel_requested(&execution.id).await? {
-                return cancel_self(engine, &rule, &execution, &reason).await;
-            }
-            if execution.expires_at.is_some_and(|at| at <= Utc::now()) && index < steps.len() {
-                return expire(engine, &rule, &mut execution).await;
-            }
+        // Before every step, the first too: a cancellation may have come since the claim.
+        if watch_cancel
+            && index < steps.len()
+            && let Some(reason) = engine.store.cancel_requested(&execution.id).await?
+        {
+            return cancel_self(engine, rule, &execution, &reason).await;
+        }
+        if execution.handler_status.is_none()
+            && index < steps.len()
+            && execution.expires_at.is_some_and(|at| at <= Utc::now())
+        {
+            return expire(engine, rule, &mut execution).await;
         }
         let Some(step) = steps.get(index) else {
             return finish(engine, execution, "succeeded", None).await;
@@ -606,7 +615,8 @@ async fn fail_step(
         execution.step_started_at = None;
     }
     if let Some((at, delay)) = retry_at(&step.retry.unwrap_or_default(), execution, &failure) {
-        execution.next_attempt_at = at;
+        // An execution that expires before its next attempt stops then, not later.
+        execution.next_attempt_at = execution.expires_at.map_or(at, |expires| at.min(expires));
         record.status = "retrying".to_owned();
         warn!(rule = %execution.rule, execution = %execution.id, step = step.kind.name(), attempt = execution.attempt, ?delay, error = %message, "Step failed; retrying");
         engine.store.record_step(record).await?;

@@ -271,7 +271,15 @@ pub fn quiet_end(
     for _ in 0..=24 * 60 {
         match zone.from_local_datetime(&end) {
             chrono::LocalResult::Single(at) => return Some(at.with_timezone(&Utc)),
-            chrono::LocalResult::Ambiguous(first, _) => return Some(first.with_timezone(&Utc)),
+            // The first occurrence, unless it has passed already (now is in the second).
+            chrono::LocalResult::Ambiguous(first, second) => {
+                let first = first.with_timezone(&Utc);
+                return Some(if first > now {
+                    first
+                } else {
+                    second.with_timezone(&Utc)
+                });
+            }
             chrono::LocalResult::None => end += chrono::TimeDelta::minutes(1),
         }
     }
@@ -394,6 +402,20 @@ mod tests {
                     .unwrap()
                     .with_timezone(&Utc)
             )
+        );
+        // A window ending in the hour that repeats (25 October 2026, 02:00–03:00 twice): in
+        // the second pass it ends at the second 02:30, not the first (which has passed).
+        let (one, half_past_two) = (
+            NaiveTime::from_hms_opt(1, 0, 0).expect("from"),
+            NaiveTime::from_hms_opt(2, 30, 0).expect("to"),
+        );
+        assert_eq!(
+            quiet_end(one, half_past_two, amsterdam, at("2026-10-25T00:15:00Z")),
+            Some(at("2026-10-25T00:30:00Z"))
+        );
+        assert_eq!(
+            quiet_end(one, half_past_two, amsterdam, at("2026-10-25T01:15:00Z")),
+            Some(at("2026-10-25T01:30:00Z"))
         );
         // A zone from far away: 10:00 UTC is 19:00 in Tokyo, not quiet; 13:00 UTC is 22:00.
         let tokyo = chrono_tz::Asia::Tokyo;

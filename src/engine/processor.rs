@@ -465,6 +465,7 @@ fn pending(rule: &Rule, event_id: i64, context: Value) -> NewExecution {
         first_step_creates: plan::first_step_creates(rule, None),
         flow_key: None,
         expires_at: None,
+        gate: None,
     }
 }
 
@@ -487,7 +488,13 @@ fn with_flow(
     }
     let evaluation = evaluation_context(engine, &execution.context, now);
     match plan::flow_key(rule, &evaluation) {
-        Ok(key) => execution.flow_key = Some(key),
+        Ok(key) => {
+            execution.flow_key = Some(key);
+            // Judged where it is stored, in the same transaction (no write of its own).
+            if rule.flow.gated() {
+                execution.gate = Some(super::executor::gate_for(rule, &evaluation, now));
+            }
+        }
         Err(reason) => {
             warn!(rule = %rule.name, reason = %reason, "Execution not started");
             execution.status = "failed".into();
@@ -873,6 +880,7 @@ fn handler_execution(
         first_step_creates: false,
         flow_key: None,
         expires_at: None,
+        gate: None,
     };
     let Some(rule) = set.get(&followed.rule) else {
         warn!(rule = %followed.rule, run = %followed.resource_id, "The rule that started this run is gone; orphaned");

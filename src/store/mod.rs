@@ -194,6 +194,10 @@ pub struct NewExecution {
     pub flow_key: Option<String>,
     /// When it expires unfinished (`expires_after`).
     pub expires_at: Option<DateTime<Utc>>,
+    /// The flow-control gate, judged in the transaction that stores it (see [`Store::admit`]):
+    /// an execution of a group with room starts admitted, with no write of its own; one
+    /// without room is stored waiting (or skipped, dropped). `None` outside flow control.
+    pub gate: Option<Gate>,
 }
 
 /// Why a waiting execution waits (DESIGN 2.5), as the admin API shows it.

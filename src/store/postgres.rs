@@ -460,6 +460,28 @@ async fn insert_events(
     Ok(outcomes)
 }
 
+/// Judges the flow-control gate of new executions in the transaction that stores them (the
+/// common case, a group with room, costs no commit of its own), their groups' locks taken in
+/// order so two instances storing executions of the same groups never wait on each other.
+async fn admit_new(
+    connection: &mut PgConnection,
+    executions: &[&NewExecution],
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let mut gated: Vec<&NewExecution> = executions
+        .iter()
+        .copied()
+        .filter(|e| e.gate.is_some() && e.status == "pending" && e.flow_key.is_some())
+        .collect();
+    gated.sort_by(|a, b| (&a.rule, &a.flow_key).cmp(&(&b.rule, &b.flow_key)));
+    for execution in gated {
+        if let Some(gate) = &execution.gate {
+            flow::admit(connection, &execution.id, gate, now).await?;
+        }
+    }
+    Ok(())
+}
+
 /// One text column of a batch bound as an array (`unnest` turns it into rows).
 fn texts<T>(items: &[T], get: impl Fn(&T) -> Option<String>) -> Vec<Option<String>> {
     items.iter().map(get).collect()
@@ -919,14 +941,20 @@ impl Store for PgStore {
                 }
             }
             if let Some(change_to) = &outcome.status_change {
-                query(change)
+                let changed = query(change)
                     .bind(&change_to.status)
                     .bind(change_to.remote_updated_at)
                     .bind(now)
                     .bind(change_to.terminal)
                     .bind(&change_to.resource_id)
                     .execute(&mut *transaction)
-                    .await?;
+                    .await?
+                    .rows_affected();
+                if changed == 0 {
+                    // flowd cancelled the run since the change was judged: nothing fires.
+                    fired_now.push(false);
+                    continue;
+                }
                 if change_to.terminal && change_to.frees_slot {
                     // A run that ended frees a slot of its execution's group.
                     woke |= query("UPDATE executions SET next_attempt_at = $1 WHERE id = (SELECT q.id FROM followed f JOIN executions e ON e.id = f.execution_id JOIN executions q ON q.rule = e.rule AND q.flow_key = e.flow_key WHERE f.resource_id = $2 AND q.status = 'pending' AND q.wait_kind = 'queue' ORDER BY q.created_at, q.id LIMIT 1)")
@@ -943,6 +971,7 @@ impl Store for PgStore {
         }
         let created = !executions.is_empty();
         insert_new_executions(&mut transaction, &executions, now).await?;
+        admit_new(&mut transaction, &executions, now).await?;
         transaction.commit().await?;
         // Done events may let the next status change of their run go; new executions are work.
         self.notifier.signal(INBOX_CHANNEL);
@@ -1364,8 +1393,17 @@ impl Store for PgStore {
 
     async fn insert_executions(&self, executions: &[NewExecution]) -> Result<(), StoreError> {
         let now = Utc::now();
-        let mut connection = self.pool.acquire().await?;
-        insert_new_executions(&mut connection, &executions.iter().collect::<Vec<_>>(), now).await?;
+        let executions_ref: Vec<&NewExecution> = executions.iter().collect();
+        if executions.iter().any(|e| e.gate.is_some()) {
+            // Stored and judged in one transaction.
+            let mut transaction = self.pool.begin().await?;
+            insert_new_executions(&mut transaction, &executions_ref, now).await?;
+            admit_new(&mut transaction, &executions_ref, now).await?;
+            transaction.commit().await?;
+        } else {
+            let mut connection = self.pool.acquire().await?;
+            insert_new_executions(&mut connection, &executions_ref, now).await?;
+        }
         if !executions.is_empty() {
             self.notifier.signal(EXECUTIONS_CHANNEL);
         }

@@ -515,6 +515,17 @@ fn insert_execution(
     Ok(())
 }
 
+/// Judges a new execution's flow-control gate in the transaction that stores it: the common
+/// case (a group with room) costs no write of its own.
+fn admit_new(transaction: &Transaction<'_>, execution: &NewExecution) -> Result<(), StoreError> {
+    if let Some(gate) = &execution.gate
+        && execution.status == "pending"
+    {
+        flow::admit(transaction, &execution.id, gate, Utc::now())?;
+    }
+    Ok(())
+}
+
 /// Deletes finished executions older than `before` or beyond the newest `keep`, their steps, and
 /// processed events nothing refers to any more. Pending executions and followed runs stay.
 fn prune(
@@ -753,6 +764,7 @@ fn apply(transaction: &Transaction<'_>, op: &WriteOp) -> Result<WriteResult, Sto
             let now = time_text(Utc::now());
             for execution in executions {
                 insert_execution(transaction, execution, &now)?;
+                admit_new(transaction, execution)?;
             }
             Ok(WriteResult::Done)
         }
@@ -996,19 +1008,25 @@ fn complete_events(
             continue;
         }
         if let Some(status_change) = &outcome.status_change {
-            change.execute(params![
+            let changed = change.execute(params![
                 status_change.status,
                 status_change.remote_updated_at.map(time_text),
                 now,
                 i64::from(status_change.terminal),
                 status_change.resource_id,
             ])?;
+            if changed == 0 {
+                // flowd cancelled the run since the change was judged: nothing fires for it.
+                fired_now.push(false);
+                continue;
+            }
             if status_change.terminal && status_change.frees_slot {
                 wake.execute(params![now, status_change.resource_id])?;
             }
         }
         for execution in &outcome.executions {
             insert_execution(transaction, execution, &now)?;
+            admit_new(transaction, execution)?;
         }
         fired_now.push(true);
     }

@@ -240,6 +240,7 @@ pub(crate) fn new_execution(id: &str, rule: &str, status: &str) -> NewExecution 
         first_step_creates: false,
         flow_key: None,
         expires_at: None,
+        gate: None,
     }
 }
 

@@ -23,6 +23,7 @@ fn execution(id: &str, rule: &str, status: &str) -> NewExecution {
         first_step_creates: false,
         flow_key: None,
         expires_at: None,
+        gate: None,
     }
 }
 

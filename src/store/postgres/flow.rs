@@ -100,45 +100,6 @@ pub(super) async fn admit(
             .await;
         }
     }
-    let mut cancelled = Vec::new();
-    if let Some(concurrency) = gate.concurrency {
-        let active: Vec<String> = query(ACTIVE)
-            .bind(&rule)
-            .bind(&key)
-            .bind(id)
-            .fetch_all(&mut *connection)
-            .await?
-            .iter()
-            .map(|row| row.try_get("id"))
-            .collect::<Result<_, _>>()?;
-        let limit = concurrency.limit as usize;
-        if active.len() >= limit {
-            match concurrency.mode {
-                ConcurrencyMode::Queue => {
-                    let behind = active.first().cloned();
-                    return wait(connection, id, "queue", None, behind, poll, now).await;
-                }
-                ConcurrencyMode::Skip => {
-                    let reason = format!(
-                        "concurrency: key `{key}` already has {} active (limit {limit}, mode skip)",
-                        active.join(", ")
-                    );
-                    return end(connection, id, "skipped", reason, now).await;
-                }
-                ConcurrencyMode::CancelPrevious => {
-                    let reason =
-                        format!("cancelled by {id} (concurrency: cancel_previous, key `{key}`)");
-                    for previous in &active[..active.len() + 1 - limit] {
-                        if cancel_locked(connection, previous, &reason, gate.on_cancel, now, false)
-                            .await?
-                        {
-                            cancelled.push(previous.clone());
-                        }
-                    }
-                }
-            }
-        }
-    }
     if let Some(throttle) = gate.throttle {
         let period = chrono::Duration::from_std(throttle.period).unwrap_or(chrono::Duration::MAX);
         let since = now
@@ -168,6 +129,46 @@ pub(super) async fn admit(
                         humantime::format_duration(throttle.period)
                     );
                     return end(connection, id, "dropped", reason, now).await;
+                }
+            }
+        }
+    }
+    let mut cancelled = Vec::new();
+    if let Some(concurrency) = gate.concurrency {
+        let active: Vec<String> = query(ACTIVE)
+            .bind(&rule)
+            .bind(&key)
+            .bind(id)
+            .fetch_all(&mut *connection)
+            .await?
+            .iter()
+            .map(|row| row.try_get("id"))
+            .collect::<Result<_, _>>()?;
+        let limit = concurrency.limit as usize;
+        if active.len() >= limit {
+            match concurrency.mode {
+                ConcurrencyMode::Queue => {
+                    let behind = active.first().cloned();
+                    return wait(connection, id, "queue", None, behind, poll, now).await;
+                }
+                ConcurrencyMode::Skip => {
+                    let reason = format!(
+                        "concurrency: key `{key}` already has {} active (limit {limit}, mode skip)",
+                        active.join(", ")
+                    );
+                    return end(connection, id, "skipped", reason, now).await;
+                }
+                ConcurrencyMode::CancelPrevious => {
+                    let reason =
+                        format!("cancelled by {id} (concurrency: cancel_previous, key `{key}`)");
+                    for previous in &active[..active.len() + 1 - limit] {
+                        // One running now is asked to stop at its next step.
+                        if cancel_locked(connection, previous, &reason, gate.on_cancel, now, true)
+                            .await?
+                        {
+                            cancelled.push(previous.clone());
+                        }
+                    }
                 }
             }
         }

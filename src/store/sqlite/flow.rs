@@ -81,6 +81,35 @@ pub(super) fn admit(
             );
         }
     }
+    if let Some(throttle) = gate.throttle {
+        let period = chrono::Duration::from_std(throttle.period).unwrap_or(chrono::Duration::MAX);
+        let since = now
+            .checked_sub_signed(period)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let starts: Vec<String> = transaction
+            .prepare_cached("SELECT admitted_at FROM executions WHERE rule = ?1 AND flow_key = ?2 AND admitted_at > ?3 ORDER BY admitted_at")?
+            .query_map(params![rule, key, time_text(since)], |row| row.get(0))?
+            .collect::<Result<_, _>>()?;
+        let limit = throttle.limit as usize;
+        if starts.len() >= limit {
+            match throttle.on_excess {
+                OnExcess::Delay => {
+                    // The slot the oldest start in the window holds frees a period after it.
+                    let frees = super::parse_time(&starts[starts.len() - limit])?;
+                    let until = frees.checked_add_signed(period).unwrap_or(poll);
+                    return wait(transaction, id, "throttle", Some(until), None, until, now);
+                }
+                OnExcess::Drop => {
+                    let reason = format!(
+                        "throttle: key `{key}` started {} times in the last {} (limit {limit}); dropped",
+                        starts.len(),
+                        humantime::format_duration(throttle.period)
+                    );
+                    return end(transaction, id, "dropped", reason, now);
+                }
+            }
+        }
+    }
     let mut cancelled = Vec::new();
     if let Some(concurrency) = gate.concurrency {
         let active: Vec<String> = transaction
@@ -112,39 +141,12 @@ pub(super) fn admit(
                     let reason =
                         format!("cancelled by {id} (concurrency: cancel_previous, key `{key}`)");
                     for previous in &active[..active.len() + 1 - limit] {
-                        if cancel_one(transaction, previous, &reason, gate.on_cancel, now, false)? {
+                        // One running now is asked to stop at its next step (cancelled under
+                        // its runner, it would be written back by the runner's next save).
+                        if cancel_one(transaction, previous, &reason, gate.on_cancel, now, true)? {
                             cancelled.push(previous.clone());
                         }
                     }
-                }
-            }
-        }
-    }
-    if let Some(throttle) = gate.throttle {
-        let period = chrono::Duration::from_std(throttle.period).unwrap_or(chrono::Duration::MAX);
-        let since = now
-            .checked_sub_signed(period)
-            .unwrap_or(DateTime::<Utc>::MIN_UTC);
-        let starts: Vec<String> = transaction
-            .prepare_cached("SELECT admitted_at FROM executions WHERE rule = ?1 AND flow_key = ?2 AND admitted_at > ?3 ORDER BY admitted_at")?
-            .query_map(params![rule, key, time_text(since)], |row| row.get(0))?
-            .collect::<Result<_, _>>()?;
-        let limit = throttle.limit as usize;
-        if starts.len() >= limit {
-            match throttle.on_excess {
-                OnExcess::Delay => {
-                    // The slot the oldest start in the window holds frees a period after it.
-                    let frees = super::parse_time(&starts[starts.len() - limit])?;
-                    let until = frees.checked_add_signed(period).unwrap_or(poll);
-                    return wait(transaction, id, "throttle", Some(until), None, until, now);
-                }
-                OnExcess::Drop => {
-                    let reason = format!(
-                        "throttle: key `{key}` started {} times in the last {} (limit {limit}); dropped",
-                        starts.len(),
-                        humantime::format_duration(throttle.period)
-                    );
-                    return end(transaction, id, "dropped", reason, now);
                 }
             }
         }
