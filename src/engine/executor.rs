@@ -219,10 +219,13 @@ async fn run_execution(engine: &Engine, mut execution: Execution) -> Result<(), 
             Gated::Stop => return Ok(()),
         }
     }
-    let outcome = run_steps(engine, &rule, execution.clone()).await;
+    let mut follows = false;
+    let outcome = run_steps(engine, &rule, execution.clone(), &mut follows).await;
     // An execution that ended may free a slot of its group: the oldest one queued behind it
-    // looks again now, not at its next poll.
+    // looks again now, not at its next poll. One that follows a run keeps its slot until the
+    // run ends, and that end wakes the queue (the store does, with the run's status).
     if main
+        && !follows
         && rule.flow.concurrency.is_some()
         && let Some(key) = &execution.flow_key
         && let Err(err) = engine.store.wake_group(&rule.name, key, Utc::now()).await
@@ -368,6 +371,7 @@ async fn run_steps(
     engine: &Engine,
     rule: &Rule,
     mut execution: Execution,
+    follows: &mut bool,
 ) -> Result<(), StoreError> {
     let handler = match (
         execution.handler_step.as_deref(),
@@ -380,7 +384,7 @@ async fn run_steps(
     // A running execution of a rule that can be cancelled looks for a cancellation between
     // its steps (asked by `cancel_on` or `cancel_previous` while it ran).
     let watch_cancel = execution.handler_status.is_none() && rule.flow.cancellable();
-    let (steps, prefix) = match plan::steps_to_run(&rule, handler) {
+    let (steps, prefix) = match plan::steps_to_run(rule, handler) {
         Ok(found) => found,
         Err(reason) => return finish(engine, execution, "orphaned", Some(reason)).await,
     };
@@ -538,6 +542,7 @@ async fn run_steps(
                     engine.events_waiting.notify_one();
                 }
                 if let Some(followed) = &followed {
+                    *follows = true;
                     info!(rule = %execution.rule, resource = %followed.resource_id, kind = %followed.resource_type, "Following");
                 }
                 if last {
@@ -546,7 +551,7 @@ async fn run_steps(
                     if watch_cancel
                         && let Some(reason) = engine.store.cancel_requested(&execution.id).await?
                     {
-                        return cancel_self(engine, &rule, &execution, &reason).await;
+                        return cancel_self(engine, rule, &execution, &reason).await;
                     }
                     return Ok(());
                 }
