@@ -308,6 +308,7 @@ pub(super) fn gate_for(rule: &Rule, evaluation: &Value, now: DateTime<Utc>) -> c
     crate::store::Gate {
         concurrency: rule.flow.concurrency,
         throttle: rule.flow.throttle,
+        debounce: rule.flow.debounce,
         quiet_until,
         on_cancel: !rule.flow.on_cancel.is_empty(),
         poll: QUEUE_POLL,

@@ -49,6 +49,10 @@ pub struct RuleModel {
     /// At most `limit` executions of a key group start per sliding `period`.
     #[serde(default)]
     pub throttle: Option<Located<ThrottleModel>>,
+    /// Events of a key group that arrive within `period` of the previous one are merged into
+    /// one execution.
+    #[serde(default)]
+    pub debounce: Option<Located<DebounceModel>>,
     /// Executions due inside this daily window are held until it ends.
     #[serde(default)]
     pub quiet_hours: Option<Located<QuietHoursModel>>,
@@ -91,6 +95,32 @@ pub enum ConcurrencyMode {
     Skip,
     /// Cancels the active one(s) and starts.
     CancelPrevious,
+}
+
+/// `debounce:`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DebounceModel {
+    /// How long after the last event of a group the execution starts, e.g. `10m`.
+    pub period: Located<String>,
+    /// Which event it runs with: `first`, `last` (default) or `all` (`event.batch`).
+    #[serde(default)]
+    pub keep: Option<Located<DebounceKeep>>,
+    /// It starts at the latest this long after the first event, however many follow.
+    #[serde(default)]
+    pub max_wait: Option<Located<String>>,
+}
+
+/// Which events a debounced execution runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DebounceKeep {
+    /// The first event of the window.
+    First,
+    /// The last event of the window.
+    Last,
+    /// All of them, as `event.batch` (oldest first).
+    All,
 }
 
 /// `throttle:`.

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::expr::Condition;
 use super::located::Pos;
-pub use super::model::{CatchUp, ConcurrencyMode, NotifyPreset, OnExcess};
+pub use super::model::{CatchUp, ConcurrencyMode, DebounceKeep, NotifyPreset, OnExcess};
 use super::template::{Template, TemplateValue};
 use crate::recrubo::{FlowGenerationStatus, FlowRunStatus};
 
@@ -117,6 +117,8 @@ pub struct FlowControl {
     pub concurrency: Option<Concurrency>,
     /// Starts per group and sliding period.
     pub throttle: Option<Throttle>,
+    /// Events of a group merged into one execution.
+    pub debounce: Option<Debounce>,
     /// A daily window in which nothing starts.
     pub quiet_hours: Option<QuietHours>,
     /// How long after its creation an unfinished execution expires.
@@ -131,7 +133,10 @@ impl FlowControl {
     /// Whether an execution passes the store's gate before its first step (a limit, a
     /// throttle, quiet hours).
     pub fn gated(&self) -> bool {
-        self.concurrency.is_some() || self.throttle.is_some() || self.quiet_hours.is_some()
+        self.concurrency.is_some()
+            || self.throttle.is_some()
+            || self.quiet_hours.is_some()
+            || self.debounce.is_some()
     }
 
     /// Whether the rule's executions carry a group key (`key`, or the whole rule for a
@@ -157,6 +162,17 @@ pub struct Concurrency {
     pub limit: u32,
     /// What a later one does.
     pub mode: ConcurrencyMode,
+}
+
+/// `debounce`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Debounce {
+    /// Quiet time after the last event.
+    pub period: Duration,
+    /// Which event(s) it runs with.
+    pub keep: DebounceKeep,
+    /// The longest wait after the first event.
+    pub max_wait: Option<Duration>,
 }
 
 /// `throttle`.

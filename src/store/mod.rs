@@ -203,12 +203,77 @@ pub struct NewExecution {
 /// Why a waiting execution waits (DESIGN 2.5), as the admin API shows it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Waiting {
-    /// `queue`, `throttle` or `quiet_hours`.
+    /// `queue`, `throttle`, `quiet_hours` or `debounce`.
     pub kind: String,
     /// Until when, where that is known (throttle, quiet hours).
     pub until: Option<DateTime<Utc>>,
     /// The execution it waits behind (queue).
     pub behind: Option<String>,
+}
+
+/// When a debounce window opened at `first` ends after an event at `now`.
+pub fn debounce_window_end(
+    first: DateTime<Utc>,
+    now: DateTime<Utc>,
+    debounce: crate::rules::ruleset::Debounce,
+) -> DateTime<Utc> {
+    let after = |at: DateTime<Utc>, span: std::time::Duration| {
+        chrono::Duration::from_std(span)
+            .ok()
+            .and_then(|span| at.checked_add_signed(span))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
+    };
+    let end = after(now, debounce.period);
+    match debounce.max_wait {
+        Some(max_wait) => end.min(after(first, max_wait)),
+        None => end,
+    }
+}
+
+/// The context of an execution that opens a debounce window: with `keep: all`, its event gets
+/// `batch`, the list of the window's events (`{type, id, data}`, oldest first).
+pub fn debounce_open(mut context: Value, keep: crate::rules::ruleset::DebounceKeep) -> Value {
+    if keep == crate::rules::ruleset::DebounceKeep::All
+        && let Some(event) = context.get_mut("event").and_then(Value::as_object_mut)
+    {
+        let mut first = event.clone();
+        first.remove("batch");
+        event.insert("batch".into(), Value::Array(vec![Value::Object(first)]));
+    }
+    context
+}
+
+/// The context of an open debounce window after one more event's execution (`context`) joins
+/// it: the first kept, the last taken, or the event added to `event.batch`.
+pub fn debounce_merge(
+    open: Value,
+    mut context: Value,
+    keep: crate::rules::ruleset::DebounceKeep,
+) -> Value {
+    use crate::rules::ruleset::DebounceKeep;
+    match keep {
+        DebounceKeep::First => open,
+        DebounceKeep::Last => context,
+        DebounceKeep::All => {
+            let mut open = open;
+            let event = context
+                .get_mut("event")
+                .map(Value::take)
+                .unwrap_or(Value::Null);
+            let mut event = event;
+            if let Some(map) = event.as_object_mut() {
+                map.remove("batch");
+            }
+            if let Some(batch) = open
+                .get_mut("event")
+                .and_then(|event| event.get_mut("batch"))
+                .and_then(Value::as_array_mut)
+            {
+                batch.push(event);
+            }
+            open
+        }
+    }
 }
 
 /// What [`Store::admit`] applies to an execution before its first step.
@@ -220,6 +285,8 @@ pub struct Gate {
     pub throttle: Option<crate::rules::ruleset::Throttle>,
     /// Quiet hours now: held until then.
     pub quiet_until: Option<DateTime<Utc>>,
+    /// Events of the group merged (judged when the execution is stored).
+    pub debounce: Option<crate::rules::ruleset::Debounce>,
     /// Whether the rule has `on_cancel` steps (an execution cancelled by `cancel_previous`
     /// gets a cancel execution).
     pub on_cancel: bool,

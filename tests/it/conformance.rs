@@ -135,6 +135,7 @@ macro_rules! conformance {
             quiet_hours_hold_an_execution_until_they_end,
             cancelling_a_group_cancels_what_waits_and_what_follows_and_asks_a_running_one,
             a_run_that_ends_wakes_the_queue_of_its_group,
+            a_debounce_merges_a_group_s_events_into_one_execution,
         );
     };
     (@tests $backend:ident, $factory:ident, $($(#[$meta:meta])* $test:ident),+ $(,)?) => {
@@ -2549,4 +2550,72 @@ async fn a_run_that_ends_wakes_the_queue_of_its_group(store: &dyn Store) {
         store.admit("b", &gate, now()).await.unwrap(),
         Admission::Admitted(vec![])
     );
+}
+
+async fn a_debounce_merges_a_group_s_events_into_one_execution(store: &dyn Store) {
+    use flowd::rules::ruleset::{Debounce, DebounceKeep};
+    use flowd::store::{Admission, Gate};
+    let gate = Gate {
+        debounce: Some(Debounce {
+            period: Duration::from_secs(60),
+            keep: DebounceKeep::All,
+            max_wait: Some(Duration::from_secs(150)),
+        }),
+        ..Gate::default()
+    };
+    let start = now();
+    member(store, "a", "k").await;
+    let Admission::Waiting(waiting) = store.admit("a", &gate, start).await.unwrap() else {
+        panic!("a opens a window");
+    };
+    assert_eq!(
+        (waiting.kind.as_str(), waiting.until),
+        ("debounce", Some(start + secs(60)))
+    );
+    for (id, at) in [("b", 50), ("c", 100)] {
+        member(store, id, "k").await;
+        let Admission::Ended(status, reason) =
+            store.admit(id, &gate, start + secs(at)).await.unwrap()
+        else {
+            panic!("{id} is merged");
+        };
+        assert_eq!(status, "debounced");
+        assert!(reason.contains("merged into a"), "{reason}");
+    }
+    let a = store.execution("a").await.unwrap().unwrap();
+    // Each event moved the window on, up to max_wait after the first.
+    let bound = a.created_at + secs(150);
+    assert_eq!(a.waiting.as_ref().and_then(|w| w.until), Some(bound));
+    let batch = a.context["event"]["batch"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        batch
+            .iter()
+            .map(|e| e["data"]["id"].clone())
+            .collect::<Vec<_>>(),
+        vec![json!("a"), json!("b"), json!("c")],
+        "every event, oldest first"
+    );
+    // Another group opens its own window.
+    member(store, "x", "k2").await;
+    assert!(matches!(
+        store.admit("x", &gate, start).await.unwrap(),
+        Admission::Waiting(_)
+    ));
+    // Not before its time; then it starts, and a later event opens a new window.
+    assert!(matches!(
+        store.admit("a", &gate, bound - secs(1)).await.unwrap(),
+        Admission::Waiting(_)
+    ));
+    assert_eq!(
+        store.admit("a", &gate, bound).await.unwrap(),
+        Admission::Admitted(vec![])
+    );
+    member(store, "d", "k").await;
+    assert!(matches!(
+        store.admit("d", &gate, start + secs(151)).await.unwrap(),
+        Admission::Waiting(_)
+    ));
 }

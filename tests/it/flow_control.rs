@@ -573,3 +573,79 @@ async fn a_queue_killed_with_kill_9_goes_on_in_order_without_doubles() {
     }
     assert_eq!(runs(&world).await.len(), 6);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_debounce_runs_once_with_every_event_and_max_wait_bounds_a_steady_stream() {
+    let rules = r#"
+rules:
+  - name: profile
+    on: { event: profile.updated }
+    key: "{{event.data.candidate}}"
+    debounce: { period: 1s, keep: all }
+    do:
+      - notify: { url: SINK_URL, body: { candidate: "{{event.data.candidate}}", batch: "{{event.batch}}" } }
+  - name: stream
+    on: { event: stream }
+    key: "{{event.data.candidate}}"
+    debounce: { period: 1s, keep: last, max_wait: 2s }
+    do:
+      - notify: { url: SINK_URL, body: { last: "{{event.data.n}}" } }
+"#;
+    let world = world(rules, &[]).await;
+    for n in 0..10 {
+        post_event(
+            &world.daemon,
+            "profile.updated",
+            json!({"candidate": "c-1", "n": n}),
+        )
+        .await;
+    }
+    let sent = eventually(WAIT, "one notification", || async {
+        bodies(&world).into_iter().find(|b| b["candidate"] == "c-1")
+    })
+    .await;
+    let batch = sent["batch"].as_array().cloned().unwrap_or_default();
+    assert_eq!(
+        batch
+            .iter()
+            .map(|e| e["data"]["n"].clone())
+            .collect::<Vec<_>>(),
+        (0..10).map(|n| json!(n)).collect::<Vec<_>>(),
+        "event.batch holds all ten, oldest first"
+    );
+    let all = executions(&world, "profile").await;
+    assert_eq!(with_status(&all, "debounced").len(), 9, "{all:?}");
+    // An event every 300 ms for 4 s: without max_wait it would never start; with it, it starts
+    // about every 2 s.
+    let started = std::time::Instant::now();
+    let mut n = 0;
+    while started.elapsed() < Duration::from_secs(4) {
+        post_event(&world.daemon, "stream", json!({"candidate": "c-2", "n": n})).await;
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let during = bodies(&world)
+        .iter()
+        .filter(|b| b.get("last").is_some())
+        .count();
+    assert!(
+        (1..=3).contains(&during),
+        "max_wait starts it during the stream: {during}"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        bodies(&world)
+            .iter()
+            .filter(|b| b["last"] == json!(n - 1))
+            .count(),
+        1,
+        "the last event of the stream runs once"
+    );
+    assert_eq!(
+        bodies(&world)
+            .iter()
+            .filter(|b| b["candidate"] == "c-1")
+            .count(),
+        1
+    );
+}

@@ -2,8 +2,10 @@
 //! `expires_after`, `cancel_on` and `on_cancel`.
 
 use super::*;
-use crate::rules::model::{ConcurrencyMode, LimitOrFull, OnExcess};
-use crate::rules::ruleset::{CancelOn, Concurrency, FlowControl, QuietHours, Throttle, Zone};
+use crate::rules::model::{ConcurrencyMode, DebounceKeep, LimitOrFull, OnExcess};
+use crate::rules::ruleset::{
+    CancelOn, Concurrency, Debounce, FlowControl, QuietHours, Throttle, Zone,
+};
 
 /// The longest `throttle.period` or `expires_after`: a year.
 const MAX_PERIOD: Duration = Duration::from_secs(366 * 24 * 3600);
@@ -95,6 +97,44 @@ impl Validator {
                         .on_excess
                         .as_ref()
                         .map_or(OnExcess::Delay, |on| on.value),
+                });
+            }
+        }
+        if let Some(debounce) = &model.debounce {
+            self.needs_key(ctx, model, debounce.at, "debounce");
+            let period = self.period(ctx, &debounce.value.period, "debounce.period");
+            let max_wait = debounce
+                .value
+                .max_wait
+                .as_ref()
+                .map(|max_wait| self.period(ctx, max_wait, "debounce.max_wait"));
+            if let (Some(period), Some(Some(max_wait))) = (period, max_wait)
+                && max_wait < period
+                && let Some(at) = debounce.value.max_wait.as_ref().map(|m| m.at)
+            {
+                self.error(
+                    ctx,
+                    at,
+                    "debounce.max_wait",
+                    "range",
+                    "`debounce.max_wait` is shorter than `debounce.period`",
+                )
+                .hint = Some(
+                    "`max_wait` bounds a window of several periods; make it at least the period"
+                        .to_owned(),
+                );
+            }
+            if let Some(period) = period
+                && !matches!(max_wait, Some(None))
+            {
+                flow.debounce = Some(Debounce {
+                    period,
+                    keep: debounce
+                        .value
+                        .keep
+                        .as_ref()
+                        .map_or(DebounceKeep::Last, |keep| keep.value),
+                    max_wait: max_wait.flatten(),
                 });
             }
         }

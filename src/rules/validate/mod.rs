@@ -595,6 +595,10 @@ rules:
             &format!("{head}    cancel_on:\n      - {{ event: y, key: k }}\n{tail}"),
             &[("needs_key", 5, "cancel_on")],
         );
+        check(
+            &format!("{head}    debounce: {{ period: 10m, max_wait: 1m }}\n{tail}"),
+            &[("needs_key", 4, "debounce"), ("range", 4, "debounce.max_wait")],
+        );
         // An empty quiet window, a time that is no time, a zone that is none.
         check(
             &format!("{head}    quiet_hours: {{ from: \"21:00\", to: \"21:00\" }}\n{tail}"),

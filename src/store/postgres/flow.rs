@@ -52,22 +52,75 @@ pub(super) async fn admit(
         return Ok(Admission::Admitted(Vec::new()));
     };
     group_lock(connection, &rule, &key).await?;
-    let row =
-        query("SELECT status, admitted_at, created_at FROM executions WHERE id = $1 FOR UPDATE")
-            .bind(id)
-            .fetch_optional(&mut *connection)
-            .await?;
+    let row = query("SELECT status, admitted_at, created_at, wait_kind, next_attempt_at, context FROM executions WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .fetch_optional(&mut *connection)
+        .await?;
     let Some(row) = row else {
         return Ok(Admission::Gone);
     };
     let status: String = row.try_get("status")?;
     let admitted_at: Option<DateTime<Utc>> = row.try_get("admitted_at")?;
     let created_at: DateTime<Utc> = row.try_get("created_at")?;
+    let wait_kind: Option<String> = row.try_get("wait_kind")?;
+    let due: DateTime<Utc> = row.try_get("next_attempt_at")?;
     if status != "pending" {
         return Ok(Admission::Gone);
     }
     if admitted_at.is_some() {
         return Ok(Admission::Admitted(Vec::new()));
+    }
+    if let Some(debounce) = gate.debounce {
+        match wait_kind.as_deref() {
+            // Its window: over once its time has come (a later event may have moved it on).
+            Some("debounce") => {
+                if due > now {
+                    return Ok(Admission::Waiting(Waiting {
+                        kind: "debounce".to_owned(),
+                        until: Some(due),
+                        behind: None,
+                    }));
+                }
+            }
+            // Judged when it is stored: it joins the group's open window, or opens one.
+            None => {
+                let context = json_of(row.try_get::<&str, _>("context")?)?;
+                let open = query("SELECT id, context, created_at FROM executions WHERE rule = $1 AND flow_key = $2 AND status = 'pending' AND wait_kind = 'debounce' AND admitted_at IS NULL AND id != $3 ORDER BY created_at, id LIMIT 1 FOR UPDATE")
+                    .bind(&rule)
+                    .bind(&key)
+                    .bind(id)
+                    .fetch_optional(&mut *connection)
+                    .await?;
+                let Some(open) = open else {
+                    let until = crate::store::debounce_window_end(created_at, now, debounce);
+                    let context = crate::store::debounce_open(context, debounce.keep);
+                    query("UPDATE executions SET context = $1 WHERE id = $2")
+                        .bind(context.to_string())
+                        .bind(id)
+                        .execute(&mut *connection)
+                        .await?;
+                    return wait(connection, id, "debounce", Some(until), None, until, now).await;
+                };
+                let open_id: String = open.try_get("id")?;
+                let open_created: DateTime<Utc> = open.try_get("created_at")?;
+                let merged = crate::store::debounce_merge(
+                    json_of(open.try_get::<&str, _>("context")?)?,
+                    context,
+                    debounce.keep,
+                );
+                let until = crate::store::debounce_window_end(open_created, now, debounce);
+                query("UPDATE executions SET context = $1, wait_until = $2, next_attempt_at = LEAST($2, COALESCE(expires_at, $2)), updated_at = $3 WHERE id = $4")
+                    .bind(merged.to_string())
+                    .bind(until)
+                    .bind(now)
+                    .bind(&open_id)
+                    .execute(&mut *connection)
+                    .await?;
+                let reason = format!("merged into {open_id} (debounce: key `{key}`)");
+                return end(connection, id, "debounced", reason, now).await;
+            }
+            Some(_) => {}
+        }
     }
     if let Some(until) = gate.quiet_until {
         return wait(connection, id, "quiet_hours", Some(until), None, until, now).await;

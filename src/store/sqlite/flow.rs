@@ -22,19 +22,27 @@ pub(super) fn admit(
 ) -> Result<Admission, StoreError> {
     let found = transaction
         .prepare_cached(
-            "SELECT rule, flow_key, status, admitted_at, created_at FROM executions WHERE id = ?",
+            "SELECT rule, flow_key, status, admitted_at, created_at, wait_kind, next_attempt_at, context FROM executions WHERE id = ?",
         )?
         .query_row([id], |row| {
             Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, Option<String>>(1)?,
-                row.get::<_, String>(2)?,
-                row.get::<_, Option<String>>(3)?,
-                row.get::<_, String>(4)?,
+                (
+                    row.get::<_, String>(0)?,
+                    row.get::<_, Option<String>>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, Option<String>>(3)?,
+                    row.get::<_, String>(4)?,
+                ),
+                (
+                    row.get::<_, Option<String>>(5)?,
+                    row.get::<_, String>(6)?,
+                    row.get::<_, String>(7)?,
+                ),
             ))
         })
         .optional()?;
-    let Some((rule, key, status, admitted_at, created_at)) = found else {
+    let Some(((rule, key, status, admitted_at, created_at), (wait_kind, due, context))) = found
+    else {
         return Ok(Admission::Gone);
     };
     if status != "pending" {
@@ -45,6 +53,54 @@ pub(super) fn admit(
     };
     if admitted_at.is_some() {
         return Ok(Admission::Admitted(Vec::new()));
+    }
+    if let Some(debounce) = gate.debounce {
+        match wait_kind.as_deref() {
+            // Its window: over once its time has come (a later event may have moved it on).
+            Some("debounce") => {
+                let due = super::parse_time(&due)?;
+                if due > now {
+                    return Ok(Admission::Waiting(Waiting {
+                        kind: "debounce".to_owned(),
+                        until: Some(due),
+                        behind: None,
+                    }));
+                }
+            }
+            // Judged when it is stored: it joins the group's open window, or opens one.
+            None => {
+                let open: Option<(String, String, String)> = transaction
+                    .prepare_cached("SELECT id, context, created_at FROM executions WHERE rule = ?1 AND flow_key = ?2 AND status = 'pending' AND wait_kind = 'debounce' AND admitted_at IS NULL AND id != ?3 ORDER BY created_at, id LIMIT 1")?
+                    .query_row(params![rule, key, id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+                    .optional()?;
+                let context = parse_json(&context)?;
+                let Some((open_id, open_context, open_created)) = open else {
+                    let first = super::parse_time(&created_at)?;
+                    let until = crate::store::debounce_window_end(first, now, debounce);
+                    let context = crate::store::debounce_open(context, debounce.keep);
+                    transaction
+                        .prepare_cached("UPDATE executions SET context = ?1 WHERE id = ?2")?
+                        .execute(params![context.to_string(), id])?;
+                    return wait(transaction, id, "debounce", Some(until), None, until, now);
+                };
+                let merged = crate::store::debounce_merge(
+                    parse_json(&open_context)?,
+                    context,
+                    debounce.keep,
+                );
+                let until = crate::store::debounce_window_end(
+                    super::parse_time(&open_created)?,
+                    now,
+                    debounce,
+                );
+                transaction
+                    .prepare_cached("UPDATE executions SET context = ?1, wait_until = ?2, next_attempt_at = CASE WHEN expires_at IS NOT NULL AND expires_at < ?2 THEN expires_at ELSE ?2 END, updated_at = ?3 WHERE id = ?4")?
+                    .execute(params![merged.to_string(), time_text(until), time_text(now), open_id])?;
+                let reason = format!("merged into {open_id} (debounce: key `{key}`)");
+                return end(transaction, id, "debounced", reason, now);
+            }
+            Some(_) => {}
+        }
     }
     if let Some(until) = gate.quiet_until {
         return wait(
