@@ -122,7 +122,8 @@ impl Daemon {
             settings.recrubo.webhook_secret.clone(),
             settings.events.tokens.clone(),
             settings.events.hmac_secret.clone(),
-        );
+        )
+        .with_rules(engine.reloader.clone());
         let public_addr = public.local_addr()?;
         let admin_addr = admin.local_addr()?;
         let admin_access = AdminAccess::new(Some(admin_addr), &settings.admin.hosts)

@@ -11,3 +11,11 @@ CREATE INDEX executions_group ON executions (rule, flow_key, created_at) WHERE f
 -- A run flowd cancelled with its execution: no handler fires for it any more.
 ALTER TABLE followed ADD COLUMN cancelled_at TIMESTAMPTZ;
 CREATE INDEX followed_execution ON followed (execution_id) WHERE NOT terminal;
+-- idempotency_key: the execution a rendered key started, until its window ends.
+CREATE TABLE idempotency (
+    rule          TEXT NOT NULL,
+    key           TEXT NOT NULL,
+    execution_id  TEXT NOT NULL,
+    until         TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (rule, key)
+);

@@ -188,6 +188,14 @@ fn key_text(
     Ok(crate::store::stored_key(&text).into_owned())
 }
 
+/// An execution's rendered `idempotency_key` (stored as its hash when too long for an index).
+pub fn idempotency_key(
+    template: &crate::rules::template::Template,
+    evaluation: &Value,
+) -> Result<String, String> {
+    key_text(template, evaluation, "idempotency_key")
+}
+
 /// The group a `cancel_on` entry cancels for an event (`evaluation` has `event`), or `None`
 /// when its condition is not true.
 pub fn cancel_key(

@@ -466,6 +466,7 @@ fn pending(rule: &Rule, event_id: i64, context: Value) -> NewExecution {
         flow_key: None,
         expires_at: None,
         gate: None,
+        idempotency: None,
     }
 }
 
@@ -483,10 +484,27 @@ fn with_flow(
     if let Some(after) = rule.flow.expires_after {
         execution.expires_at = super::checked_after(now, after);
     }
-    if !rule.flow.keyed() {
+    if !rule.flow.keyed() && rule.flow.idempotency.is_none() {
         return execution;
     }
     let evaluation = evaluation_context(engine, &execution.context, now);
+    if let Some((template, window)) = &rule.flow.idempotency {
+        match plan::idempotency_key(template, &evaluation) {
+            Ok(key) => {
+                let until = super::checked_after(now, *window).unwrap_or(DateTime::<Utc>::MAX_UTC);
+                execution.idempotency = Some((key, until));
+            }
+            Err(reason) => {
+                warn!(rule = %rule.name, reason = %reason, "Execution not started");
+                execution.status = "failed".into();
+                execution.note = Some(reason);
+                return execution;
+            }
+        }
+    }
+    if !rule.flow.keyed() {
+        return execution;
+    }
     match plan::flow_key(rule, &evaluation) {
         Ok(key) => {
             execution.flow_key = Some(key);
@@ -881,6 +899,7 @@ fn handler_execution(
         flow_key: None,
         expires_at: None,
         gate: None,
+        idempotency: None,
     };
     let Some(rule) = set.get(&followed.rule) else {
         warn!(rule = %followed.rule, run = %followed.resource_id, "The rule that started this run is gone; orphaned");

@@ -56,6 +56,13 @@ pub struct RuleModel {
     /// Executions due inside this daily window are held until it ends.
     #[serde(default)]
     pub quiet_hours: Option<Located<QuietHoursModel>>,
+    /// A second event that renders the same key within `idempotency_window` starts nothing
+    /// (e.g. `{{event.data.application_id}}`).
+    #[serde(default)]
+    pub idempotency_key: Option<Located<String>>,
+    /// How long an `idempotency_key` is remembered (default `24h`).
+    #[serde(default)]
+    pub idempotency_window: Option<Located<String>>,
     /// An execution not finished this long after it was created stops, `expired` (e.g. `48h`).
     #[serde(default)]
     pub expires_after: Option<Located<String>>,

@@ -27,6 +27,9 @@ pub struct RuleSet {
     pub files: Vec<PathBuf>,
     /// Every secret name the rules reference (`{{secrets.NAME}}`).
     pub secrets: BTreeSet<String>,
+    /// Rules with an `event` trigger, by event type, and those of them with an
+    /// `idempotency_key` (the intake answers a duplicate from these).
+    event_rules: HashMap<String, (usize, Vec<usize>)>,
 }
 
 impl RuleSet {
@@ -42,12 +45,23 @@ impl RuleSet {
             .enumerate()
             .map(|(index, rule)| (rule.name.clone(), index))
             .collect();
+        let mut event_rules: HashMap<String, (usize, Vec<usize>)> = HashMap::new();
+        for (index, rule) in rules.iter().enumerate() {
+            if let Trigger::Event { event_type } = &rule.trigger {
+                let entry = event_rules.entry(event_type.clone()).or_default();
+                entry.0 += 1;
+                if rule.flow.idempotency.is_some() {
+                    entry.1.push(index);
+                }
+            }
+        }
         RuleSet {
             rules: rules.into_iter().map(Arc::new).collect(),
             by_name,
             hash,
             files,
             secrets,
+            event_rules,
         }
     }
 
@@ -59,6 +73,17 @@ impl RuleSet {
     /// A rule by name.
     pub fn get(&self, name: &str) -> Option<&Arc<Rule>> {
         self.by_name.get(name).map(|index| &self.rules[*index])
+    }
+
+    /// The rules an event of this type starts, when every one of them has an
+    /// `idempotency_key` (then a duplicate of all of them starts nothing); empty otherwise.
+    pub fn all_idempotent(&self, event_type: &str) -> Vec<&Arc<Rule>> {
+        match self.event_rules.get(event_type) {
+            Some((count, idempotent)) if *count == idempotent.len() => {
+                idempotent.iter().map(|index| &self.rules[*index]).collect()
+            }
+            _ => Vec::new(),
+        }
     }
 
     /// How many rules there are.
@@ -121,6 +146,8 @@ pub struct FlowControl {
     pub debounce: Option<Debounce>,
     /// A daily window in which nothing starts.
     pub quiet_hours: Option<QuietHours>,
+    /// Renders the idempotency key of an execution, and how long it is remembered.
+    pub idempotency: Option<(Template, Duration)>,
     /// How long after its creation an unfinished execution expires.
     pub expires_after: Option<Duration>,
     /// Events that cancel a group.

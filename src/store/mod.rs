@@ -198,6 +198,10 @@ pub struct NewExecution {
     /// an execution of a group with room starts admitted, with no write of its own; one
     /// without room is stored waiting (or skipped, dropped). `None` outside flow control.
     pub gate: Option<Gate>,
+    /// Its rendered `idempotency_key` and when the key is forgotten: stored with it, unless a
+    /// live execution of the rule holds the key already (then it is stored `skipped`, naming
+    /// that execution).
+    pub idempotency: Option<(String, DateTime<Utc>)>,
 }
 
 /// Why a waiting execution waits (DESIGN 2.5), as the admin API shows it.
@@ -227,6 +231,24 @@ pub fn debounce_window_end(
     match debounce.max_wait {
         Some(max_wait) => end.min(after(first, max_wait)),
         None => end,
+    }
+}
+
+/// A new execution as stored when another holds its idempotency key: `skipped`, naming it.
+pub fn idempotent_duplicate(execution: &NewExecution, holder: &str) -> NewExecution {
+    let key = execution
+        .idempotency
+        .as_ref()
+        .map(|(key, _)| key.as_str())
+        .unwrap_or_default();
+    NewExecution {
+        status: "skipped".to_owned(),
+        note: Some(format!(
+            "duplicate of {holder} (idempotency_key `{key}` within its window)"
+        )),
+        gate: None,
+        idempotency: None,
+        ..execution.clone()
     }
 }
 
@@ -798,6 +820,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<bool, StoreError>;
     /// A cancellation asked for an execution ([`Store::cancel`]), if any.
     async fn cancel_requested(&self, execution_id: &str) -> Result<Option<String>, StoreError>;
+    /// The execution that holds a rule's idempotency key at `now`, if one does.
+    async fn idempotent_execution(
+        &self,
+        rule: &str,
+        key: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<String>, StoreError>;
     /// Wakes the queued executions of a group (one of it ended): due now.
     async fn wake_group(&self, rule: &str, key: &str, now: DateTime<Utc>)
     -> Result<(), StoreError>;

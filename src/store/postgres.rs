@@ -460,6 +460,55 @@ async fn insert_events(
     Ok(outcomes)
 }
 
+/// Claims the idempotency keys of new executions (sorted, so two instances never wait on each
+/// other); returns, by execution id, the duplicates to store instead (`skipped`, naming the
+/// execution that holds the key).
+async fn claim_idempotency(
+    connection: &mut PgConnection,
+    executions: &[&NewExecution],
+    now: DateTime<Utc>,
+) -> Result<std::collections::HashMap<String, NewExecution>, StoreError> {
+    let mut keyed: Vec<&NewExecution> = executions
+        .iter()
+        .copied()
+        .filter(|e| e.idempotency.is_some() && e.status == "pending")
+        .collect();
+    keyed.sort_by(|a, b| (&a.rule, &a.idempotency).cmp(&(&b.rule, &b.idempotency)));
+    let mut duplicates = std::collections::HashMap::new();
+    for execution in keyed {
+        let Some((key, until)) = &execution.idempotency else {
+            continue;
+        };
+        let holder: String = query("INSERT INTO idempotency (rule, key, execution_id, until) VALUES ($1, $2, $3, $4) ON CONFLICT (rule, key) DO UPDATE SET execution_id = CASE WHEN idempotency.until <= $5 THEN excluded.execution_id ELSE idempotency.execution_id END, until = CASE WHEN idempotency.until <= $5 THEN excluded.until ELSE idempotency.until END RETURNING execution_id")
+            .bind(&execution.rule)
+            .bind(key)
+            .bind(&execution.id)
+            .bind(until)
+            .bind(now)
+            .fetch_one(&mut *connection)
+            .await?
+            .try_get("execution_id")?;
+        if holder != execution.id {
+            duplicates.insert(
+                execution.id.clone(),
+                super::idempotent_duplicate(execution, &holder),
+            );
+        }
+    }
+    Ok(duplicates)
+}
+
+/// `executions` with the duplicates in their place.
+fn with_duplicates<'a>(
+    executions: &[&'a NewExecution],
+    duplicates: &'a std::collections::HashMap<String, NewExecution>,
+) -> Vec<&'a NewExecution> {
+    executions
+        .iter()
+        .map(|e| duplicates.get(&e.id).unwrap_or(e))
+        .collect()
+}
+
 /// Judges the flow-control gate of new executions in the transaction that stores them (the
 /// common case, a group with room, costs no commit of its own), their groups' locks taken in
 /// order so two instances storing executions of the same groups never wait on each other.
@@ -970,6 +1019,8 @@ impl Store for PgStore {
             fired_now.push(true);
         }
         let created = !executions.is_empty();
+        let duplicates = claim_idempotency(&mut transaction, &executions, now).await?;
+        let executions = with_duplicates(&executions, &duplicates);
         insert_new_executions(&mut transaction, &executions, now).await?;
         admit_new(&mut transaction, &executions, now).await?;
         transaction.commit().await?;
@@ -1394,9 +1445,14 @@ impl Store for PgStore {
     async fn insert_executions(&self, executions: &[NewExecution]) -> Result<(), StoreError> {
         let now = Utc::now();
         let executions_ref: Vec<&NewExecution> = executions.iter().collect();
-        if executions.iter().any(|e| e.gate.is_some()) {
+        if executions
+            .iter()
+            .any(|e| e.gate.is_some() || e.idempotency.is_some())
+        {
             // Stored and judged in one transaction.
             let mut transaction = self.pool.begin().await?;
+            let duplicates = claim_idempotency(&mut transaction, &executions_ref, now).await?;
+            let executions_ref = with_duplicates(&executions_ref, &duplicates);
             insert_new_executions(&mut transaction, &executions_ref, now).await?;
             admit_new(&mut transaction, &executions_ref, now).await?;
             transaction.commit().await?;
@@ -1469,6 +1525,23 @@ impl Store for PgStore {
             .map(|row| row.try_get::<Option<String>, _>("cancel_requested"))
             .transpose()?
             .flatten())
+    }
+
+    async fn idempotent_execution(
+        &self,
+        rule: &str,
+        key: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<String>, StoreError> {
+        let row = query(
+            "SELECT execution_id FROM idempotency WHERE rule = $1 AND key = $2 AND until > $3",
+        )
+        .bind(rule)
+        .bind(key)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|row| row.try_get("execution_id")).transpose()?)
     }
 
     async fn wake_group(

@@ -515,6 +515,35 @@ fn insert_execution(
     Ok(())
 }
 
+/// Stores a new execution: its idempotency key claimed first (a key another live execution
+/// holds stores it `skipped`), then its flow-control gate judged, in the same transaction.
+fn store_new(
+    transaction: &Transaction<'_>,
+    execution: &NewExecution,
+    now: &str,
+) -> Result<(), StoreError> {
+    if let Some((key, until)) = &execution.idempotency
+        && execution.status == "pending"
+    {
+        let claimed = transaction
+            .prepare_cached("INSERT INTO idempotency (rule, key, execution_id, until) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (rule, key) DO UPDATE SET execution_id = excluded.execution_id, until = excluded.until WHERE idempotency.until <= ?5")?
+            .execute(params![execution.rule, key, execution.id, time_text(*until), now])?;
+        if claimed == 0 {
+            let holder: String = transaction
+                .prepare_cached(
+                    "SELECT execution_id FROM idempotency WHERE rule = ?1 AND key = ?2",
+                )?
+                .query_row(params![execution.rule, key], |row| row.get(0))?;
+            if holder != execution.id {
+                let duplicate = super::idempotent_duplicate(execution, &holder);
+                return insert_execution(transaction, &duplicate, now);
+            }
+        }
+    }
+    insert_execution(transaction, execution, now)?;
+    admit_new(transaction, execution)
+}
+
 /// Judges a new execution's flow-control gate in the transaction that stores it: the common
 /// case (a group with room) costs no write of its own.
 fn admit_new(transaction: &Transaction<'_>, execution: &NewExecution) -> Result<(), StoreError> {
@@ -763,8 +792,7 @@ fn apply(transaction: &Transaction<'_>, op: &WriteOp) -> Result<WriteResult, Sto
         WriteOp::InsertExecutions(executions) => {
             let now = time_text(Utc::now());
             for execution in executions {
-                insert_execution(transaction, execution, &now)?;
-                admit_new(transaction, execution)?;
+                store_new(transaction, execution, &now)?;
             }
             Ok(WriteResult::Done)
         }
@@ -1025,8 +1053,7 @@ fn complete_events(
             }
         }
         for execution in &outcome.executions {
-            insert_execution(transaction, execution, &now)?;
-            admit_new(transaction, execution)?;
+            store_new(transaction, execution, &now)?;
         }
         fired_now.push(true);
     }
@@ -1483,6 +1510,22 @@ impl Store for SqliteStore {
                 .query_row([id], |row| row.get::<_, Option<String>>(0))
                 .optional()?
                 .flatten())
+        })
+        .await
+    }
+
+    async fn idempotent_execution(
+        &self,
+        rule: &str,
+        key: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<String>, StoreError> {
+        let (rule, key, now) = (rule.to_owned(), key.to_owned(), time_text(now));
+        self.read(move |connection| {
+            Ok(connection
+                .prepare_cached("SELECT execution_id FROM idempotency WHERE rule = ?1 AND key = ?2 AND until > ?3")?
+                .query_row(params![rule, key, now], |row| row.get(0))
+                .optional()?)
         })
         .await
     }

@@ -66,6 +66,9 @@ pub struct Intake {
     event_tokens: Arc<Vec<Secret<String>>>,
     hmac_secret: Option<Secret<String>>,
     replays: Arc<Mutex<ReplayCache>>,
+    store: Arc<dyn Store>,
+    /// The rules in force, for `idempotency_key` (a duplicate is answered at the door).
+    rules: Option<Arc<crate::engine::reload::Reloader>>,
 }
 
 impl std::fmt::Debug for Intake {
@@ -126,6 +129,7 @@ impl Intake {
         event_tokens: Vec<Secret<String>>,
         hmac_secret: Option<Secret<String>>,
     ) -> Intake {
+        let store_for_reads = store.clone();
         let (writer, mut receiver) = mpsc::channel::<Job>(QUEUE_EVENTS);
         let queued_bytes = Arc::new(AtomicUsize::new(0));
         let queued = queued_bytes.clone();
@@ -172,7 +176,43 @@ impl Intake {
             event_tokens: Arc::new(event_tokens),
             hmac_secret,
             replays: Arc::new(Mutex::new(ReplayCache::default())),
+            store: store_for_reads,
+            rules: None,
         }
+    }
+
+    /// Answers duplicates by `idempotency_key` at the door, from the rules in force.
+    pub fn with_rules(mut self, rules: Arc<crate::engine::reload::Reloader>) -> Intake {
+        self.rules = Some(rules);
+        self
+    }
+
+    /// The execution an external event duplicates (DESIGN 2.5 `idempotency_key`): when every
+    /// rule this event type starts has an `idempotency_key` and each finds its key held by a
+    /// live execution, the first of those. The processor judges it again when it stores the
+    /// event's executions (a duplicate that came before the first was processed is stored
+    /// `skipped` then), so this answer is only ever a shortcut.
+    async fn duplicate_of(&self, event: &Value) -> Option<String> {
+        let set = self.rules.as_ref()?.current();
+        let event_type = event["type"].as_str()?;
+        let rules = set.all_idempotent(event_type);
+        if rules.is_empty() {
+            return None;
+        }
+        let now = chrono::Utc::now();
+        let mut first = None;
+        for rule in rules {
+            let (template, _) = rule.flow.idempotency.as_ref()?;
+            let context = json!({ "event": event, "vars": Value::Object((*rule.vars).clone()) });
+            let key = crate::engine::plan::idempotency_key(template, &context).ok()?;
+            let holder = self
+                .store
+                .idempotent_execution(&rule.name, &key, now)
+                .await
+                .ok()??;
+            first.get_or_insert(holder);
+        }
+        first
     }
 
     /// Stores one event (with the others of its batch) and reports what happened. Never waits
@@ -423,6 +463,13 @@ pub async fn recrubo_webhook(
         dedup_key: Some(format!("recrubo:{}", payload.data.id)),
         payload: value,
     };
+    if let Some(holder) = intake.duplicate_of(&event.payload).await {
+        return (
+            StatusCode::OK,
+            Json(json!({ "status": "duplicate", "duplicate_of": holder })),
+        )
+            .into_response();
+    }
     match intake.store_sized(event, body.len()).await {
         Ok(outcome) => accepted(outcome),
         Err(err) => err.response(),
@@ -624,6 +671,13 @@ pub async fn external_event(
         dedup_key: id.as_ref().map(|id| event_dedup_key(&event_type, id)),
         payload: json!({ "type": event_type, "id": id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string()), "data": data }),
     };
+    if let Some(holder) = intake.duplicate_of(&event.payload).await {
+        return (
+            StatusCode::OK,
+            Json(json!({ "status": "duplicate", "duplicate_of": holder })),
+        )
+            .into_response();
+    }
     match intake.store_sized(event, body.len()).await {
         Ok(outcome) => accepted(outcome),
         Err(err) => {

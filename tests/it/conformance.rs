@@ -136,6 +136,7 @@ macro_rules! conformance {
             cancelling_a_group_cancels_what_waits_and_what_follows_and_asks_a_running_one,
             a_run_that_ends_wakes_the_queue_of_its_group,
             a_debounce_merges_a_group_s_events_into_one_execution,
+            an_idempotency_key_is_held_by_one_execution_within_its_window,
         );
     };
     (@tests $backend:ident, $factory:ident, $($(#[$meta:meta])* $test:ident),+ $(,)?) => {
@@ -242,6 +243,7 @@ pub(crate) fn new_execution(id: &str, rule: &str, status: &str) -> NewExecution 
         flow_key: None,
         expires_at: None,
         gate: None,
+        idempotency: None,
     }
 }
 
@@ -2618,4 +2620,66 @@ async fn a_debounce_merges_a_group_s_events_into_one_execution(store: &dyn Store
         store.admit("d", &gate, start + secs(151)).await.unwrap(),
         Admission::Waiting(_)
     ));
+}
+
+async fn an_idempotency_key_is_held_by_one_execution_within_its_window(store: &dyn Store) {
+    let keyed = |id: &str, until: DateTime<Utc>| {
+        let mut new = new_execution(id, "apply", "pending");
+        new.idempotency = Some(("app-1".to_owned(), until));
+        new
+    };
+    let ids = some_events(store, 2).await;
+    let outcome = |execution: NewExecution| EventOutcome {
+        executions: vec![execution],
+        ..EventOutcome::default()
+    };
+    store
+        .complete_events(&[(ids[0], outcome(keyed("first", now() + minutes(60))))])
+        .await
+        .unwrap();
+    store
+        .complete_events(&[(ids[1], outcome(keyed("second", now() + minutes(60))))])
+        .await
+        .unwrap();
+    assert_eq!(status_of(store, "first").await, "pending");
+    let second = store.execution("second").await.unwrap().expect("stored");
+    assert_eq!(second.status, "skipped");
+    assert!(
+        second
+            .last_error
+            .as_deref()
+            .is_some_and(|r| r.contains("first"))
+    );
+    assert_eq!(
+        store
+            .idempotent_execution("apply", "app-1", now())
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("first")
+    );
+    assert_eq!(
+        store
+            .idempotent_execution("other", "app-1", now())
+            .await
+            .unwrap(),
+        None
+    );
+    // Once the window has passed, the key is free: the next one holds it.
+    assert_eq!(
+        store
+            .idempotent_execution("apply", "app-1", now() + minutes(61))
+            .await
+            .unwrap(),
+        None
+    );
+    store
+        .insert_executions(&[keyed("late", now() + minutes(120))])
+        .await
+        .unwrap();
+    assert_eq!(
+        status_of(store, "late").await,
+        "skipped",
+        "still inside the first window"
+    );
 }

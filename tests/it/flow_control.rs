@@ -649,3 +649,79 @@ rules:
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idempotency_key_starts_nothing_twice_and_the_second_post_names_the_first() {
+    let rules = r#"
+rules:
+  - name: apply
+    on: { event: application.created }
+    idempotency_key: "{{event.data.application_id}}"
+    idempotency_window: 1h
+    do:
+      - notify: { url: SINK_URL, body: { application: "{{event.data.application_id}}" } }
+"#;
+    let world = world(rules, &[]).await;
+    let first = post_event(
+        &world.daemon,
+        "application.created",
+        json!({"application_id": "a-1"}),
+    )
+    .await;
+    assert_eq!(first.status(), 202);
+    // Posted before the first was processed: stored, then recorded as a duplicate.
+    let racing = post_event(
+        &world.daemon,
+        "application.created",
+        json!({"application_id": "a-1", "n": 2}),
+    )
+    .await;
+    assert!(racing.status() == 202 || racing.status() == 200);
+    let first_id = eventually(WAIT, "the first execution", || async {
+        let all = executions(&world, "apply").await;
+        all.iter()
+            .find(|e| e["status"] == "succeeded")
+            .and_then(|e| e["id"].as_str().map(str::to_owned))
+    })
+    .await;
+    let second = post_event(
+        &world.daemon,
+        "application.created",
+        json!({"application_id": "a-1", "n": 3}),
+    )
+    .await;
+    assert_eq!(second.status(), 200);
+    let body: Value = second.json().await.expect("json");
+    assert_eq!(body["duplicate_of"], json!(first_id), "{body}");
+    let other = post_event(
+        &world.daemon,
+        "application.created",
+        json!({"application_id": "a-2"}),
+    )
+    .await;
+    assert_eq!(other.status(), 202);
+    eventually(WAIT, "a-2 runs", || async {
+        bodies(&world)
+            .into_iter()
+            .find(|b| b["application"] == "a-2")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        bodies(&world)
+            .iter()
+            .filter(|b| b["application"] == "a-1")
+            .count(),
+        1,
+        "a-1 once"
+    );
+    let all = executions(&world, "apply").await;
+    for skipped in with_status(&all, "skipped") {
+        assert!(
+            skipped["last_error"]
+                .as_str()
+                .is_some_and(|r| r.contains(&first_id)),
+            "{skipped}"
+        );
+    }
+}

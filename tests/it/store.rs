@@ -24,6 +24,7 @@ fn execution(id: &str, rule: &str, status: &str) -> NewExecution {
         flow_key: None,
         expires_at: None,
         gate: None,
+        idempotency: None,
     }
 }
 

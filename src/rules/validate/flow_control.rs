@@ -179,6 +179,29 @@ impl Validator {
                 });
             }
         }
+        match (&model.idempotency_key, &model.idempotency_window) {
+            (Some(key), window) => {
+                let template = self.template(ctx, scope, "idempotency_key", key);
+                let window = match window {
+                    Some(window) => self.period(ctx, window, "idempotency_window"),
+                    None => Some(Duration::from_secs(24 * 3600)),
+                };
+                if let (Some(template), Some(window)) = (template, window) {
+                    flow.idempotency = Some((template, window));
+                }
+            }
+            (None, Some(window)) => {
+                self.error(
+                    ctx,
+                    window.at,
+                    "idempotency_window",
+                    "needs_key",
+                    "`idempotency_window` needs an `idempotency_key`",
+                )
+                .hint = Some("say what makes two events the same, e.g. `idempotency_key: \"{{event.data.application_id}}\"`".to_owned());
+            }
+            (None, None) => {}
+        }
         if let Some(expires) = &model.expires_after {
             flow.expires_after = self.period(ctx, expires, "expires_after");
         }

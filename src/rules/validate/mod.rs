@@ -597,7 +597,14 @@ rules:
         );
         check(
             &format!("{head}    debounce: {{ period: 10m, max_wait: 1m }}\n{tail}"),
-            &[("needs_key", 4, "debounce"), ("range", 4, "debounce.max_wait")],
+            &[
+                ("needs_key", 4, "debounce"),
+                ("range", 4, "debounce.max_wait"),
+            ],
+        );
+        check(
+            &format!("{head}    idempotency_window: 1h\n{tail}"),
+            &[("needs_key", 4, "idempotency_window")],
         );
         // An empty quiet window, a time that is no time, a zone that is none.
         check(
