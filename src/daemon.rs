@@ -221,6 +221,10 @@ impl Daemon {
             engine.clone(),
             work_shutdown.clone(),
         ));
+        let deadline_task = tokio::spawn(crate::engine::deadlines::run(
+            engine.clone(),
+            work_shutdown.clone(),
+        ));
         let instance_id = engine.settings.instance.clone();
         let me = move |reloader: &crate::engine::reload::Reloader| crate::store::Instance {
             id: instance_id.clone(),
@@ -382,6 +386,7 @@ impl Daemon {
             let _ = processor_task.await;
             let _ = executor_task.await;
             let _ = reconcile_task.await;
+            let _ = deadline_task.await;
             let _ = schedule_task.await;
             let _ = prune_task.await;
             let _ = listen_task.await;

@@ -19,3 +19,7 @@ CREATE TABLE idempotency (
     until         TEXT NOT NULL,
     PRIMARY KEY (rule, key)
 );
+-- `deadline` on a create step: when the run is late, and when its deadline handler fired.
+ALTER TABLE followed ADD COLUMN deadline_at TEXT;
+ALTER TABLE followed ADD COLUMN deadline_fired_at TEXT;
+CREATE INDEX followed_deadline ON followed (deadline_at) WHERE deadline_at IS NOT NULL AND deadline_fired_at IS NULL AND terminal = 0;

@@ -954,6 +954,9 @@ fn followed_run(
         poll_failures: 0,
         gone_at: None,
         cancelled_at: None,
+        deadline_at: step
+            .deadline
+            .and_then(|after| super::checked_after(Utc::now(), after)),
     })
 }
 

@@ -6,6 +6,7 @@
 //! ([`processor`]), running them with durable retries ([`executor`]), and polling followed runs
 //! whose webhooks went missing ([`reconcile`]).
 
+pub mod deadlines;
 pub mod dry_run;
 pub mod effects;
 pub mod executor;

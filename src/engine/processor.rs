@@ -874,7 +874,7 @@ fn fire_for(
 }
 
 /// The `on_status` handler execution of a followed run, looked up in the rule set in force.
-fn handler_execution(
+pub(super) fn handler_execution(
     set: &RuleSet,
     followed: &FollowedRun,
     status: &str,

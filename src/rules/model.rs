@@ -418,6 +418,10 @@ pub struct StepModel {
     /// Handlers by status, for `start_flow_run` and `generate_flow` steps.
     #[serde(default)]
     pub on_status: Option<Located<StatusHandlers>>,
+    /// For `start_flow_run` and `generate_flow`: if what it started is not terminal this long
+    /// after it started, `on_status.deadline` fires once (e.g. `72h`).
+    #[serde(default)]
+    pub deadline: Option<Located<String>>,
 
     /// `POST /flow-runs`.
     #[serde(default)]

@@ -625,8 +625,10 @@ pub struct Step {
     pub continue_on_error: bool,
     /// What the step does.
     pub kind: StepKind,
-    /// Handlers by status (only for `start_flow_run` and `generate_flow`).
+    /// Handlers by status (only for `start_flow_run` and `generate_flow`); `deadline` is one.
     pub on_status: Vec<(String, Vec<Step>)>,
+    /// `on_status.deadline` fires if what it started is not terminal this long after.
+    pub deadline: Option<Duration>,
 }
 
 /// HTTP methods the `http` and `recrubo` steps accept.

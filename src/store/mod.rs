@@ -496,6 +496,9 @@ pub struct FollowedRun {
     pub gone_at: Option<DateTime<Utc>>,
     /// When flowd cancelled it with its execution (DESIGN 2.5): no handler fires for it.
     pub cancelled_at: Option<DateTime<Utc>>,
+    /// When it is late (`deadline` on the step that started it): `on_status.deadline` fires
+    /// once if it is not terminal then.
+    pub deadline_at: Option<DateTime<Utc>>,
 }
 
 /// A status change to apply to a followed run.
@@ -820,6 +823,21 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<bool, StoreError>;
     /// A cancellation asked for an execution ([`Store::cancel`]), if any.
     async fn cancel_requested(&self, execution_id: &str) -> Result<Option<String>, StoreError>;
+    /// Followed runs past their deadline, not terminal, whose deadline has not fired: the ones
+    /// late longest first, at most `limit`.
+    async fn due_deadlines(
+        &self,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<FollowedRun>, StoreError>;
+    /// Fires deadlines, each once (also across instances): a run's deadline is marked fired and
+    /// its handler execution, if it has one, stored in the same transaction. Returns how many
+    /// fired now.
+    async fn fire_deadlines(
+        &self,
+        fires: &[(String, Option<NewExecution>)],
+        now: DateTime<Utc>,
+    ) -> Result<usize, StoreError>;
     /// The execution that holds a rule's idempotency key at `now`, if one does.
     async fn idempotent_execution(
         &self,

@@ -316,6 +316,7 @@ fn followed_from_row(row: &PgRow) -> Result<FollowedRun, StoreError> {
         poll_failures: row.try_get("poll_failures")?,
         gone_at: row.try_get("gone_at")?,
         cancelled_at: row.try_get("cancelled_at")?,
+        deadline_at: row.try_get("deadline_at")?,
     })
 }
 
@@ -1107,7 +1108,7 @@ impl Store for PgStore {
         let sql = if followed.is_some() {
             concat!(
                 finished_step!(),
-                "), run AS (INSERT INTO followed (resource_id, resource_type, rule, step_id, execution_id, context, status, remote_updated_at, changed_at, terminal) SELECT $23, $24, $25, $26, $27, $28, $29, $30, $31, $32 FROM progress ON CONFLICT (resource_id) DO NOTHING), released AS (UPDATE events SET deferred_until = NULL WHERE defer_key = $23 AND processed_at IS NULL AND EXISTS (SELECT 1 FROM progress)) SELECT id FROM progress"
+                "), run AS (INSERT INTO followed (resource_id, resource_type, rule, step_id, execution_id, context, status, remote_updated_at, changed_at, terminal, deadline_at) SELECT $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33 FROM progress ON CONFLICT (resource_id) DO NOTHING), released AS (UPDATE events SET deferred_until = NULL WHERE defer_key = $23 AND processed_at IS NULL AND EXISTS (SELECT 1 FROM progress)) SELECT id FROM progress"
             )
         } else {
             concat!(finished_step!(), ") SELECT id FROM progress")
@@ -1134,7 +1135,8 @@ impl Store for PgStore {
                 .bind(&followed.status)
                 .bind(followed.remote_updated_at)
                 .bind(followed.changed_at)
-                .bind(followed.terminal);
+                .bind(followed.terminal)
+                .bind(followed.deadline_at);
         }
         let written = match event {
             None => statement.fetch_optional(&self.pool).await?,
@@ -1525,6 +1527,50 @@ impl Store for PgStore {
             .map(|row| row.try_get::<Option<String>, _>("cancel_requested"))
             .transpose()?
             .flatten())
+    }
+
+    async fn due_deadlines(
+        &self,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<FollowedRun>, StoreError> {
+        let rows = query("SELECT * FROM followed WHERE deadline_at IS NOT NULL AND deadline_fired_at IS NULL AND NOT terminal AND deadline_at <= $1 ORDER BY deadline_at LIMIT $2")
+            .bind(now)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        convert(rows, followed_from_row)
+    }
+
+    async fn fire_deadlines(
+        &self,
+        fires: &[(String, Option<NewExecution>)],
+        now: DateTime<Utc>,
+    ) -> Result<usize, StoreError> {
+        if fires.is_empty() {
+            return Ok(0);
+        }
+        let mut transaction = self.pool.begin().await?;
+        let mut executions: Vec<&NewExecution> = Vec::new();
+        let mut fired = 0;
+        for (resource_id, execution) in fires {
+            let marked = query("UPDATE followed SET deadline_fired_at = $1 WHERE resource_id = $2 AND deadline_fired_at IS NULL AND NOT terminal")
+                .bind(now)
+                .bind(resource_id)
+                .execute(&mut *transaction)
+                .await?
+                .rows_affected();
+            if marked == 1 {
+                fired += 1;
+                executions.extend(execution.as_ref());
+            }
+        }
+        insert_new_executions(&mut transaction, &executions, now).await?;
+        transaction.commit().await?;
+        if !executions.is_empty() {
+            self.notifier.signal(EXECUTIONS_CHANNEL);
+        }
+        Ok(fired)
     }
 
     async fn idempotent_execution(

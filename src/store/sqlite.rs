@@ -342,6 +342,7 @@ fn followed_from_row(row: &Row<'_>) -> Result<FollowedRun, StoreError> {
         poll_failures: row.get("poll_failures")?,
         gone_at: parse_optional_time(row.get("gone_at")?)?,
         cancelled_at: parse_optional_time(row.get("cancelled_at")?)?,
+        deadline_at: parse_optional_time(row.get("deadline_at")?)?,
     })
 }
 
@@ -469,7 +470,7 @@ fn insert_followed(
 ) -> Result<(), StoreError> {
     transaction
         .prepare_cached(
-            "INSERT INTO followed (resource_id, resource_type, rule, step_id, execution_id, context, status, remote_updated_at, changed_at, terminal) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (resource_id) DO NOTHING",
+            "INSERT INTO followed (resource_id, resource_type, rule, step_id, execution_id, context, status, remote_updated_at, changed_at, terminal, deadline_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (resource_id) DO NOTHING",
         )?
         .execute(params![
             followed.resource_id,
@@ -482,6 +483,7 @@ fn insert_followed(
             followed.remote_updated_at.map(time_text),
             time_text(followed.changed_at),
             i64::from(followed.terminal),
+            followed.deadline_at.map(time_text),
         ])?;
     Ok(())
 }
@@ -635,6 +637,7 @@ enum WriteOp {
         now: DateTime<Utc>,
     },
     WakeGroup(String, String, DateTime<Utc>),
+    FireDeadlines(Vec<(String, Option<NewExecution>)>, DateTime<Utc>),
 }
 
 /// What a write returns.
@@ -782,6 +785,22 @@ fn apply(transaction: &Transaction<'_>, op: &WriteOp) -> Result<WriteResult, Sto
             now,
         } => flow::cancel_one(transaction, id, reason, *on_cancel, *now, false)
             .map(WriteResult::Flag),
+        WriteOp::FireDeadlines(fires, now) => {
+            let now = time_text(*now);
+            let mut fired = 0u64;
+            for (resource_id, execution) in fires {
+                let marked = transaction
+                    .prepare_cached("UPDATE followed SET deadline_fired_at = ?1 WHERE resource_id = ?2 AND deadline_fired_at IS NULL AND terminal = 0")?
+                    .execute(params![now, resource_id])?;
+                if marked == 1 {
+                    fired += 1;
+                    if let Some(execution) = execution {
+                        insert_execution(transaction, execution, &now)?;
+                    }
+                }
+            }
+            Ok(WriteResult::Pruned(fired))
+        }
         WriteOp::WakeGroup(rule, key, now) => {
             flow::wake_group(transaction, rule, key, *now).map(|_| WriteResult::Done)
         }
@@ -1511,6 +1530,41 @@ impl Store for SqliteStore {
                 .optional()?
                 .flatten())
         })
+        .await
+    }
+
+    async fn due_deadlines(
+        &self,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<FollowedRun>, StoreError> {
+        let now = time_text(now);
+        self.read(move |connection| {
+            rows(
+                connection,
+                "SELECT * FROM followed WHERE deadline_at IS NOT NULL AND deadline_fired_at IS NULL AND terminal = 0 AND deadline_at <= ?1 ORDER BY deadline_at LIMIT ?2",
+                params![now, limit],
+                followed_from_row,
+            )
+        })
+        .await
+    }
+
+    async fn fire_deadlines(
+        &self,
+        fires: &[(String, Option<NewExecution>)],
+        now: DateTime<Utc>,
+    ) -> Result<usize, StoreError> {
+        if fires.is_empty() {
+            return Ok(0);
+        }
+        self.expect(
+            WriteOp::FireDeadlines(fires.to_vec(), now),
+            |result| match result {
+                WriteResult::Pruned(fired) => Some(fired as usize),
+                _ => None,
+            },
+        )
         .await
     }
 

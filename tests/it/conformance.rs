@@ -137,6 +137,7 @@ macro_rules! conformance {
             a_run_that_ends_wakes_the_queue_of_its_group,
             a_debounce_merges_a_group_s_events_into_one_execution,
             an_idempotency_key_is_held_by_one_execution_within_its_window,
+            a_deadline_is_due_once_past_and_fires_once,
         );
     };
     (@tests $backend:ident, $factory:ident, $($(#[$meta:meta])* $test:ident),+ $(,)?) => {
@@ -335,6 +336,7 @@ fn run(resource_id: &str, execution_id: &str, changed_at: DateTime<Utc>) -> Foll
         poll_failures: 0,
         gone_at: None,
         cancelled_at: None,
+        deadline_at: None,
     }
 }
 
@@ -2681,5 +2683,33 @@ async fn an_idempotency_key_is_held_by_one_execution_within_its_window(store: &d
         status_of(store, "late").await,
         "skipped",
         "still inside the first window"
+    );
+}
+
+async fn a_deadline_is_due_once_past_and_fires_once(store: &dyn Store) {
+    let execution = pending(store, "starter").await;
+    let mut late = run("late", &execution.id, now());
+    late.deadline_at = Some(now() - secs(5));
+    let mut later = run("later", &execution.id, now());
+    later.deadline_at = Some(now() + minutes(60));
+    follow(store, &execution, &late).await;
+    follow(store, &execution, &later).await;
+    follow(store, &execution, &run("none", &execution.id, now())).await;
+    let due = store.due_deadlines(now(), 10).await.unwrap();
+    assert_eq!(resource_ids(&due), vec!["late"]);
+    let handler = new_execution("deadline-late", "rule", "pending");
+    let fires = vec![("late".to_owned(), Some(handler))];
+    assert_eq!(store.fire_deadlines(&fires, now()).await.unwrap(), 1);
+    assert!(store.execution("deadline-late").await.unwrap().is_some());
+    // Again (another instance, a restart): nothing fires twice.
+    assert_eq!(store.fire_deadlines(&fires, now()).await.unwrap(), 0);
+    assert!(store.due_deadlines(now(), 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .due_deadlines(now() + minutes(61), 10)
+            .await
+            .unwrap()
+            .len()
+            == 1
     );
 }

@@ -725,3 +725,73 @@ rules:
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deadline_fires_once_also_when_flowd_was_down_when_it_fell_due() {
+    let rules = r#"
+rules:
+  - name: screen
+    on: { event: application.created }
+    do:
+      - id: screening
+        start_flow_run: { flow: screening-flow, message_thread: "thread-{{event.data.candidate}}" }
+        deadline: 2s
+        on_status:
+          deadline:
+            - notify: { url: SINK_URL, body: { late: "{{run.id}}" } }
+          finished:
+            - notify: { url: SINK_URL, body: { finished: "{{run.id}}" } }
+"#;
+    let mut world = world(rules, &[]).await;
+    post_event(
+        &world.daemon,
+        "application.created",
+        json!({"candidate": "c-1"}),
+    )
+    .await;
+    let run = eventually(WAIT, "the chat starts", || async {
+        runs(&world).await.into_iter().next().map(|(id, ..)| id)
+    })
+    .await;
+    // Down at the moment the deadline falls due.
+    let state = world.kill_daemon();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    world.start_again(state);
+    let organization = world
+        .client
+        .list("organizations", &flowd::recrubo::ListQuery::new())
+        .await
+        .expect("orgs")
+        .items[0]
+        .id
+        .clone();
+    world
+        .client
+        .set_organization_webhook(
+            &organization,
+            &world.daemon.public_url("/webhooks/recrubo"),
+            &flowd::settings::Secret::new(crate::engine::WEBHOOK_SECRET.into()),
+        )
+        .await
+        .expect("point the webhooks at the restarted daemon");
+    eventually(WAIT, "the deadline handler", || async {
+        bodies(&world).into_iter().find(|b| b["late"] == json!(run))
+    })
+    .await;
+    // Later status changes still fire their handlers; the deadline does not fire again.
+    drive(&world.sim, &run, "finished", Value::Null).await;
+    eventually(WAIT, "the finished handler", || async {
+        bodies(&world)
+            .into_iter()
+            .find(|b| b["finished"] == json!(run))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        bodies(&world)
+            .iter()
+            .filter(|b| b.get("late").is_some())
+            .count(),
+        1
+    );
+}

@@ -606,6 +606,16 @@ rules:
             &format!("{head}    idempotency_window: 1h\n{tail}"),
             &[("needs_key", 4, "idempotency_window")],
         );
+        // A deadline handler without a deadline; a deadline on a step that starts nothing.
+        check(
+            &format!(
+                "{head}    do:\n      - start_flow_run: {{ flow: f, message_thread: t }}\n        on_status:\n          deadline: [ {{ log: late }} ]\n      - log: x\n        deadline: 1h\n"
+            ),
+            &[
+                ("needs_deadline", 7, "do[0].on_status.deadline"),
+                ("deadline", 9, "do[1].deadline"),
+            ],
+        );
         // An empty quiet window, a time that is no time, a zone that is none.
         check(
             &format!("{head}    quiet_hours: {{ from: \"21:00\", to: \"21:00\" }}\n{tail}"),

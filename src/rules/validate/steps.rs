@@ -235,7 +235,18 @@ impl Validator {
                 }
                 for (status, handler) in handlers.value.iter() {
                     let handler_field = format!("{field}.on_status.{}", status.value);
-                    if !known.contains(&status.value.as_str()) {
+                    if status.value == "deadline" && model.deadline.is_none() {
+                        self.error(
+                            ctx,
+                            status.at,
+                            &handler_field,
+                            "needs_deadline",
+                            "`on_status.deadline` never fires: the step has no `deadline`",
+                        )
+                        .hint = Some("add e.g. `deadline: 72h` to the step".to_owned());
+                        continue;
+                    }
+                    if status.value != "deadline" && !known.contains(&status.value.as_str()) {
                         let hint = did_you_mean(&status.value, known.iter().copied())
                             .unwrap_or_else(|| {
                                 format!("the statuses of {resource} are {}", known.join(", "))
@@ -267,10 +278,51 @@ impl Validator {
             }
         }
 
+        let deadline = model.deadline.as_ref().and_then(|deadline| {
+            if !matches!(present[0], "start_flow_run" | "generate_flow") {
+                self.error(
+                    ctx,
+                    deadline.at,
+                    &format!("{field}.deadline"),
+                    "deadline",
+                    format!("`deadline` does not apply to `{}` steps", present[0]),
+                )
+                .hint = Some(
+                    "only `start_flow_run` and `generate_flow` start something that can be late"
+                        .to_owned(),
+                );
+                return None;
+            }
+            match parse_duration(&deadline.value) {
+                Ok(after) if !after.is_zero() => Some(after),
+                Ok(_) => {
+                    self.error(
+                        ctx,
+                        deadline.at,
+                        &format!("{field}.deadline"),
+                        "range",
+                        "`deadline` must be longer than 0",
+                    );
+                    None
+                }
+                Err(reason) => {
+                    self.error(
+                        ctx,
+                        deadline.at,
+                        &format!("{field}.deadline"),
+                        "duration",
+                        reason,
+                    )
+                    .hint = Some("a duration such as `72h` or `3d`".to_owned());
+                    None
+                }
+            }
+        });
         if self.diagnostics.len() > errors_before {
             return None;
         }
         Some(Step {
+            deadline,
             id: model.id.as_ref().map(|id| id.value.clone()),
             at: located.at,
             condition,
