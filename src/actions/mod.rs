@@ -207,6 +207,7 @@ pub async fn perform(
                 .await?;
             await_analysis(deps, analysis).await
         }
+        StepKind::MessageThread { .. } => message_thread(deps, input).await,
         StepKind::UpdateFlowRun { .. } => {
             let patch = FlowRunPatch {
                 state: (!input["state"].is_null()).then(|| input["state"].clone()),
@@ -277,4 +278,41 @@ fn check_url_egress(
             .map_err(ActionError::fatal)?;
     }
     Ok(())
+}
+
+/// Serializes find-or-create of message threads in this process: two executions for one
+/// identifier never both find none and both create one. (Across instances, `key` +
+/// `concurrency` per candidate keep them apart; Recrubo's API has no unique constraint to lean
+/// on, recrubo-api.md §6.9.)
+static THREADS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The MessageThread of `channel` + `identifier`: found by a list query, or created. Looking
+/// first also makes a retry after a lost create answer find the thread it made.
+async fn message_thread(deps: &ActionDeps, input: &Value) -> Result<Value, ActionError> {
+    let client = recrubo(deps)?;
+    let channel = string(input, "channel")?;
+    let identifier = string(input, "identifier")?;
+    if identifier.trim().is_empty() {
+        return Err(ActionError::fatal(
+            "message_thread: the identifier rendered empty (for WhatsApp, the phone number without `+`)",
+        ));
+    }
+    let _one_at_a_time = THREADS.lock().await;
+    let query = crate::recrubo::ListQuery::new()
+        .filter("channel", channel.clone())
+        .filter("identifier", identifier.clone())
+        .sort("createdAt")
+        .page_size(1);
+    let found = client.list_message_threads(&query).await?;
+    if let Some(thread) = found.items.into_iter().next() {
+        return Ok(crate::recrubo::types::flattened(&thread));
+    }
+    let mut attributes = serde_json::Map::new();
+    attributes.insert("channel".into(), Value::String(channel));
+    attributes.insert("identifier".into(), Value::String(identifier));
+    if let Some(paused) = input["chatbot_paused"].as_bool() {
+        attributes.insert("chatbotPaused".into(), Value::Bool(paused));
+    }
+    let thread = client.create_message_thread(attributes).await?;
+    Ok(crate::recrubo::types::flattened(&thread))
 }

@@ -165,6 +165,12 @@ impl Recorded {
             StepKind::UpdateFlowRun { .. } => {
                 json!({ "id": fields["id"], "type": FollowedKind::FlowRun.json_api_type(), "state": fields["state"], "status": fields["status"] })
             }
+            StepKind::MessageThread { .. } => json!({
+                "id": format!("thread-{n}"), "type": "messageThreads",
+                "channel": fields["channel"], "identifier": fields["identifier"],
+                "chatbotPaused": fields["chatbot_paused"].as_bool().unwrap_or(false),
+                "createdAt": now, "updatedAt": now,
+            }),
             StepKind::Recrubo { .. } => json!({ "status": 200, "body": { "data": null } }),
             StepKind::Notify { .. } | StepKind::Http { .. } => {
                 json!({ "status": 200, "headers": {}, "body": null })

@@ -68,6 +68,15 @@ pub fn render_step(kind: &StepKind, context: &Value) -> Result<Value, TemplateRe
         StepKind::AnalyzeVacancy { text: vacancy_text } => {
             json!({ "text": text(vacancy_text, context)? })
         }
+        StepKind::MessageThread {
+            channel,
+            identifier,
+            chatbot_paused,
+        } => json!({
+            "channel": text(channel, context)?,
+            "identifier": text(identifier, context)?,
+            "chatbot_paused": optional(chatbot_paused, context)?,
+        }),
         StepKind::UpdateFlowRun { id, state, status } => json!({
             "id": text(id, context)?,
             "state": optional(state, context)?,

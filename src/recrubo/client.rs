@@ -567,6 +567,18 @@ impl RecruboClient {
         Self::resource(response, "message-threads/{id}")
     }
 
+    /// `POST /message-threads` (`channel`, `identifier`, optional `chatbotPaused`).
+    pub async fn create_message_thread(
+        &self,
+        attributes: Map<String, Value>,
+    ) -> Result<Resource, RecruboError> {
+        let body = request_envelope("messageThreads", None, attributes);
+        let response = self
+            .write(Method::POST, "message-threads", &[], Some(&body))
+            .await?;
+        Self::created(response, "message-threads")
+    }
+
     /// `GET /message-threads` (one page).
     pub async fn list_message_threads(&self, query: &ListQuery) -> Result<Page, RecruboError> {
         self.list("message-threads", query).await

@@ -435,6 +435,9 @@ pub struct StepModel {
     /// `PATCH /flow-runs/{id}`.
     #[serde(default)]
     pub update_flow_run: Option<Located<UpdateFlowRunModel>>,
+    /// Find the MessageThread for `channel` + `identifier`, or create it.
+    #[serde(default)]
+    pub message_thread: Option<Located<MessageThreadModel>>,
     /// Any other Recrubo call.
     #[serde(default)]
     pub recrubo: Option<Located<RecruboCallModel>>,
@@ -518,6 +521,20 @@ pub struct GenerateFlowModel {
 pub struct AnalyzeVacancyModel {
     /// The vacancy text.
     pub text: Located<String>,
+}
+
+/// `message_thread:` — the thread of a channel and identifier (e.g. a WhatsApp number).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MessageThreadModel {
+    /// The channel (default `whatsapp`).
+    #[serde(default)]
+    pub channel: Option<Located<String>>,
+    /// The identifier on that channel: for WhatsApp the phone number without `+`.
+    pub identifier: Located<String>,
+    /// Whether the bot is paused on a thread it creates (default false).
+    #[serde(default)]
+    pub chatbot_paused: Option<Located<ValueModel>>,
 }
 
 /// `update_flow_run:` fields.

@@ -758,6 +758,16 @@ pub enum StepKind {
         /// The text.
         text: Template,
     },
+    /// Finds the MessageThread of a channel and identifier (`GET /message-threads`, filtered)
+    /// or creates it (`POST /message-threads`).
+    MessageThread {
+        /// The channel.
+        channel: Template,
+        /// The identifier (a phone number for WhatsApp).
+        identifier: Template,
+        /// `chatbotPaused` of a thread it creates.
+        chatbot_paused: Option<TemplateValue>,
+    },
 }
 
 impl StepKind {
@@ -773,6 +783,7 @@ impl StepKind {
         "http",
         "emit",
         "log",
+        "message_thread",
     ];
 
     /// Whether the step creates a Recrubo resource (a FlowRun, a generation, an analysis):
@@ -800,6 +811,7 @@ impl StepKind {
             StepKind::Http { .. } => "http",
             StepKind::Emit { .. } => "emit",
             StepKind::Log { .. } => "log",
+            StepKind::MessageThread { .. } => "message_thread",
         }
     }
 }

@@ -418,6 +418,24 @@ async fn create(
                 None,
             ))
         }
+        "message-threads" => {
+            // Required by the docs' table (recrubo-api.md §6.9); `chatbotPaused` is left out
+            // by the docs' own example, so it defaults to false here.
+            required_string(&attributes, "channel")?;
+            required_string(&attributes, "identifier")?;
+            attributes
+                .entry("chatbotPaused")
+                .or_insert_with(|| json!(false));
+            let thread = new_resource(resource_type, attributes, &now_text());
+            state.with_collection(collection, |c| c.put(thread.clone()));
+            state.emit("create", &thread, &[]);
+            Ok(document(
+                StatusCode::CREATED,
+                resource_json(&thread),
+                None,
+                None,
+            ))
+        }
         _ => {
             let resource = new_resource(resource_type, attributes, &now_text());
             state.with_collection(collection, |c| c.put(resource.clone()));

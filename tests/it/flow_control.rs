@@ -795,3 +795,86 @@ rules:
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_thread_is_found_or_created_once_also_when_answers_are_lost() {
+    let rules = r#"
+rules:
+  - name: start
+    on: { event: applied }
+    do:
+      - id: thread
+        message_thread: { identifier: "{{event.data.phone}}" }
+        retry: { attempts: 30, backoff: 20ms, max_backoff: 200ms }
+      - start_flow_run:
+          flow: screening-flow
+          message_thread: "{{steps.thread.id}}"
+          initial_message: { type: template, template: { id: tpl-1, components: [] } }
+        retry: { attempts: 30, backoff: 20ms, max_backoff: 200ms }
+"#;
+    let world = world(rules, &[]).await;
+    // A thread that exists already is found, not made again.
+    let existing = world
+        .client
+        .create_message_thread(
+            [
+                ("channel".to_owned(), json!("whatsapp")),
+                ("identifier".to_owned(), json!("31600000000")),
+            ]
+            .into_iter()
+            .collect(),
+        )
+        .await
+        .expect("a thread");
+    // Half of all answers lost (the requests carried out): creates in doubt everywhere.
+    crate::recrubo_client::set_faults(&world.sim, json!({"lose_answer_rate": 0.5})).await;
+    let phones: Vec<String> = (0..8).map(|n| format!("3161234567{n}")).collect();
+    let mut posted = Vec::new();
+    for phone in phones
+        .iter()
+        .chain(std::iter::repeat_n(&"31600000000".to_owned(), 2))
+    {
+        post_event(&world.daemon, "applied", json!({"phone": phone})).await;
+        posted.push(phone.clone());
+    }
+    // The phone of the first event again, twice.
+    for _ in 0..2 {
+        post_event(&world.daemon, "applied", json!({"phone": phones[0]})).await;
+        posted.push(phones[0].clone());
+    }
+    eventually(Duration::from_secs(60), "every execution done", || async {
+        let all = executions(&world, "start").await;
+        (all.len() == posted.len() && all.iter().all(|e| e["status"] == "succeeded")).then_some(())
+    })
+    .await;
+    crate::recrubo_client::set_faults(&world.sim, json!({})).await;
+    let threads = world
+        .client
+        .list_message_threads(&flowd::recrubo::ListQuery::new().page_size(100))
+        .await
+        .expect("threads")
+        .items;
+    let mut by_phone = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for thread in &threads {
+        by_phone
+            .entry(
+                thread
+                    .str_attribute("identifier")
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+            .or_default()
+            .push(thread.id.clone());
+    }
+    for (phone, ids) in &by_phone {
+        assert_eq!(ids.len(), 1, "one thread for {phone}: {ids:?}");
+    }
+    assert_eq!(by_phone.len(), 9);
+    assert_eq!(by_phone["31600000000"], vec![existing.id.clone()]);
+    let all_runs = runs(&world).await;
+    assert_eq!(
+        all_runs.len(),
+        posted.len(),
+        "one chat per event, none twice"
+    );
+}

@@ -104,6 +104,7 @@ impl Validator {
             model.http.is_some(),
             model.emit.is_some(),
             model.log.is_some(),
+            model.message_thread.is_some(),
         ]
         .iter()
         .zip(StepKind::NAMES)
@@ -573,6 +574,24 @@ impl Validator {
                 id: id?,
                 state: state.map(|s| s.ok_or(())).transpose().ok()?,
                 status: status.map(|s| s.ok_or(())).transpose().ok()?,
+            });
+        }
+        if let Some(step) = &model.message_thread {
+            let f = format!("{field}.message_thread");
+            let v = &step.value;
+            let channel = match &v.channel {
+                Some(channel) => self.template(ctx, scope, &format!("{f}.channel"), channel),
+                None => Template::compile("whatsapp").ok(),
+            };
+            let identifier = self.template(ctx, scope, &format!("{f}.identifier"), &v.identifier);
+            let chatbot_paused = v
+                .chatbot_paused
+                .as_ref()
+                .map(|paused| self.value(ctx, scope, &format!("{f}.chatbot_paused"), paused));
+            return Some(StepKind::MessageThread {
+                channel: channel?,
+                identifier: identifier?,
+                chatbot_paused: chatbot_paused.map(|p| p.ok_or(())).transpose().ok()?,
             });
         }
         if let Some(step) = &model.recrubo {
