@@ -33,7 +33,11 @@ pub fn run(args: &CheckArgs) -> ExitCode {
         Err(diagnostics) => (false, 0, BTreeSet::new(), diagnostics.clone()),
     };
     let warnings = match &outcome.result {
-        Ok(set) => url_warnings(set),
+        Ok(set) => {
+            let mut warnings = url_warnings(set);
+            warnings.extend(initial_message_warnings(set));
+            warnings
+        }
         Err(_) => Vec::new(),
     };
     match args.format {
@@ -57,13 +61,15 @@ pub fn run(args: &CheckArgs) -> ExitCode {
             }
             for warning in &warnings {
                 println!(
-                    "warning[url-encoding]: {}\n  --> {}:{}:{}\n   = in rule `{}`, field `{}`\n   = help: write `{{{{urlencode ...}}}}` so a value with `/`, `?` or `#` stays one part of the URL\n",
+                    "warning[{}]: {}\n  --> {}:{}:{}\n   = in rule `{}`, field `{}`\n   = help: {}\n",
+                    warning.code,
                     warning.message,
                     warning.file,
                     warning.line,
                     warning.column,
                     warning.rule,
-                    warning.field
+                    warning.field,
+                    warning.help
                 );
             }
             if valid {
@@ -123,12 +129,14 @@ fn display_paths(paths: &[PathBuf]) -> String {
 /// A warning: valid, but probably not meant.
 #[derive(Debug, serde::Serialize)]
 struct Warning {
+    code: &'static str,
     file: String,
     line: u32,
     column: u32,
     rule: String,
     field: String,
     message: String,
+    help: &'static str,
 }
 
 /// URLs that put run-time data into their path or query without `urlencode`.
@@ -150,6 +158,8 @@ fn url_warnings(set: &crate::rules::RuleSet) -> Vec<Warning> {
             if let Some((url, kind)) = url {
                 for expression in crate::actions::egress::unencoded_runtime_in_path(url.source()) {
                     out.push(Warning {
+                        code: "url-encoding",
+                        help: "write `{{urlencode ...}}` so a value with `/`, `?` or `#` stays one part of the URL",
                         file: rule.file.display().to_string(),
                         line: step.at.line,
                         column: step.at.column,
@@ -169,6 +179,77 @@ fn url_warnings(set: &crate::rules::RuleSet) -> Vec<Warning> {
     let mut out = Vec::new();
     for rule in set.rules() {
         walk(rule, &rule.steps, "do", &mut out);
+    }
+    out
+}
+
+/// `start_flow_run` steps on a WhatsApp thread (from a `message_thread` step with channel
+/// `whatsapp`) without an `initial_message`: WhatsApp only lets a chat start with a template
+/// (recrubo-api.md §7, "Triggering flows"), so the candidate hears nothing until they write.
+fn initial_message_warnings(set: &crate::rules::RuleSet) -> Vec<Warning> {
+    use crate::rules::StepKind;
+    fn threads(steps: &[crate::rules::Step], out: &mut Vec<(String, String)>) {
+        for step in steps {
+            if let (Some(id), StepKind::MessageThread { channel, .. }) = (&step.id, &step.kind) {
+                out.push((id.clone(), channel.source().to_owned()));
+            }
+            for (_, handler) in &step.on_status {
+                threads(handler, out);
+            }
+        }
+    }
+    fn walk(
+        rule: &crate::rules::Rule,
+        steps: &[crate::rules::Step],
+        prefix: &str,
+        whatsapp: &[String],
+        out: &mut Vec<Warning>,
+    ) {
+        for (index, step) in steps.iter().enumerate() {
+            let field = format!("{prefix}[{index}]");
+            if let StepKind::StartFlowRun {
+                message_thread,
+                initial_message: None,
+                ..
+            } = &step.kind
+                && whatsapp
+                    .iter()
+                    .any(|id| message_thread.source().contains(&format!("steps.{id}.")))
+            {
+                out.push(Warning {
+                    code: "initial-message",
+                    help: "add `initial_message: { type: template, template: { id: ..., components: [...] } }`",
+                    file: rule.file.display().to_string(),
+                    line: step.at.line,
+                    column: step.at.column,
+                    rule: rule.name.clone(),
+                    field: format!("{field}.start_flow_run"),
+                    message: "a WhatsApp chat starts only with a template, and this `start_flow_run` has no `initial_message`: the candidate hears nothing until they write first".to_owned(),
+                });
+            }
+            for (status, handler) in &step.on_status {
+                walk(
+                    rule,
+                    handler,
+                    &format!("{field}.on_status.{status}"),
+                    whatsapp,
+                    out,
+                );
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for rule in set.rules() {
+        let mut found = Vec::new();
+        threads(&rule.steps, &mut found);
+        let whatsapp: Vec<String> = found
+            .into_iter()
+            .filter(|(_, channel)| channel.trim().eq_ignore_ascii_case("whatsapp"))
+            .map(|(id, _)| id)
+            .collect();
+        if !whatsapp.is_empty() {
+            walk(rule, &rule.steps, "do", &whatsapp, &mut out);
+        }
     }
     out
 }

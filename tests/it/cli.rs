@@ -615,3 +615,31 @@ fn check_warns_where_a_url_takes_run_time_data_without_urlencode() {
     );
     assert!(!out.contains("event.data.n"), "{out}");
 }
+
+#[test]
+fn check_warns_where_a_whatsapp_chat_has_no_initial_message() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("r.yaml"),
+        r#"rules:
+  - name: start
+    on: { event: x }
+    do:
+      - id: thread
+        message_thread: { identifier: "{{event.data.phone}}" }
+      - start_flow_run: { flow: f, message_thread: "{{steps.thread.id}}" }
+      - start_flow_run:
+          flow: f
+          message_thread: "{{steps.thread.id}}"
+          initial_message: { type: template, template: { id: t, components: [] } }
+      - id: sms
+        message_thread: { channel: sms, identifier: "{{event.data.phone}}" }
+      - start_flow_run: { flow: f, message_thread: "{{steps.sms.id}}" }
+"#,
+    )
+    .expect("write");
+    let (code, out) = crate::support::flowd(&["check", dir.path().to_str().expect("path")]);
+    assert_eq!(code, 0, "a warning does not make the rules invalid: {out}");
+    assert_eq!(out.matches("warning[initial-message]").count(), 1, "{out}");
+    assert!(out.contains("field `do[1].start_flow_run`"), "{out}");
+}
