@@ -267,6 +267,7 @@ impl Daemon {
             let me = me.clone();
             tokio::spawn(async move {
                 let mut every = tokio::time::interval(Duration::from_secs(5));
+                let mut waiting_seen = std::collections::HashSet::<(String, String)>::new();
                 loop {
                     tokio::select! {
                         _ = stop.cancelled() => return,
@@ -310,6 +311,24 @@ impl Daemon {
                                 .set(instances.len().max(1) as f64);
                         }
                         Err(err) => warn!(error = %err, "Cannot read the cluster's instances"),
+                    }
+                    // What waits, by rule and kind (DESIGN 2.5); a pair no longer waiting
+                    // goes back to 0.
+                    match store.waiting_counts().await {
+                        Ok(counts) => {
+                            let now: std::collections::HashSet<(String, String)> = counts
+                                .iter()
+                                .map(|(rule, kind, _)| (rule.clone(), kind.clone()))
+                                .collect();
+                            for (rule, kind) in waiting_seen.difference(&now) {
+                                metrics::gauge!("flowd_executions_waiting", "rule" => rule.clone(), "kind" => kind.clone()).set(0.0);
+                            }
+                            for (rule, kind, count) in counts {
+                                metrics::gauge!("flowd_executions_waiting", "rule" => rule, "kind" => kind).set(count as f64);
+                            }
+                            waiting_seen = now;
+                        }
+                        Err(err) => warn!(error = %err, "Cannot count the waiting executions"),
                     }
                 }
             })

@@ -187,11 +187,16 @@ pub async fn status_page(
                 execution.created_at.format("%H:%M:%S"),
                 escape(&execution.rule),
                 escape(&execution.status),
-                execution
-                    .last_error
-                    .as_ref()
-                    .map(|e| format!("<br><small>{}</small>", escape(e)))
-                    .unwrap_or_default()
+                match &execution.waiting {
+                    // Why it waits, and until when (DESIGN 2.5).
+                    Some(waiting) =>
+                        format!("<br><small>{}</small>", escape(&waiting_text(waiting))),
+                    None => execution
+                        .last_error
+                        .as_ref()
+                        .map(|e| format!("<br><small>{}</small>", escape(e)))
+                        .unwrap_or_default(),
+                }
             );
         }
         html.push_str("</table>");
@@ -271,5 +276,24 @@ mod tests {
             escape("<b>\"x\" & 'y'</b>"),
             "&lt;b&gt;&quot;x&quot; &amp; &#39;y&#39;&lt;/b&gt;"
         );
+    }
+}
+
+/// A waiting execution's reason in words: `queued behind <id>`, `debounced until <time>`,
+/// `throttled until <time>`, `quiet hours until <time>`.
+fn waiting_text(waiting: &crate::store::Waiting) -> String {
+    let until = waiting
+        .until
+        .map(|at| at.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_default();
+    match waiting.kind.as_str() {
+        "queue" => match &waiting.behind {
+            Some(behind) => format!("queued behind {behind}"),
+            None => "queued".to_owned(),
+        },
+        "debounce" => format!("debounced until {until}"),
+        "throttle" => format!("throttled until {until}"),
+        "quiet_hours" => format!("quiet hours until {until}"),
+        other => format!("{other} until {until}"),
     }
 }

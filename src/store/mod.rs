@@ -823,6 +823,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<bool, StoreError>;
     /// A cancellation asked for an execution ([`Store::cancel`]), if any.
     async fn cancel_requested(&self, execution_id: &str) -> Result<Option<String>, StoreError>;
+    /// How many executions wait, by rule and kind of wait.
+    async fn waiting_counts(&self) -> Result<Vec<(String, String, i64)>, StoreError>;
     /// Followed runs past their deadline, not terminal, whose deadline has not fired: the ones
     /// late longest first, at most `limit`.
     async fn due_deadlines(

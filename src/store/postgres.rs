@@ -1529,6 +1529,21 @@ impl Store for PgStore {
             .flatten())
     }
 
+    async fn waiting_counts(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
+        let rows = query("SELECT rule, wait_kind, COUNT(*) AS count FROM executions WHERE status = 'pending' AND wait_kind IS NOT NULL GROUP BY rule, wait_kind")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("rule")?,
+                    row.try_get("wait_kind")?,
+                    row.try_get("count")?,
+                ))
+            })
+            .collect()
+    }
+
     async fn due_deadlines(
         &self,
         now: DateTime<Utc>,

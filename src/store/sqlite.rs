@@ -1533,6 +1533,17 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn waiting_counts(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
+        self.read(|connection| {
+            let mut statement = connection.prepare_cached("SELECT rule, wait_kind, COUNT(*) FROM executions WHERE status = 'pending' AND wait_kind IS NOT NULL GROUP BY rule, wait_kind")?;
+            let counts = statement
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(counts)
+        })
+        .await
+    }
+
     async fn due_deadlines(
         &self,
         now: DateTime<Utc>,

@@ -129,6 +129,14 @@ async fn a_queue_runs_one_chat_per_candidate_at_a_time_in_order() {
                             && e["waiting"]["behind"].is_string()),
                     "{waiting:?}"
                 );
+                // The status page says so too.
+                let page = reqwest::get(world.daemon.admin_url("/"))
+                    .await
+                    .expect("page")
+                    .text()
+                    .await
+                    .expect("text");
+                assert!(page.contains("queued behind"), "{page}");
             }
             drive(&world.sim, id, "finished", Value::Null).await;
             finished += 1;
@@ -426,6 +434,24 @@ rules:
         "{until} vs {expected}"
     );
     assert!(!bodies(&world).iter().any(|b| b["invite"] == "near"));
+    // Counted by rule and kind of wait.
+    let metrics = eventually(WAIT, "the waiting gauge", || async {
+        let text = reqwest::get(world.daemon.admin_url("/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find(|line| {
+                line.starts_with("flowd_executions_waiting")
+                    && line.contains("kind=\"quiet_hours\"")
+                    && line.contains("rule=\"invite\"")
+            })
+            .map(str::to_owned)
+    })
+    .await;
+    assert!(metrics.ends_with(" 1"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
