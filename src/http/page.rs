@@ -266,19 +266,6 @@ pub async fn status_page(
     Html(html).into_response()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::escape;
-
-    #[test]
-    fn escapes_markup() {
-        assert_eq!(
-            escape("<b>\"x\" & 'y'</b>"),
-            "&lt;b&gt;&quot;x&quot; &amp; &#39;y&#39;&lt;/b&gt;"
-        );
-    }
-}
-
 /// A waiting execution's reason in words: `queued behind <id>`, `debounced until <time>`,
 /// `throttled until <time>`, `quiet hours until <time>`.
 fn waiting_text(waiting: &crate::store::Waiting) -> String {
@@ -295,5 +282,18 @@ fn waiting_text(waiting: &crate::store::Waiting) -> String {
         "throttle" => format!("throttled until {until}"),
         "quiet_hours" => format!("quiet hours until {until}"),
         other => format!("{other} until {until}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape;
+
+    #[test]
+    fn escapes_markup() {
+        assert_eq!(
+            escape("<b>\"x\" & 'y'</b>"),
+            "&lt;b&gt;&quot;x&quot; &amp; &#39;y&#39;&lt;/b&gt;"
+        );
     }
 }
