@@ -23,3 +23,6 @@ CREATE TABLE idempotency (
 ALTER TABLE followed ADD COLUMN deadline_at TIMESTAMPTZ;
 ALTER TABLE followed ADD COLUMN deadline_fired_at TIMESTAMPTZ;
 CREATE INDEX followed_deadline ON followed (deadline_at) WHERE deadline_at IS NOT NULL AND deadline_fired_at IS NULL AND NOT terminal;
+-- A handler execution's parent (the execution whose run changed): cancelled with it.
+ALTER TABLE executions ADD COLUMN parent_id TEXT;
+CREATE INDEX executions_parent ON executions (parent_id) WHERE parent_id IS NOT NULL;

@@ -23,3 +23,6 @@ CREATE TABLE idempotency (
 ALTER TABLE followed ADD COLUMN deadline_at TEXT;
 ALTER TABLE followed ADD COLUMN deadline_fired_at TEXT;
 CREATE INDEX followed_deadline ON followed (deadline_at) WHERE deadline_at IS NOT NULL AND deadline_fired_at IS NULL AND terminal = 0;
+-- A handler execution's parent (the execution whose run changed): cancelled with it.
+ALTER TABLE executions ADD COLUMN parent_id TEXT;
+CREATE INDEX executions_parent ON executions (parent_id) WHERE parent_id IS NOT NULL;

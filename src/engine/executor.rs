@@ -354,7 +354,8 @@ async fn cancel_self(
     execution: &Execution,
     reason: &str,
 ) -> Result<(), StoreError> {
-    let on_cancel = !rule.flow.on_cancel.is_empty();
+    // A handler of a cancelled execution is cancelled with it; on_cancel ran for the parent.
+    let on_cancel = execution.handler_status.is_none() && !rule.flow.on_cancel.is_empty();
     if engine
         .store
         .cancel_now(&execution.id, reason, on_cancel, Utc::now())
@@ -384,7 +385,8 @@ async fn run_steps(
     let cancel_handler = handler.is_some_and(|(step, _)| step.is_empty());
     // A running execution of a rule that can be cancelled looks for a cancellation between
     // its steps (asked by `cancel_on` or `cancel_previous` while it ran).
-    let watch_cancel = execution.handler_status.is_none() && rule.flow.cancellable();
+    // Its handlers too: a handler of a cancelled execution does not run on.
+    let watch_cancel = !cancel_handler && rule.flow.cancellable();
     let (steps, prefix) = match plan::steps_to_run(rule, handler) {
         Ok(found) => found,
         Err(reason) => return finish(engine, execution, "orphaned", Some(reason)).await,

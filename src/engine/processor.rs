@@ -467,6 +467,7 @@ fn pending(rule: &Rule, event_id: i64, context: Value) -> NewExecution {
         expires_at: None,
         gate: None,
         idempotency: None,
+        parent: None,
     }
 }
 
@@ -900,6 +901,7 @@ pub(super) fn handler_execution(
         expires_at: None,
         gate: None,
         idempotency: None,
+        parent: None,
     };
     let Some(rule) = set.get(&followed.rule) else {
         warn!(rule = %followed.rule, run = %followed.resource_id, "The rule that started this run is gone; orphaned");

@@ -198,6 +198,8 @@ pub struct NewExecution {
     /// an execution of a group with room starts admitted, with no write of its own; one
     /// without room is stored waiting (or skipped, dropped). `None` outside flow control.
     pub gate: Option<Gate>,
+    /// For a handler: the execution whose run changed (a cancellation of it cancels this too).
+    pub parent: Option<String>,
     /// Its rendered `idempotency_key` and when the key is forgotten: stored with it, unless a
     /// live execution of the rule holds the key already (then it is stored `skipped`, naming
     /// that execution).

@@ -550,7 +550,7 @@ async fn insert_new_executions(
     }
     let column = |get: fn(&NewExecution) -> Option<String>| texts(executions, |e| get(e));
     query(
-        "INSERT INTO executions (id, rule, event_id, handler_step, handler_status, status, context, next_step, attempt, next_attempt_at, last_error, rule_version, sweep, first_step_creates, created_at, updated_at, flow_key, expires_at) SELECT id, rule, event_id, handler_step, handler_status, status, context, 0, 0, $11, last_error, rule_version, sweep, first_step_creates, $11, $11, flow_key, expires_at FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::boolean[], $12::boolean[], $13::text[], $14::timestamptz[]) AS new (id, rule, event_id, handler_step, handler_status, status, context, last_error, rule_version, sweep, first_step_creates, flow_key, expires_at) ON CONFLICT (id) DO NOTHING",
+        "INSERT INTO executions (id, rule, event_id, handler_step, handler_status, status, context, next_step, attempt, next_attempt_at, last_error, rule_version, sweep, first_step_creates, created_at, updated_at, flow_key, expires_at, parent_id) SELECT id, rule, event_id, handler_step, handler_status, status, context, 0, 0, $11, last_error, rule_version, sweep, first_step_creates, $11, $11, flow_key, expires_at, parent_id FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::boolean[], $12::boolean[], $13::text[], $14::timestamptz[], $15::text[]) AS new (id, rule, event_id, handler_step, handler_status, status, context, last_error, rule_version, sweep, first_step_creates, flow_key, expires_at, parent_id) ON CONFLICT (id) DO NOTHING",
     )
     .bind(column(|e| Some(e.id.clone())))
     .bind(column(|e| Some(e.rule.clone())))
@@ -571,6 +571,7 @@ async fn insert_new_executions(
     )
     .bind(column(|e| e.flow_key.clone()))
     .bind(executions.iter().map(|e| e.expires_at).collect::<Vec<_>>())
+    .bind(column(|e| e.parent.clone()))
     .execute(&mut *connection)
     .await?;
     Ok(())

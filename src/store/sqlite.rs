@@ -496,7 +496,7 @@ fn insert_execution(
 ) -> Result<(), StoreError> {
     transaction
         .prepare_cached(
-            "INSERT INTO executions (id, rule, event_id, handler_step, handler_status, status, context, next_step, attempt, next_attempt_at, last_error, rule_version, sweep, first_step_creates, created_at, updated_at, flow_key, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, 0, ?8, ?9, ?10, ?11, ?12, ?8, ?8, ?13, ?14) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO executions (id, rule, event_id, handler_step, handler_status, status, context, next_step, attempt, next_attempt_at, last_error, rule_version, sweep, first_step_creates, created_at, updated_at, flow_key, expires_at, parent_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, 0, ?8, ?9, ?10, ?11, ?12, ?8, ?8, ?13, ?14, ?15) ON CONFLICT (id) DO NOTHING",
         )?
         .execute(params![
             execution.id,
@@ -513,6 +513,7 @@ fn insert_execution(
             i64::from(execution.first_step_creates),
             execution.flow_key,
             execution.expires_at.map(time_text),
+            execution.parent,
         ])?;
     Ok(())
 }

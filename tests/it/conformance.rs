@@ -245,6 +245,7 @@ pub(crate) fn new_execution(id: &str, rule: &str, status: &str) -> NewExecution 
         expires_at: None,
         gate: None,
         idempotency: None,
+        parent: None,
     }
 }
 
@@ -2443,6 +2444,14 @@ async fn cancelling_a_group_cancels_what_waits_and_what_follows_and_asks_a_runni
     member(store, "waiting", "k").await;
     member(store, "running", "k").await;
     member(store, "elsewhere", "k2").await;
+    // A handler of the following one, not run yet (its run just finished).
+    let mut handler = new_execution("handler", "g", "pending");
+    handler.handler_status = Some("finished".into());
+    handler.handler_step = Some("step0".into());
+    handler.parent = Some("following".into());
+    store.insert_executions(&[handler]).await.unwrap();
+    let handler = store.execution("handler").await.unwrap().expect("stored");
+    save_changed(store, &handler, |e| e.next_attempt_at = now() + minutes(60)).await;
     let request = CancelRequest {
         rule: "g".into(),
         key: "k".into(),
@@ -2470,6 +2479,11 @@ async fn cancelling_a_group_cancels_what_waits_and_what_follows_and_asks_a_runni
         status_of(store, "elsewhere").await,
         "pending",
         "another group is untouched"
+    );
+    assert_eq!(
+        status_of(store, "handler").await,
+        "cancelled",
+        "its handler goes with it"
     );
     let run = store.followed("run-1").await.unwrap().expect("followed");
     assert!(

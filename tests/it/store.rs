@@ -25,6 +25,7 @@ fn execution(id: &str, rule: &str, status: &str) -> NewExecution {
         expires_at: None,
         gate: None,
         idempotency: None,
+        parent: None,
     }
 }
 

@@ -388,6 +388,20 @@ async fn cancel_locked(
         .bind(id)
         .execute(&mut *connection)
         .await?;
+    // Its handlers not run yet go with it; one running now is asked to stop.
+    query("UPDATE executions SET status = 'cancelled', last_error = $1, updated_at = $2 WHERE parent_id = $3 AND status = 'pending' AND (lease_until IS NULL OR lease_until <= $2)")
+        .bind(reason)
+        .bind(now)
+        .bind(id)
+        .execute(&mut *connection)
+        .await?;
+    query(
+        "UPDATE executions SET cancel_requested = $1 WHERE parent_id = $2 AND status = 'pending'",
+    )
+    .bind(reason)
+    .bind(id)
+    .execute(&mut *connection)
+    .await?;
     if on_cancel {
         let mut context = context;
         if let Some(map) = context.as_object_mut() {

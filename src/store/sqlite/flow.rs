@@ -344,6 +344,13 @@ pub(super) fn cancel_one(
     transaction
         .prepare_cached("UPDATE executions SET status = 'cancelled', last_error = ?1, cancel_requested = NULL, wait_kind = NULL, wait_until = NULL, wait_behind = NULL, lease_until = NULL, updated_at = ?2 WHERE id = ?3")?
         .execute(params![reason, now_text, id])?;
+    // Its handlers not run yet go with it; one running now is asked to stop.
+    transaction
+        .prepare_cached("UPDATE executions SET status = 'cancelled', last_error = ?1, updated_at = ?2 WHERE parent_id = ?3 AND status = 'pending' AND (lease_until IS NULL OR lease_until <= ?2)")?
+        .execute(params![reason, now_text, id])?;
+    transaction
+        .prepare_cached("UPDATE executions SET cancel_requested = ?1 WHERE parent_id = ?2 AND status = 'pending'")?
+        .execute(params![reason, id])?;
     if on_cancel {
         let mut context = parse_json(&context)?;
         if let Some(map) = context.as_object_mut() {
