@@ -297,6 +297,19 @@ async fn message_thread(deps: &ActionDeps, input: &Value) -> Result<Value, Actio
             "message_thread: the identifier rendered empty (for WhatsApp, the phone number without `+`)",
         ));
     }
+    // No channel's identifier is kilobytes long or holds control characters: such a value is
+    // a mistake in the data, and sending it would only fail (a URL too long) again and again.
+    if identifier.len() > 256 || identifier.chars().any(char::is_control) {
+        return Err(ActionError::fatal(format!(
+            "message_thread: the identifier is not one ({} bytes{}); for WhatsApp it is the phone number without `+`",
+            identifier.len(),
+            if identifier.chars().any(char::is_control) {
+                ", with control characters"
+            } else {
+                ""
+            }
+        )));
+    }
     let _one_at_a_time = THREADS.lock().await;
     let query = crate::recrubo::ListQuery::new()
         .filter("channel", channel.clone())

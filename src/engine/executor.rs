@@ -220,14 +220,15 @@ async fn run_execution(engine: &Engine, mut execution: Execution) -> Result<(), 
         }
     }
     let mut follows = false;
-    let outcome = run_steps(engine, &rule, execution.clone(), &mut follows).await;
+    let flow_key = execution.flow_key.clone();
+    let outcome = run_steps(engine, &rule, execution, &mut follows).await;
     // An execution that ended may free a slot of its group: the oldest one queued behind it
     // looks again now, not at its next poll. One that follows a run keeps its slot until the
     // run ends, and that end wakes the queue (the store does, with the run's status).
     if main
         && !follows
         && rule.flow.concurrency.is_some()
-        && let Some(key) = &execution.flow_key
+        && let Some(key) = &flow_key
         && let Err(err) = engine.store.wake_group(&rule.name, key, Utc::now()).await
     {
         warn!(rule = %rule.name, error = %err, "Cannot wake the executions queued behind one that ended; they look again at their next poll");

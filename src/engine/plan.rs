@@ -225,7 +225,7 @@ pub fn quiet_until(
                 Err(_) => (
                     quiet.fallback,
                     Some(format!(
-                        "quiet_hours.timezone `{}` rendered `{name}`, not an IANA time zone; {} is used",
+                        "quiet_hours.timezone `{}` rendered {name:?}, not an IANA time zone; {} is used",
                         template.source(),
                         quiet.fallback
                     )),

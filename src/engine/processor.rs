@@ -488,9 +488,17 @@ fn with_flow(
     if !rule.flow.keyed() && rule.flow.idempotency.is_none() {
         return execution;
     }
-    let evaluation = evaluation_context(engine, &execution.context, now);
+    // Keys are rendered against the stored context (event, item, vars): no copy of it with
+    // `now` and `secrets` for every execution. A template that needs those gets them.
+    let full;
+    let evaluation = if rule.flow.plain_templates {
+        &execution.context
+    } else {
+        full = evaluation_context(engine, &execution.context, now);
+        &full
+    };
     if let Some((template, window)) = &rule.flow.idempotency {
-        match plan::idempotency_key(template, &evaluation) {
+        match plan::idempotency_key(template, evaluation) {
             Ok(key) => {
                 let until = super::checked_after(now, *window).unwrap_or(DateTime::<Utc>::MAX_UTC);
                 execution.idempotency = Some((key, until));
@@ -506,12 +514,12 @@ fn with_flow(
     if !rule.flow.keyed() {
         return execution;
     }
-    match plan::flow_key(rule, &evaluation) {
+    match plan::flow_key(rule, evaluation) {
         Ok(key) => {
             execution.flow_key = Some(key);
             // Judged where it is stored, in the same transaction (no write of its own).
             if rule.flow.gated() {
-                execution.gate = Some(super::executor::gate_for(rule, &evaluation, now));
+                execution.gate = Some(super::executor::gate_for(rule, evaluation, now));
             }
         }
         Err(reason) => {

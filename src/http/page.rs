@@ -152,6 +152,32 @@ pub async fn status_page(
     html.push_str("</table>");
 
     if let Some(store) = &state.store {
+        // What waits, whenever it was created (the recent list below shows the last 25 only).
+        let waiting = crate::store::ExecutionFilter {
+            status: Some("waiting".to_owned()),
+            limit: 25,
+            ..Default::default()
+        };
+        let waiting = store.executions(&waiting).await.unwrap_or_default();
+        if !waiting.is_empty() {
+            html.push_str("<h2>Waiting</h2><table><tr><th>since</th><th>rule</th><th>execution</th><th>why</th></tr>");
+            for execution in &waiting {
+                let why = execution
+                    .waiting
+                    .as_ref()
+                    .map(waiting_text)
+                    .unwrap_or_default();
+                let _ = write!(
+                    html,
+                    "<tr><td class=muted>{}</td><td>{}</td><td class=muted>{}</td><td>{}</td></tr>",
+                    execution.created_at.format("%Y-%m-%d %H:%M:%S"),
+                    escape(&execution.rule),
+                    escape(&execution.id),
+                    escape(&why)
+                );
+            }
+            html.push_str("</table>");
+        }
         html.push_str("<h2>Recent executions</h2><table><tr><th>when</th><th>rule</th><th>status</th><th>steps</th></tr>");
         let recent = crate::store::ExecutionFilter {
             limit: 25,

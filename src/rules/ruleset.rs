@@ -154,6 +154,9 @@ pub struct FlowControl {
     pub cancel_on: Vec<CancelOn>,
     /// Steps run once per cancelled execution.
     pub on_cancel: Vec<Step>,
+    /// Its templates (key, idempotency key, quiet-hours zone) name neither `now` nor
+    /// `secrets`: they render against an execution's stored context as it is.
+    pub plain_templates: bool,
 }
 
 impl FlowControl {

@@ -494,9 +494,19 @@ fn insert_execution(
     execution: &NewExecution,
     now: &str,
 ) -> Result<(), StoreError> {
+    insert_execution_admitted(transaction, execution, now, false)
+}
+
+/// [`insert_execution`], admitted by its flow-control gate as stored (`admitted`).
+fn insert_execution_admitted(
+    transaction: &Transaction<'_>,
+    execution: &NewExecution,
+    now: &str,
+    admitted: bool,
+) -> Result<(), StoreError> {
     transaction
         .prepare_cached(
-            "INSERT INTO executions (id, rule, event_id, handler_step, handler_status, status, context, next_step, attempt, next_attempt_at, last_error, rule_version, sweep, first_step_creates, created_at, updated_at, flow_key, expires_at, parent_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, 0, ?8, ?9, ?10, ?11, ?12, ?8, ?8, ?13, ?14, ?15) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO executions (id, rule, event_id, handler_step, handler_status, status, context, next_step, attempt, next_attempt_at, last_error, rule_version, sweep, first_step_creates, created_at, updated_at, flow_key, expires_at, parent_id, admitted_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, 0, ?8, ?9, ?10, ?11, ?12, ?8, ?8, ?13, ?14, ?15, CASE WHEN ?16 THEN ?8 END) ON CONFLICT (id) DO NOTHING",
         )?
         .execute(params![
             execution.id,
@@ -514,6 +524,7 @@ fn insert_execution(
             execution.flow_key,
             execution.expires_at.map(time_text),
             execution.parent,
+            admitted,
         ])?;
     Ok(())
 }
@@ -542,6 +553,18 @@ fn store_new(
                 return insert_execution(transaction, &duplicate, now);
             }
         }
+    }
+    // The common case: a group no other execution is in (a new candidate) has room and nothing
+    // ahead: admitted as stored, with one index lookup and no write of its own.
+    if let (Some(gate), Some(key)) = (&execution.gate, &execution.flow_key)
+        && execution.status == "pending"
+        && gate.debounce.is_none()
+        && gate.quiet_until.is_none()
+        && !transaction
+            .prepare_cached("SELECT 1 FROM executions WHERE rule = ?1 AND flow_key = ?2 LIMIT 1")?
+            .exists(params![execution.rule, key])?
+    {
+        return insert_execution_admitted(transaction, execution, now, true);
     }
     insert_execution(transaction, execution, now)?;
     admit_new(transaction, execution)

@@ -193,7 +193,7 @@ async fn every_operation_works_against_the_simulator() {
         .raw(
             "POST",
             "/message-threads",
-            Some(&json!({"type": "messageThreads", "attributes": {"channel": "whatsapp"}})),
+            Some(&json!({"type": "messageThreads", "attributes": {"channel": "whatsapp", "identifier": "31612345678"}})),
         )
         .await
         .expect("raw");

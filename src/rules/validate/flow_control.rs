@@ -21,6 +21,10 @@ impl Validator {
         schedule_zone: Option<chrono_tz::Tz>,
         meta: &mut RuleMeta,
     ) -> FlowControl {
+        if let Some(key) = model.key.as_ref().filter(|key| key.value.trim().is_empty()) {
+            self.error(ctx, key.at, "key", "empty", "`key` is empty: every execution would share one group")
+                .hint = Some("key the executions by what they are about, e.g. `key: \"{{event.data.candidate_id}}\"`".to_owned());
+        }
         let mut flow = FlowControl {
             key: model
                 .key
@@ -272,6 +276,21 @@ impl Validator {
             flow.on_cancel =
                 self.steps(ctx, &on_cancel.value, "on_cancel", &mut cancel_scope, meta);
         }
+        let plain = |template: &crate::rules::template::Template| {
+            template
+                .references()
+                .iter()
+                .all(|reference| !matches!(reference.root(), "now" | "secrets"))
+        };
+        flow.plain_templates = flow.key.as_ref().is_none_or(plain)
+            && flow.idempotency.as_ref().is_none_or(|(t, _)| plain(t))
+            && flow
+                .quiet_hours
+                .as_ref()
+                .is_none_or(|quiet| match &quiet.timezone {
+                    Zone::Template(template) => plain(template),
+                    Zone::Fixed(_) => true,
+                });
         flow
     }
 

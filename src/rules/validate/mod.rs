@@ -616,6 +616,15 @@ rules:
                 ("deadline", 9, "do[1].deadline"),
             ],
         );
+        // An empty key, an empty identifier, a deadline nothing handles.
+        check(
+            &format!("{head}    key: \"\"\n    cancel_on: [ {{ event: y, key: k }} ]\n{tail}"),
+            &[("empty", 4, "key")],
+        );
+        check(
+            &format!("{head}    do:\n      - message_thread: {{ identifier: \"\" }}\n      - start_flow_run: {{ flow: f, message_thread: t }}\n        deadline: 1h\n"),
+            &[("empty", 5, "do[0].message_thread.identifier"), ("unused", 7, "do[1].deadline")],
+        );
         // An empty quiet window, a time that is no time, a zone that is none.
         check(
             &format!("{head}    quiet_hours: {{ from: \"21:00\", to: \"21:00\" }}\n{tail}"),

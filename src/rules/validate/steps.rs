@@ -294,6 +294,26 @@ impl Validator {
                 );
                 return None;
             }
+            let handled = model.on_status.as_ref().is_some_and(|handlers| {
+                handlers
+                    .value
+                    .iter()
+                    .any(|(status, _)| status.value == "deadline")
+            });
+            if !handled {
+                self.error(
+                    ctx,
+                    deadline.at,
+                    &format!("{field}.deadline"),
+                    "unused",
+                    "`deadline` does nothing without an `on_status.deadline` handler",
+                )
+                .hint = Some(
+                    "add `on_status: { deadline: [ ... ] }` saying what happens when it is late"
+                        .to_owned(),
+                );
+                return None;
+            }
             match parse_duration(&deadline.value) {
                 Ok(after) if !after.is_zero() => Some(after),
                 Ok(_) => {
@@ -583,6 +603,10 @@ impl Validator {
                 Some(channel) => self.template(ctx, scope, &format!("{f}.channel"), channel),
                 None => Template::compile("whatsapp").ok(),
             };
+            if v.identifier.value.trim().is_empty() {
+                self.error(ctx, v.identifier.at, &format!("{f}.identifier"), "empty", "`message_thread.identifier` is empty")
+                    .hint = Some("for WhatsApp, the phone number without `+`, e.g. `identifier: \"{{event.data.phone}}\"`".to_owned());
+            }
             let identifier = self.template(ctx, scope, &format!("{f}.identifier"), &v.identifier);
             let chatbot_paused = v
                 .chatbot_paused
