@@ -622,8 +622,13 @@ rules:
             &[("empty", 4, "key")],
         );
         check(
-            &format!("{head}    do:\n      - message_thread: {{ identifier: \"\" }}\n      - start_flow_run: {{ flow: f, message_thread: t }}\n        deadline: 1h\n"),
-            &[("empty", 5, "do[0].message_thread.identifier"), ("unused", 7, "do[1].deadline")],
+            &format!(
+                "{head}    do:\n      - message_thread: {{ identifier: \"\" }}\n      - start_flow_run: {{ flow: f, message_thread: t }}\n        deadline: 1h\n"
+            ),
+            &[
+                ("empty", 5, "do[0].message_thread.identifier"),
+                ("unused", 7, "do[1].deadline"),
+            ],
         );
         // An empty quiet window, a time that is no time, a zone that is none.
         check(
