@@ -868,11 +868,31 @@ rules:
         post_event(&world.daemon, "applied", json!({"phone": phones[0]})).await;
         posted.push(phones[0].clone());
     }
-    eventually(Duration::from_secs(60), "every execution done", || async {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
         let all = executions(&world, "start").await;
-        (all.len() == posted.len() && all.iter().all(|e| e["status"] == "succeeded")).then_some(())
-    })
-    .await;
+        // Several chats on one thread whose create answers were lost can be told apart by no
+        // list query: such an execution stops with a dead letter rather than guess or create
+        // again (DESIGN 3). Every other one succeeds.
+        let ended = all.iter().all(|e| {
+            e["status"] == "succeeded"
+                || (e["status"] == "failed"
+                    && e["last_error"]
+                        .as_str()
+                        .is_some_and(|r| r.contains("does not guess")))
+        });
+        if all.len() == posted.len() && ended {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not every execution ended as it may: {:?}",
+            all.iter()
+                .map(|e| (&e["status"], &e["attempt"], &e["last_error"]))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     crate::recrubo_client::set_faults(&world.sim, json!({})).await;
     let threads = world
         .client
@@ -898,9 +918,10 @@ rules:
     assert_eq!(by_phone.len(), 9);
     assert_eq!(by_phone["31600000000"], vec![existing.id.clone()]);
     let all_runs = runs(&world).await;
-    assert_eq!(
-        all_runs.len(),
-        posted.len(),
-        "one chat per event, none twice"
+    assert!(
+        all_runs.len() <= posted.len(),
+        "a chat was started twice: {all_runs:?}"
     );
+    let succeeded = with_status(&executions(&world, "start").await, "succeeded").len();
+    assert!(all_runs.len() >= succeeded, "{all_runs:?}");
 }
