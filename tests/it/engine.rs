@@ -26,6 +26,27 @@ pub(crate) struct World {
 }
 
 impl World {
+    /// Points the simulator's webhooks at the daemon (again after a restart: it listens on a
+    /// new port).
+    pub(crate) async fn point_webhooks(&self) {
+        let organization = self
+            .client
+            .list("organizations", &ListQuery::new())
+            .await
+            .expect("orgs")
+            .items[0]
+            .id
+            .clone();
+        self.client
+            .set_organization_webhook(
+                &organization,
+                &self.daemon.public_url("/webhooks/recrubo"),
+                &Secret::new(WEBHOOK_SECRET.into()),
+            )
+            .await
+            .expect("point the simulator's webhooks at the daemon");
+    }
+
     /// Kills the daemon with SIGKILL; its state folder comes back for [`World::start_again`].
     pub(crate) fn kill_daemon(&mut self) -> tempfile::TempDir {
         std::mem::replace(&mut self.daemon, placeholder_daemon()).kill()
@@ -83,28 +104,15 @@ pub(crate) async fn world_with(
     env.extend_from_slice(extra_env);
     let daemon = Daemon::start(rules.path(), &env);
     let client = client_for(&sim, "t", |_| {});
-    let organization = client
-        .list("organizations", &ListQuery::new())
-        .await
-        .expect("orgs")
-        .items[0]
-        .id
-        .clone();
-    client
-        .set_organization_webhook(
-            &organization,
-            &daemon.public_url("/webhooks/recrubo"),
-            &Secret::new(WEBHOOK_SECRET.into()),
-        )
-        .await
-        .expect("point the simulator's webhooks at the daemon");
-    World {
+    let world = World {
         sim,
         sink,
         daemon,
         client,
         _rules: rules,
-    }
+    };
+    world.point_webhooks().await;
+    world
 }
 
 pub(crate) async fn post_event(

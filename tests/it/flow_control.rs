@@ -559,23 +559,7 @@ async fn a_queue_killed_with_kill_9_goes_on_in_order_without_doubles() {
     let state = world.kill_daemon();
     world.start_again(state);
     // The restarted daemon listens elsewhere: the simulator's webhooks follow it.
-    let organization = world
-        .client
-        .list("organizations", &flowd::recrubo::ListQuery::new())
-        .await
-        .expect("orgs")
-        .items[0]
-        .id
-        .clone();
-    world
-        .client
-        .set_organization_webhook(
-            &organization,
-            &world.daemon.public_url("/webhooks/recrubo"),
-            &flowd::settings::Secret::new(crate::engine::WEBHOOK_SECRET.into()),
-        )
-        .await
-        .expect("point the webhooks at the restarted daemon");
+    world.point_webhooks().await;
     let mut finished = 1;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while finished < 6 {
@@ -783,23 +767,7 @@ rules:
     let state = world.kill_daemon();
     tokio::time::sleep(Duration::from_secs(3)).await;
     world.start_again(state);
-    let organization = world
-        .client
-        .list("organizations", &flowd::recrubo::ListQuery::new())
-        .await
-        .expect("orgs")
-        .items[0]
-        .id
-        .clone();
-    world
-        .client
-        .set_organization_webhook(
-            &organization,
-            &world.daemon.public_url("/webhooks/recrubo"),
-            &flowd::settings::Secret::new(crate::engine::WEBHOOK_SECRET.into()),
-        )
-        .await
-        .expect("point the webhooks at the restarted daemon");
+    world.point_webhooks().await;
     eventually(WAIT, "the deadline handler", || async {
         bodies(&world).into_iter().find(|b| b["late"] == json!(run))
     })
